@@ -1,0 +1,315 @@
+"""The model card: every parameter of the risk model, read from a versioned JSON file.
+
+The card is data, not code: a site replaces the baseline (or the whole model) by pointing
+``CDS_MODEL_CARD`` at another file with the same structure. Loading validates everything once at
+start-up and fails with :class:`ModelCardError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_MODEL_CARD = "fei-2022-hfs-rfa.json"
+
+X1Coding = Literal["binary", "per_10_minutes"]
+X2Coding = Literal["ordinal", "binary"]
+
+
+class ModelCardError(ValueError):
+    """The model card file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    text: str
+    pmid: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperationTimeCovariate:
+    coefficient: float
+    cut_minutes: float
+    valid_minutes: tuple[float, float]
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class HBGradeCovariate:
+    coefficient: float
+    model_grades: tuple[int, int]
+    primary_window_hours: float
+    fallback_window_hours: float
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineKnot:
+    month: float
+    survival: float
+
+
+@dataclass(frozen=True, slots=True)
+class Scenarios:
+    x1_codings: tuple[X1Coding, ...]
+    x1_reference_minutes: float  # reference operation time for the per-10-minute coding
+    x2_codings: tuple[X2Coding, ...]
+    reference_x2: tuple[float, ...]
+    basis: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    id: str
+    label: str
+    min_risk_12m: float
+    indicator: Literal["info", "warning", "critical"]
+    follow_up_months: tuple[float, ...]
+    advice: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """A validated model card; see ``model_cards/fei-2022-hfs-rfa.json`` for the fields."""
+
+    id: str
+    version: str
+    title: str
+    citation: Citation
+    population: str
+    fit: Mapping[str, Any]
+    operation_time: OperationTimeCovariate
+    hb_grade: HBGradeCovariate
+    reference_x1: float
+    reference_x2: float
+    reference_basis: str
+    baseline_knots: tuple[BaselineKnot, ...]
+    baseline_basis: str
+    horizon_months: float
+    days_per_month: float
+    report_months: tuple[float, ...]
+    scenarios: Scenarios
+    tiers: tuple[Tier, ...]  # highest threshold first
+    tier_basis: str
+    assumptions: tuple[str, ...]
+    limitations: tuple[str, ...]
+    sha256: str  # of the file's bytes, so an audit can name exactly which card scored
+
+    @property
+    def label(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+def load_model_card(path: str | Path | None = None) -> ModelCard:
+    """Load and validate a model card; ``None`` loads the published model shipped with the package."""
+    try:
+        if path is None:
+            raw = (resources.files(__package__) / "model_cards" / DEFAULT_MODEL_CARD).read_bytes()
+        else:
+            raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelCardError(f"cannot read model card {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelCardError(
+            f"model card {path or DEFAULT_MODEL_CARD} is not valid JSON: {exc}"
+        ) from exc
+    return parse_model_card(data, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
+    """Build a :class:`ModelCard` from parsed JSON, checking every field."""
+    r = _Reader(data, "model card")
+    cov = r.obj("covariates")
+    x1, x2 = cov.obj("operation_time"), cov.obj("hb_grade")
+    if x1.text("coding") != "binary" or x2.text("coding") != "ordinal":
+        raise ModelCardError(
+            "covariates: the engine scores operation_time 'binary' and hb_grade 'ordinal'"
+        )
+    ref = r.obj("reference_patient")
+    base = r.obj("baseline")
+    if base.text("interpolation") != "linear-cumulative-hazard":
+        raise ModelCardError("baseline.interpolation: only 'linear-cumulative-hazard' is supported")
+    scen = r.obj("scenarios")
+    x1_codings = scen.objs("x1_codings")
+    per10 = [c for c in x1_codings if c.text("id") == "per_10_minutes"]
+    card = ModelCard(
+        id=r.text("id"),
+        version=r.text("version"),
+        title=r.text("title"),
+        citation=Citation(**{k: r.obj("citation").text(k) for k in ("text", "pmid", "url")}),
+        population=r.text("population"),
+        fit=r.obj("fit").data,
+        operation_time=OperationTimeCovariate(
+            coefficient=x1.num("coefficient"),
+            cut_minutes=x1.num("cut_minutes"),
+            valid_minutes=x1.pair("valid_minutes"),
+            basis=x1.text("basis"),
+        ),
+        hb_grade=HBGradeCovariate(
+            coefficient=x2.num("coefficient"),
+            model_grades=(int(x2.pair("model_grades")[0]), int(x2.pair("model_grades")[1])),
+            primary_window_hours=x2.num("primary_window_hours"),
+            fallback_window_hours=x2.num("fallback_window_hours"),
+            basis=x2.text("basis"),
+        ),
+        reference_x1=ref.num("x1"),
+        reference_x2=ref.num("x2"),
+        reference_basis=ref.text("basis"),
+        baseline_knots=tuple(
+            BaselineKnot(month=k.num("month"), survival=k.num("survival"))
+            for k in base.objs("knots")
+        ),
+        baseline_basis=base.text("basis"),
+        horizon_months=r.num("horizon_months"),
+        days_per_month=r.num("days_per_month"),
+        report_months=tuple(r.nums("report_months")),
+        scenarios=Scenarios(
+            x1_codings=tuple(
+                _coding(c.text("id"), ("binary", "per_10_minutes")) for c in x1_codings
+            ),  # type: ignore[misc]
+            x1_reference_minutes=per10[0].num("reference_minutes") if per10 else math.nan,
+            x2_codings=tuple(
+                _coding(c.text("id"), ("ordinal", "binary"))
+                for c in scen.objs("x2_codings")  # type: ignore[misc]
+            ),
+            reference_x2=tuple(scen.nums("reference_x2")),
+            basis=scen.text("basis"),
+        ),
+        tiers=tuple(
+            sorted(
+                (
+                    Tier(
+                        id=t.text("id"),
+                        label=t.text("label"),
+                        min_risk_12m=t.num("min_risk_12m"),
+                        indicator=_coding(t.text("indicator"), ("info", "warning", "critical")),  # type: ignore[arg-type]
+                        follow_up_months=tuple(t.nums("follow_up_months")),
+                        advice=t.text("advice"),
+                    )
+                    for t in r.objs("tiers")
+                ),
+                key=lambda t: -t.min_risk_12m,
+            )
+        ),
+        tier_basis=r.text("tier_basis"),
+        assumptions=tuple(r.texts("assumptions")),
+        limitations=tuple(r.texts("limitations")),
+        sha256=sha256,
+    )
+    _check_consistency(card)
+    return card
+
+
+def _check_consistency(card: ModelCard) -> None:
+    knots = card.baseline_knots
+    if len(knots) < 2 or knots[0].month != 0 or knots[0].survival != 1.0:
+        raise ModelCardError(
+            "baseline.knots: must start at month 0 with survival 1.0 and have 2+ knots"
+        )
+    for a, b in zip(knots, knots[1:], strict=False):
+        if not b.month > a.month:
+            raise ModelCardError("baseline.knots: months must increase strictly")
+        if not 0.0 < b.survival <= a.survival:
+            raise ModelCardError("baseline.knots: survival must be in (0, 1] and never increase")
+    if not 0 < card.horizon_months <= knots[-1].month:
+        raise ModelCardError("horizon_months: must be positive and covered by the baseline knots")
+    if any(not 0 < m <= card.horizon_months for m in card.report_months):
+        raise ModelCardError("report_months: every month must be in (0, horizon_months]")
+    lo, hi = card.operation_time.valid_minutes
+    if not 0 < lo < hi:
+        raise ModelCardError("covariates.operation_time.valid_minutes: need 0 < low < high")
+    g_lo, g_hi = card.hb_grade.model_grades
+    if not 1 <= g_lo <= g_hi <= 6:
+        raise ModelCardError("covariates.hb_grade.model_grades: need 1 <= low <= high <= 6")
+    if not 0 < card.hb_grade.primary_window_hours <= card.hb_grade.fallback_window_hours:
+        raise ModelCardError(
+            "covariates.hb_grade: need 0 < primary_window_hours <= fallback_window_hours"
+        )
+    if not card.tiers or card.tiers[-1].min_risk_12m != 0.0:
+        raise ModelCardError("tiers: the lowest tier must start at min_risk_12m 0")
+    if "per_10_minutes" in card.scenarios.x1_codings and math.isnan(
+        card.scenarios.x1_reference_minutes
+    ):
+        raise ModelCardError("scenarios.x1_codings: per_10_minutes needs reference_minutes")
+    if not (
+        card.scenarios.x1_codings and card.scenarios.x2_codings and card.scenarios.reference_x2
+    ):
+        raise ModelCardError("scenarios: x1_codings, x2_codings and reference_x2 must not be empty")
+    if card.days_per_month <= 0:
+        raise ModelCardError("days_per_month: must be positive")
+
+
+def _coding(value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ModelCardError(f"unsupported value {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+class _Reader:
+    """Typed access to one JSON object, raising ModelCardError with the field's path."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{path}: expected an object")
+        self.data: dict[str, Any] = data
+        self.path = path
+
+    def _get(self, key: str) -> Any:
+        if key not in self.data:
+            raise ModelCardError(f"{self.path}.{key}: missing")
+        return self.data[key]
+
+    def obj(self, key: str) -> _Reader:
+        return _Reader(self._get(key), f"{self.path}.{key}")
+
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str) or not value:
+            raise ModelCardError(f"{self.path}.{key}: expected a non-empty string")
+        return value
+
+    def num(self, key: str) -> float:
+        value = self._get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ModelCardError(f"{self.path}.{key}: expected a finite number")
+        return float(value)
+
+    def _array(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if not isinstance(value, list) or not value:
+            raise ModelCardError(f"{self.path}.{key}: expected a non-empty array")
+        return value
+
+    def objs(self, key: str) -> list[_Reader]:
+        return [_Reader(v, f"{self.path}.{key}[{i}]") for i, v in enumerate(self._array(key))]
+
+    def nums(self, key: str) -> list[float]:
+        values = self._array(key)
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+            raise ModelCardError(f"{self.path}.{key}: expected an array of numbers")
+        return [float(v) for v in values]
+
+    def texts(self, key: str) -> list[str]:
+        values = self._array(key)
+        if any(not isinstance(v, str) or not v for v in values):
+            raise ModelCardError(f"{self.path}.{key}: expected an array of non-empty strings")
+        return values
+
+    def pair(self, key: str) -> tuple[float, float]:
+        values = self.nums(key)
+        if len(values) != 2:
+            raise ModelCardError(f"{self.path}.{key}: expected [low, high]")
+        return values[0], values[1]

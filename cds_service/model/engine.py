@@ -1,0 +1,158 @@
+"""The Cox recurrence model (clinical-model.md sections 1-4), vectorised with numpy.
+
+``risk(t | x) = 1 - exp(-H_ref(t) * exp(lp(x) - lp_ref))`` with ``H_ref`` linear between the baseline
+knots of the model card. One call scores one patient or a million: inputs broadcast, and the month
+axis is appended last, as in lifelines' ``predict_*`` methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from cds_service.model.card import ModelCard, Tier, X1Coding, X2Coding
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One plausible coding of the two covariates and of the reference patient."""
+
+    x1_coding: X1Coding
+    x2_coding: X2Coding
+    reference_x2: float
+
+
+class RecurrenceModel:
+    """Scores recurrence risk from operation minutes and House-Brackmann grade."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+        self._knot_months = np.array([k.month for k in card.baseline_knots], dtype=np.float64)
+        self._knot_cumhaz = -np.log([k.survival for k in card.baseline_knots])
+        self.scenarios = tuple(
+            Scenario(x1, x2, ref)
+            for x1, x2, ref in itertools.product(
+                card.scenarios.x1_codings, card.scenarios.x2_codings, card.scenarios.reference_x2
+            )
+        )
+        # The published coding (binary X1, ordinal X2, the card's reference patient) is the point estimate.
+        self.point_scenario = Scenario("binary", "ordinal", card.reference_x2)
+
+    # -- building blocks -------------------------------------------------------------------------
+
+    def baseline_cumulative_hazard(self, months: ArrayLike) -> FloatArray:
+        """``H_ref(t)``: the reference patient's cumulative hazard, for 0 <= t <= horizon."""
+        t = np.asarray(months, dtype=np.float64)
+        if np.any(~np.isfinite(t)) or np.any(t < 0) or np.any(t > self.card.horizon_months):
+            raise ValueError(f"months must lie in [0, {self.card.horizon_months:g}]")
+        return np.interp(t, self._knot_months, self._knot_cumhaz)
+
+    def coded_covariates(self, minutes: float, hb_grade: int) -> tuple[float, float]:
+        """``(X1, X2)`` as the published coding scores them (shown to clinicians beside the inputs)."""
+        x1 = 1.0 if minutes > self.card.operation_time.cut_minutes else 0.0
+        return x1, float(hb_grade)
+
+    def relative_log_hazard(
+        self, minutes: ArrayLike, hb_grade: ArrayLike, scenario: Scenario | None = None
+    ) -> FloatArray:
+        """``lp(x) - lp_ref`` under a scenario (default: the published coding)."""
+        m, g = self._check_inputs(minutes, hb_grade)
+        s = scenario or self.point_scenario
+        card = self.card
+        if s.x1_coding == "binary":
+            x1_term = (m > card.operation_time.cut_minutes) - card.reference_x1
+        else:  # per 10 minutes around the cohort-typical operation time
+            x1_term = (m - card.scenarios.x1_reference_minutes) / 10.0
+        if s.x2_coding == "ordinal":
+            x2_term = g - s.reference_x2
+        else:  # HB II or worse vs I: the ordinal grade capped at II, reference shifted the same way
+            x2_term = np.minimum(g, 2.0) - min(s.reference_x2, 2.0)
+        lp: FloatArray = (
+            card.operation_time.coefficient * x1_term + card.hb_grade.coefficient * x2_term
+        )
+        return lp
+
+    # -- predictions ------------------------------------------------------------------------------
+
+    def predict_risk(
+        self,
+        minutes: ArrayLike,
+        hb_grade: ArrayLike,
+        months: ArrayLike,
+        conditional_after: ArrayLike | None = None,
+        scenario: Scenario | None = None,
+    ) -> FloatArray:
+        """Probability of recurrence by ``months`` after the ablation.
+
+        The result has the broadcast shape of ``minutes`` and ``hb_grade`` with the month axis
+        appended. With ``conditional_after`` (months, scalar or one per patient) it is the risk of
+        recurring by ``months`` for a patient still recurrence-free at that time:
+        ``1 - S(t|x) / S(s|x)``, which needs ``s < t``.
+        """
+        rel = np.exp(self.relative_log_hazard(minutes, hb_grade, scenario))
+        t = np.asarray(months, dtype=np.float64)
+        if np.any(t <= 0):
+            raise ValueError("months must be greater than 0")
+        cumhaz = self.baseline_cumulative_hazard(t)
+        if conditional_after is not None:
+            s = np.asarray(conditional_after, dtype=np.float64)
+            if s.ndim > rel.ndim:
+                raise ValueError("conditional_after must be a scalar or one value per patient")
+            s = np.broadcast_to(s, rel.shape)
+            if np.any(s[..., None] >= t) or np.any(s < 0):
+                raise ValueError("conditional_after must be >= 0 and before every requested month")
+            cumhaz = cumhaz - self.baseline_cumulative_hazard(s)[..., None]
+        risk: FloatArray = -np.expm1(-np.multiply.outer(rel, np.ones_like(t)) * cumhaz)
+        return risk
+
+    def scenario_risks(
+        self,
+        minutes: ArrayLike,
+        hb_grade: ArrayLike,
+        months: ArrayLike,
+        conditional_after: ArrayLike | None = None,
+    ) -> FloatArray:
+        """Risk under every scenario; the scenario axis comes first."""
+        return np.stack(
+            [
+                self.predict_risk(minutes, hb_grade, months, conditional_after, s)
+                for s in self.scenarios
+            ]
+        )
+
+    def scenario_range(
+        self,
+        minutes: ArrayLike,
+        hb_grade: ArrayLike,
+        months: ArrayLike,
+        conditional_after: ArrayLike | None = None,
+    ) -> tuple[FloatArray, FloatArray]:
+        """The lowest and highest risk over the plausible codings (not a confidence interval)."""
+        risks = self.scenario_risks(minutes, hb_grade, months, conditional_after)
+        return risks.min(axis=0), risks.max(axis=0)
+
+    def tier(self, risk_12m_upper: float) -> Tier:
+        """The first tier (highest threshold first) whose threshold the risk reaches."""
+        for tier in self.card.tiers:
+            if risk_12m_upper >= tier.min_risk_12m:
+                return tier
+        return self.card.tiers[-1]
+
+    # -- validation --------------------------------------------------------------------------------
+
+    def _check_inputs(
+        self, minutes: ArrayLike, hb_grade: ArrayLike
+    ) -> tuple[FloatArray, FloatArray]:
+        m = np.asarray(minutes, dtype=np.float64)
+        g = np.asarray(hb_grade, dtype=np.float64)
+        if np.any(~np.isfinite(m)) or np.any(m <= 0):
+            raise ValueError("operation minutes must be finite and positive")
+        lo, hi = self.card.hb_grade.model_grades
+        if np.any(g != np.round(g)) or np.any(g < lo) or np.any(g > hi):
+            raise ValueError(f"House-Brackmann grade must be a whole number from {lo} to {hi}")
+        return m, g
