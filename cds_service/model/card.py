@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 DEFAULT_MODEL_CARD = "fei-2022-hfs-rfa.json"
 
 X1Coding = Literal["binary", "per_10_minutes"]
 X2Coding = Literal["ordinal", "binary"]
+Indicator = Literal["info", "warning", "critical"]
 
 
 class ModelCardError(ValueError):
@@ -70,7 +71,7 @@ class Tier:
     id: str
     label: str
     min_risk_12m: float
-    indicator: Literal["info", "warning", "critical"]
+    indicator: Indicator
     follow_up_months: tuple[float, ...]
     advice: str
 
@@ -174,12 +175,13 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
         report_months=tuple(r.nums("report_months")),
         scenarios=Scenarios(
             x1_codings=tuple(
-                _coding(c.text("id"), ("binary", "per_10_minutes")) for c in x1_codings
-            ),  # type: ignore[misc]
+                cast(X1Coding, _coding(c.text("id"), ("binary", "per_10_minutes")))
+                for c in x1_codings
+            ),
             x1_reference_minutes=per10[0].num("reference_minutes") if per10 else math.nan,
             x2_codings=tuple(
-                _coding(c.text("id"), ("ordinal", "binary"))
-                for c in scen.objs("x2_codings")  # type: ignore[misc]
+                cast(X2Coding, _coding(c.text("id"), ("ordinal", "binary")))
+                for c in scen.objs("x2_codings")
             ),
             reference_x2=tuple(scen.nums("reference_x2")),
             basis=scen.text("basis"),
@@ -191,7 +193,9 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
                         id=t.text("id"),
                         label=t.text("label"),
                         min_risk_12m=t.num("min_risk_12m"),
-                        indicator=_coding(t.text("indicator"), ("info", "warning", "critical")),  # type: ignore[arg-type]
+                        indicator=cast(
+                            Indicator, _coding(t.text("indicator"), ("info", "warning", "critical"))
+                        ),
                         follow_up_months=tuple(t.nums("follow_up_months")),
                         advice=t.text("advice"),
                     )

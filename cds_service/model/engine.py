@@ -52,10 +52,9 @@ class RecurrenceModel:
             raise ValueError(f"months must lie in [0, {self.card.horizon_months:g}]")
         return np.interp(t, self._knot_months, self._knot_cumhaz)
 
-    def coded_covariates(self, minutes: float, hb_grade: int) -> tuple[float, float]:
-        """``(X1, X2)`` as the published coding scores them (shown to clinicians beside the inputs)."""
-        x1 = 1.0 if minutes > self.card.operation_time.cut_minutes else 0.0
-        return x1, float(hb_grade)
+    def coded_x1(self, minutes: float) -> float:
+        """X1 as the published coding scores it (shown to clinicians beside the minutes)."""
+        return 1.0 if minutes > self.card.operation_time.cut_minutes else 0.0
 
     def relative_log_hazard(
         self, minutes: ArrayLike, hb_grade: ArrayLike, scenario: Scenario | None = None
@@ -103,10 +102,11 @@ class RecurrenceModel:
             s = np.asarray(conditional_after, dtype=np.float64)
             if s.ndim > rel.ndim:
                 raise ValueError("conditional_after must be a scalar or one value per patient")
-            s = np.broadcast_to(s, rel.shape)
-            if np.any(s[..., None] >= t) or np.any(s < 0):
+            # One start time per patient, broadcast against the month axis appended last.
+            s = np.broadcast_to(s, rel.shape).reshape(rel.shape + (1,) * t.ndim)
+            if np.any(s >= t) or np.any(s < 0):
                 raise ValueError("conditional_after must be >= 0 and before every requested month")
-            cumhaz = cumhaz - self.baseline_cumulative_hazard(s)[..., None]
+            cumhaz = cumhaz - self.baseline_cumulative_hazard(s)
         risk: FloatArray = -np.expm1(-np.multiply.outer(rel, np.ones_like(t)) * cumhaz)
         return risk
 
