@@ -1,0 +1,29 @@
+"""Hemifacial spasm on record: context for the card, not a model input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from .condition_status import voided
+from .fhir_time import time_key
+from .records import Record
+from .resource_dates import condition_recorded
+from .types import Diagnosis
+from .valuesets import ValueSets
+
+
+def diagnosis(
+    conditions: Sequence[Record], value_sets: ValueSets, reference: datetime | None = None
+) -> Diagnosis | None:
+    """The most recently recorded hemifacial spasm Condition that is not refuted or in error."""
+    found = []
+    for record in conditions:
+        code = value_sets.hemifacial_spasm_condition.match(record.resource.get("code"))
+        if code is not None and voided(record.resource) is None:
+            found.append((time_key(condition_recorded(record.resource, reference)), record, code))
+    if not found:
+        return None
+    _, record, code = max(found, key=lambda f: (f[0], f[1].order))
+    recorded = condition_recorded(record.resource, reference)
+    return Diagnosis(code, record.provenance(recorded.text if recorded else None))

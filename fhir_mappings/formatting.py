@@ -1,0 +1,15 @@
+"""Numbers and grades written the way clinicians read them in messages."""
+
+from __future__ import annotations
+
+ROMAN = ("I", "II", "III", "IV", "V", "VI")
+
+
+def number(value: float) -> str:
+    """42.0 -> "42", 2.54 -> "2.5": one decimal at most."""
+    return f"{value:.1f}".removesuffix(".0")
+
+
+def roman(grade: int) -> str:
+    """House-Brackmann grade 1-6 as I-VI (other integers as digits)."""
+    return ROMAN[grade - 1] if 1 <= grade <= len(ROMAN) else str(grade)

@@ -1,0 +1,112 @@
+"""``map_patient``: one patient's FHIR resources in, model inputs with provenance out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .collect import ResourceInput, collect_resources
+from .diagnosis import diagnosis
+from .hb_grade import hb_grade
+from .operation_time import operation_time
+from .procedure import review_procedures
+from .records import Record, latest_versions, make_record
+from .recurrence import recurrences
+from .subjects import foreign_subject, infer_from_json
+from .types import MappingParameters, PatientInputs, Problem, Reason, Resource
+from .valuesets import ValueSets, load_value_sets
+
+#: The resource types the rules read; every other type is skipped without a note.
+CLINICAL_TYPES = ("Procedure", "Observation", "Condition")
+
+_REASON_ORDER = {reason: i for i, reason in enumerate(Reason)}
+
+
+def map_patient(
+    resources: Iterable[ResourceInput] | ResourceInput,
+    patient_id: str | None = None,
+    params: MappingParameters | None = None,
+    value_sets: ValueSets | None = None,
+) -> PatientInputs:
+    """Map a patient's resources onto the model inputs; never raises for JSON-like input.
+
+    ``resources`` may hold dicts, fhir.resources models and Bundles (flattened), or be one Bundle.
+    Resources about another patient, or about no patient, are set aside with a note. When
+    ``patient_id`` is None it is inferred (see :func:`infer_patient_id`). The result does not
+    depend on the order of the resources.
+    """
+    params = params if params is not None else MappingParameters()
+    value_sets = value_sets if value_sets is not None else load_value_sets()
+    dicts, ignored = collect_resources(resources)
+    if isinstance(patient_id, str):
+        patient_id = patient_id.removeprefix("Patient/") or None
+    if patient_id is None:
+        patient_id = infer_from_json(dicts)
+
+    by_type, notes = _patient_records(dicts, patient_id)
+    ignored += notes
+    procedures = by_type["Procedure"]
+    observations = by_type["Observation"]
+    conditions = by_type["Condition"]
+
+    patient = (
+        f"Patient/{patient_id}"
+        if patient_id
+        else "this patient (no patient id was given and the resources do not name one patient)"
+    )
+    review = review_procedures(procedures, value_sets, patient)
+    ignored += review.ignored
+    exclusions = list(review.exclusions)
+    index = review.index
+    op_time = hb = None
+    if index is not None:
+        op_time, notes = operation_time(index, observations, params, value_sets)
+        ignored += notes
+        hb, notes = hb_grade(index, observations, params, value_sets)
+        ignored += notes
+        found, notes = recurrences(index, observations, conditions, value_sets)
+        exclusions += found
+        ignored += notes
+
+    reference = index.reference if index is not None else None
+    return PatientInputs(
+        patient_id=patient_id,
+        ablation=index.ablation if index is not None else None,
+        operation_time=op_time,
+        hb_grade=hb,
+        diagnosis=diagnosis(conditions, value_sets, reference),
+        exclusions=tuple(sorted(exclusions, key=_problem_order)),
+        ignored=tuple(sorted(set(ignored))),
+    )
+
+
+def _patient_records(
+    dicts: list[Resource], patient_id: str | None
+) -> tuple[dict[str, list[Record]], list[str]]:
+    """The patient's Procedures, Observations and Conditions, latest version of each, in a
+    fixed order; notes for everything set aside."""
+    notes: list[str] = []
+    records: list[Record] = []
+    untyped = 0
+    for resource in dicts:
+        record = make_record(resource)
+        if record is None:
+            untyped += 1
+        elif record.type in CLINICAL_TYPES:
+            records.append(record)
+    if untyped:
+        notes.append(f"{untyped} JSON object(s) set aside: no valid resourceType")
+    records, duplicates = latest_versions(records)
+    notes += duplicates
+    by_type: dict[str, list[Record]] = {t: [] for t in CLINICAL_TYPES}
+    for record in sorted(records, key=lambda r: r.order):
+        why = foreign_subject(record.resource, patient_id)
+        if why is None:
+            by_type[record.type].append(record)
+        else:
+            notes.append(f"{record.label}: {why}")
+    return by_type, notes
+
+
+def _problem_order(problem: Problem) -> tuple[int, str, str, str]:
+    # The full value breaks ties, so equal-looking problems never fall back to input order.
+    return _REASON_ORDER[problem.reason], problem.message, problem.action, repr(problem.provenance)
