@@ -1,0 +1,56 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from cds_service.config import Settings
+from cds_service.hooks.errors import outcome_response
+from cds_service.hooks.views import bp as hooks_bp
+from cds_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` overrides settings by upper-case name (e.g. ``FHIR_ALLOWLIST``)."""
+    settings = Settings.from_env(os.environ)
+    if config:
+        settings = settings.with_overrides(config)
+    app = Flask(__name__)
+    app.config.update(settings.flask)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["hfs_cds"] = Runtime.build(settings)
+    app.register_blueprint(hooks_bp)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        return outcome_response(
+            status, error.description or error.name, _ISSUE_CODES.get(status, "processing")
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        # The traceback goes to the log (no request data in it); the client gets no internals.
+        log.exception("unhandled error: %s", type(error).__name__)
+        return outcome_response(500, "internal error; the service log has the details", "exception")
+
+    if settings.dev_mode:
+        log.warning(
+            "DEVELOPMENT MODE: http FHIR servers on loopback are allowed. Never use this in production."
+        )
+    return app

@@ -1,0 +1,277 @@
+"""``assess()``: the one pipeline from a patient's FHIR resources to a recurrence-risk assessment.
+
+The CDS Hooks service, the CLI and the SMART app all call :meth:`Assessor.assess`; none of them maps or
+scores anything themselves. Everything that can be prepared once (model card, value sets, mapping
+rules) is prepared in the constructor, so a call does only per-patient work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from cds_service.model import ModelCard, RecurrenceModel, Tier
+from fhir_mappings import (
+    HouseBrackmannGrade,
+    MappingParameters,
+    OperationTime,
+    PatientInputs,
+    Problem,
+    Provenance,
+    Reason,
+    ValueSets,
+    map_patient,
+)
+
+#: Below this many months since the ablation the conditional risk equals the plain risk for all
+#: practical purposes, so it is not reported (about two weeks).
+CONDITIONAL_FROM_MONTHS = 0.5
+
+
+class Status(StrEnum):
+    SCORED = "scored"
+    NOT_SCORED = "not-scored"  # an ablation is on record but the model must not or cannot score it
+    NOT_APPLICABLE = "not-applicable"  # no ablation in the model's horizon: nothing to say
+
+
+@dataclass(frozen=True, slots=True)
+class RiskPoint:
+    """Risk of recurrence by ``month`` after the ablation, with the scenario range."""
+
+    month: float
+    risk: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalRisk:
+    """Risk of recurring by ``to_month`` for a patient still recurrence-free at ``from_month``."""
+
+    from_month: float
+    to_month: float
+    risk: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    status: Status
+    inputs: PatientInputs
+    model: ModelCard
+    as_of: datetime
+    months_since_procedure: float | None = None
+    risks: tuple[RiskPoint, ...] = ()
+    conditional: ConditionalRisk | None = None
+    tier: Tier | None = None
+    x1: float | None = None  # the coded covariates actually scored
+    x2: float | None = None
+    not_applicable_because: str | None = None
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.inputs.problems
+
+    @property
+    def operation_time(self) -> OperationTime | None:
+        value = self.inputs.operation_time
+        return value if isinstance(value, OperationTime) else None
+
+    @property
+    def hb_grade(self) -> HouseBrackmannGrade | None:
+        value = self.inputs.hb_grade
+        return value if isinstance(value, HouseBrackmannGrade) else None
+
+    def risk_at(self, month: float) -> RiskPoint:
+        for point in self.risks:
+            if point.month == month:
+                return point
+        raise KeyError(month)
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable assessment (CLI ``--json``, the card extension, the app's JSON)."""
+        out: dict[str, Any] = {
+            "status": self.status.value,
+            "asOf": self.as_of.isoformat(),
+            "model": {
+                "id": self.model.id,
+                "version": self.model.version,
+                "sha256": self.model.sha256,
+            },
+        }
+        if self.inputs.patient_id:
+            out["patient"] = f"Patient/{self.inputs.patient_id}"
+        if self.inputs.ablation:
+            out["procedure"] = {
+                **_provenance_json(self.inputs.ablation.provenance),
+                "end": self.inputs.ablation.ended_at.isoformat(),
+            }
+        if self.months_since_procedure is not None:
+            out["monthsSinceProcedure"] = round(self.months_since_procedure, 3)
+        if self.risks:
+            out["risks"] = [
+                {"month": _month(p.month), "risk": _r(p.risk), "low": _r(p.low), "high": _r(p.high)}
+                for p in self.risks
+            ]
+        if self.conditional:
+            c = self.conditional
+            out["conditionalRisk"] = {
+                "fromMonth": round(c.from_month, 3),
+                "toMonth": _month(c.to_month),
+                "risk": _r(c.risk),
+                "low": _r(c.low),
+                "high": _r(c.high),
+            }
+        if self.tier:
+            out["tier"] = self.tier.id
+        inputs: dict[str, Any] = {}
+        if self.operation_time:
+            inputs["operationMinutes"] = {
+                "value": round(self.operation_time.minutes, 1),
+                **({"coded": self.x1} if self.x1 is not None else {}),
+                "source": self.operation_time.source,
+                "provenance": _provenance_json(self.operation_time.provenance),
+            }
+        if self.hb_grade:
+            inputs["houseBrackmannGrade"] = {
+                "value": self.hb_grade.grade,
+                **({"coded": self.x2} if self.x2 is not None else {}),
+                "hoursAfterProcedure": round(self.hb_grade.hours_after_procedure, 1),
+                "provenance": _provenance_json(self.hb_grade.provenance),
+            }
+        if inputs:
+            out["inputs"] = inputs
+        if self.problems:
+            out["problems"] = [
+                {
+                    "reason": p.reason.value,
+                    "message": p.message,
+                    "action": p.action,
+                    **({"provenance": _provenance_json(p.provenance)} if p.provenance else {}),
+                }
+                for p in self.problems
+            ]
+        if self.not_applicable_because:
+            out["notApplicableBecause"] = self.not_applicable_because
+        return out
+
+
+class Assessor:
+    """Holds what every assessment needs, prepared once; :meth:`assess` is the pipeline."""
+
+    def __init__(self, card: ModelCard, value_sets: ValueSets) -> None:
+        self.card = card
+        self.model = RecurrenceModel(card)
+        self.value_sets = value_sets
+        self.mapping_parameters = MappingParameters(
+            hb_primary_window_hours=card.hb_grade.primary_window_hours,
+            hb_fallback_window_hours=card.hb_grade.fallback_window_hours,
+            min_operation_minutes=card.operation_time.valid_minutes[0],
+            max_operation_minutes=card.operation_time.valid_minutes[1],
+            max_model_hb_grade=card.hb_grade.model_grades[1],
+        )
+        # Report months plus the horizon (the tier is read there), scored in one call.
+        months = sorted({*card.report_months, card.horizon_months})
+        self._months = np.asarray(months, dtype=np.float64)
+        self._horizon_index = months.index(card.horizon_months)
+        self._report_index = [months.index(m) for m in card.report_months]
+
+    def assess(
+        self,
+        resources: Iterable[Any],
+        patient_id: str | None = None,
+        as_of: datetime | None = None,
+    ) -> Assessment:
+        """Map the patient's resources, then score them or say exactly why not."""
+        now = as_of or datetime.now(UTC)
+        inputs = map_patient(resources, patient_id, self.mapping_parameters, self.value_sets)
+
+        def result(status: Status, **details: Any) -> Assessment:
+            return Assessment(status, inputs, self.card, now, **details)
+
+        if inputs.ablation is None:
+            if any(p.reason is not Reason.NO_ABLATION for p in inputs.exclusions):
+                return result(Status.NOT_SCORED)  # e.g. an ablation not yet completed
+            return result(Status.NOT_APPLICABLE, not_applicable_because="no ablation on record")
+        elapsed_days = (now - inputs.ablation.ended_at).total_seconds() / 86400.0
+        months_since = max(0.0, elapsed_days / self.card.days_per_month)
+        if months_since > self.card.horizon_months:
+            return result(
+                Status.NOT_APPLICABLE,
+                months_since_procedure=months_since,
+                not_applicable_because=(
+                    f"the last ablation ended {months_since:.1f} months ago, beyond the model's "
+                    f"{self.card.horizon_months:g}-month horizon"
+                ),
+            )
+        if not inputs.scorable:
+            x1, x2 = self._coded(inputs)
+            return result(Status.NOT_SCORED, months_since_procedure=months_since, x1=x1, x2=x2)
+        return self._score(inputs, now, months_since)
+
+    def _coded(self, inputs: PatientInputs) -> tuple[float | None, float | None]:
+        """X1 and X2 for display beside inputs that were derived although the patient is not scored."""
+        ot, hb = inputs.operation_time, inputs.hb_grade
+        x1 = self.model.coded_x1(ot.minutes) if isinstance(ot, OperationTime) else None
+        x2 = float(hb.grade) if isinstance(hb, HouseBrackmannGrade) else None
+        return x1, x2
+
+    def _score(self, inputs: PatientInputs, now: datetime, months_since: float) -> Assessment:
+        assert isinstance(inputs.operation_time, OperationTime)
+        assert isinstance(inputs.hb_grade, HouseBrackmannGrade)
+        minutes, grade = inputs.operation_time.minutes, inputs.hb_grade.grade
+        model = self.model
+        # One stacked call over all scenarios; the point scenario is among them.
+        all_risks = model.scenario_risks(minutes, grade, self._months)
+        point = model.predict_risk(minutes, grade, self._months)
+        low, high = all_risks.min(axis=0), all_risks.max(axis=0)
+        risks = tuple(
+            RiskPoint(float(self._months[i]), float(point[i]), float(low[i]), float(high[i]))
+            for i in self._report_index
+        )
+        horizon = self.card.horizon_months
+        conditional = None
+        if CONDITIONAL_FROM_MONTHS <= months_since < horizon:
+            c_all = model.scenario_risks(minutes, grade, horizon, conditional_after=months_since)
+            c_point = model.predict_risk(minutes, grade, horizon, conditional_after=months_since)
+            conditional = ConditionalRisk(
+                months_since, horizon, float(c_point), float(c_all.min()), float(c_all.max())
+            )
+        return Assessment(
+            Status.SCORED,
+            inputs=inputs,
+            model=self.card,
+            as_of=now,
+            months_since_procedure=months_since,
+            risks=risks,
+            conditional=conditional,
+            tier=model.tier(float(high[self._horizon_index])),
+            x1=model.coded_x1(minutes),
+            x2=float(grade),
+        )
+
+
+def _r(value: float) -> float:
+    return round(value, 4)
+
+
+def _month(value: float) -> int | float:
+    """Whole months as integers in JSON (``3``, not ``3.0``)."""
+    return int(value) if value.is_integer() else value
+
+
+def _provenance_json(p: Provenance) -> dict[str, str]:
+    out = {"resourceType": p.resource_type, "reference": p.reference}
+    if p.id:
+        out["id"] = p.id
+    if p.version:
+        out["versionId"] = p.version
+    if p.recorded:
+        out["date"] = p.recorded
+    return out

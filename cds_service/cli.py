@@ -1,0 +1,155 @@
+"""``hfs-cds``: serve the CDS Hooks service, or score one patient's FHIR Bundle from a file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cds_service.assessment import Assessment, Assessor, Status
+from cds_service.config import ConfigError, Settings
+from cds_service.model import ModelCardError, load_model_card
+from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle
+
+_ROMAN = ("", "I", "II", "III", "IV", "V", "VI")
+
+
+class CliError(Exception):
+    """A problem with the command line or an input file; printed without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except (CliError, ConfigError, ModelCardError, ValueSetError) as exc:
+        print(f"hfs-cds: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfs-cds", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the CDS Hooks service (development server)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.set_defaults(run=_serve)
+
+    score = sub.add_parser("score", help="assess one patient from a FHIR Bundle JSON file")
+    score.add_argument("bundle", type=Path, help="FHIR R4 Bundle (or a JSON array of resources)")
+    score.add_argument("--patient", help="patient id (default: inferred from the bundle)")
+    score.add_argument("--at", help="assess as of this ISO 8601 date-time (default: now)")
+    score.add_argument("--json", action="store_true", help="print the assessment as JSON")
+    score.set_defaults(run=_score)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cds_service.app import create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app()
+    print(f"CDS Hooks discovery: http://{args.host}:{args.port}/cds-services", file=sys.stderr)
+    app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    resources = _read_resources(args.bundle)
+    as_of = _parse_at(args.at) if args.at else None
+    settings = Settings.from_env(os.environ)
+    assessor = Assessor(
+        load_model_card(settings.model_card or None),
+        load_value_sets(settings.valuesets_file or None),
+    )
+    assessment = assessor.assess(resources, args.patient, as_of=as_of)
+    if args.json:
+        print(json.dumps(assessment.to_json(), indent=2))
+    else:
+        print(render_text(assessment))
+    return 0
+
+
+def _read_resources(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        return resources_from_bundle(data)
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return data
+    raise CliError(f"{path} must hold a FHIR Bundle or a JSON array of FHIR resources")
+
+
+def _parse_at(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise CliError(f"--at {value!r} is not an ISO 8601 date or date-time") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def render_text(a: Assessment) -> str:
+    """A plain-text report of an assessment, for terminals and batch logs."""
+    model = a.model
+    lines = [f"Model: {model.id} {model.version} ({model.citation.url})"]
+    if a.inputs.patient_id:
+        lines.append(f"Patient: Patient/{a.inputs.patient_id}")
+    if a.inputs.ablation:
+        since = (
+            f" ({a.months_since_procedure:.1f} months before {a.as_of:%Y-%m-%d})"
+            if (a.months_since_procedure is not None)
+            else ""
+        )
+        lines.append(
+            f"Ablation: {a.inputs.ablation.provenance.reference} ended "
+            f"{a.inputs.ablation.ended_at.isoformat()}{since}"
+        )
+    if a.status is Status.NOT_APPLICABLE:
+        lines.append(f"Not applicable: {a.not_applicable_because}.")
+        return "\n".join(lines)
+    if a.operation_time:
+        ot = a.operation_time
+        lines.append(
+            f"Operation time: {ot.minutes:.0f} min from {ot.provenance.reference} ({ot.source})"
+        )
+    if a.hb_grade:
+        hb = a.hb_grade
+        lines.append(
+            f"House-Brackmann grade: {_ROMAN[hb.grade]} from {hb.provenance.reference}, "
+            f"{hb.hours_after_procedure:.0f} h after the ablation"
+        )
+    if a.status is Status.NOT_SCORED:
+        lines.append("Not scored:")
+        lines += [f"  - {p.message} To fix: {p.action}" for p in a.problems]
+        return "\n".join(lines)
+    assert a.tier is not None
+    lines.append("Risk of recurrence (range under the coding assumptions):")
+    lines += [
+        f"  by {p.month:>4g} months: {p.risk:6.1%}  ({p.low:.1%} to {p.high:.1%})" for p in a.risks
+    ]
+    if a.conditional:
+        c = a.conditional
+        lines.append(
+            f"  if recurrence-free at {c.from_month:.1f} months: {c.risk:.1%} by {c.to_month:g} months"
+        )
+    lines.append(f"Tier: {a.tier.label}. {a.tier.advice}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Settings from the environment (12-factor), read once when the app is created.
+
+Every setting has a safe default: with nothing set the service answers hooks from prefetch only and
+contacts no FHIR server. ``create_app(config)`` overrides fields by their upper-case names for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "CDS_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All service settings. Environment variable = ``CDS_`` + the field name in upper case."""
+
+    #: Path of the model card JSON; empty = the published model shipped with the package.
+    model_card: str = ""
+    #: Path of a value-set JSON replacing the packaged code sets; empty = packaged.
+    valuesets_file: str = ""
+    #: Base URLs of FHIR servers the service may query when prefetch is incomplete.
+    fhir_allowlist: tuple[str, ...] = ()
+    #: Query an allowlisted FHIR server even when the EHR sent no ``fhirAuthorization`` (open sandboxes).
+    fhir_fetch_without_token: bool = False
+    #: Development mode (``make run``): allows http FHIR servers on loopback. Never in production.
+    dev_mode: bool = False
+    #: Overall time budget for FHIR fallback queries in one hook call, and per-connection timeout.
+    fhir_budget_seconds: float = 2.0
+    fhir_connect_timeout_seconds: float = 0.5
+    #: Upper bound on search-result pages followed per prefetch key.
+    fhir_max_pages: int = 5
+    #: Origins allowed by CORS; ``*`` allows any (no credentials are ever allowed).
+    cors_origins: tuple[str, ...] = ("*",)
+    #: The service's public base URL (behind proxies), used for links in cards.
+    public_base_url: str = ""
+    #: Largest accepted request body.
+    max_request_bytes: int = 5 * 1024 * 1024
+    #: Extra Flask settings from ``create_app(config)`` that are not service settings (e.g. TESTING).
+    flask: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and f.name != "flask":
+                values[f.name] = _parse(f.name, raw, f.type)
+        return cls(**values)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """Apply ``create_app(config)`` keys: service settings by upper-case field name, the rest to Flask."""
+        names = {f.name.upper(): f.name for f in dataclasses.fields(self) if f.name != "flask"}
+        mine = {names[k]: v for k, v in overrides.items() if k in names}
+        flask = {**self.flask, **{k: v for k, v in overrides.items() if k not in names}}
+        for key in ("fhir_allowlist", "cors_origins"):
+            if key in mine and isinstance(mine[key], str):
+                mine[key] = _split(mine[key])
+            elif key in mine:
+                mine[key] = tuple(mine[key])
+        return dataclasses.replace(self, **mine, flask=flask)
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse(name: str, raw: str, type_name: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            if raw.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return _split(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}: cannot use {raw!r} ({kind} expected)"
+        ) from exc
+    return raw.strip()

@@ -1,0 +1,1 @@
+"""The CDS Hooks web layer: service registry, request validation, prefetch, cards, endpoints."""

@@ -1,0 +1,58 @@
+"""Errors a hook call can end in, each with its HTTP status and an OperationOutcome body.
+
+CDS Hooks 3.0 asks for an OperationOutcome on every non-2xx answer; the EHR's integrators read the
+``diagnostics`` text, so it names the field or prefetch key at fault. It never echoes request values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+
+class HookError(Exception):
+    """A request the service answers with a 4xx status and an OperationOutcome."""
+
+    status = 400
+    issue_code = "invalid"  # http://hl7.org/fhir/issue-type
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+
+
+class InvalidHookRequest(HookError):
+    """The request body is not a valid CDS Hooks request for this service (400)."""
+
+
+class UnknownService(HookError):
+    status = 404
+    issue_code = "not-found"
+
+
+class UnsupportedMediaType(HookError):
+    status = 415
+    issue_code = "not-supported"
+
+
+class PrefetchUnavailable(HookError):
+    """Required data is neither in prefetch nor obtainable from the FHIR server (412)."""
+
+    status = 412
+    issue_code = "processing"
+
+
+def operation_outcome(
+    diagnostics: str, code: str = "processing", severity: str = "error"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+    }
+
+
+def outcome_response(status: int, diagnostics: str, code: str = "processing") -> Response:
+    response = jsonify(operation_outcome(diagnostics, code))
+    response.status_code = status
+    return response

@@ -1,0 +1,140 @@
+"""The CDS services this deployment offers: one registry, keyed by service id, that builds discovery.
+
+Each supported hook gets its own id (the CDS Hooks sandbox keys services by id, so sharing one would
+hide all but the last). Scoring is hook-agnostic: every service asks for the same narrow prefetch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from fhir_mappings import ValueSets
+
+#: Reverse-domain name of our organisation-specific hook (no standard note-signing hook exists).
+NOTE_SIGN_HOOK = "org.example.hfs-cds.procedure-note-sign"
+
+
+@dataclass(frozen=True, slots=True)
+class ContextField:
+    name: str
+    kind: type  # str or dict
+    required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CdsService:
+    id: str
+    hook: str
+    title: str
+    description: str
+    context: tuple[ContextField, ...]
+    prefetch: dict[str, str]
+    usage_requirements: str
+    hook_version: str | None = None
+
+    def discovery_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": self.prefetch,
+            "usageRequirements": self.usage_requirements,
+        }
+        if self.hook_version:
+            entry["hookVersion"] = self.hook_version
+        return entry
+
+
+_USER = ContextField("userId", str, True)
+_PATIENT = ContextField("patientId", str, True)
+_ENCOUNTER_OPT = ContextField("encounterId", str, False)
+_ENCOUNTER_REQ = ContextField("encounterId", str, True)
+
+_DESCRIPTION = (
+    "Estimates the risk that hemifacial spasm recurs within 3, 6 and 12 months after CT-guided "
+    "radiofrequency ablation of the facial nerve (Cox model of Fei et al., Pain Physician 2022), from "
+    "the operation time and the post-ablation House-Brackmann grade, with follow-up advice."
+)
+_USAGE = (
+    "Needs FHIR R4 Procedure, Observation and Condition data, from prefetch or from fhirServer "
+    "(with fhirAuthorization, or on an allowlisted open server). Informational only; recalibrate on "
+    "local patients before clinical use."
+)
+
+
+def _token_list(pairs: list[tuple[str, str]]) -> str:
+    """A token search value: comma-separated ``system|code``, each part percent-encoded."""
+    return ",".join(f"{quote(system, safe='')}%7C{quote(code, safe='')}" for system, code in pairs)
+
+
+def build_prefetch(value_sets: ValueSets) -> dict[str, str]:
+    """Prefetch templates asking only for the codes the mapping uses (so EHRs send little)."""
+    patient = "{{context.patientId}}"
+    procedures = value_sets.codes("ablation_procedure") + value_sets.codes(
+        "later_treatment_procedure"
+    )
+    observations = (
+        value_sets.codes("hb_grade_observation")
+        + value_sets.codes("operation_duration_observation")
+        + value_sets.codes("recurrence_finding")
+    )
+    conditions = value_sets.codes("hemifacial_spasm_condition") + value_sets.codes(
+        "recurrence_finding"
+    )
+    return {
+        "procedures": f"Procedure?patient={patient}&code={_token_list(procedures)}",
+        "observations": f"Observation?patient={patient}&code={_token_list(observations)}",
+        "conditions": f"Condition?patient={patient}&code={_token_list(conditions)}",
+    }
+
+
+def build_services(value_sets: ValueSets) -> dict[str, CdsService]:
+    """The registry: service id -> service. Built once at start-up."""
+    prefetch = build_prefetch(value_sets)
+    services = [
+        CdsService(
+            id="hfs-rfa-recurrence-patient-view",
+            hook="patient-view",
+            title="Hemifacial spasm recurrence risk after RFA (chart opened)",
+            description=_DESCRIPTION,
+            context=(_USER, _PATIENT, _ENCOUNTER_OPT),
+            prefetch=prefetch,
+            usage_requirements=_USAGE,
+            hook_version="1.0",
+        ),
+        CdsService(
+            id="hfs-rfa-recurrence-order-sign",
+            hook="order-sign",
+            title="Hemifacial spasm recurrence risk after RFA (post-ablation orders signed)",
+            description=_DESCRIPTION,
+            context=(_USER, _PATIENT, _ENCOUNTER_OPT, ContextField("draftOrders", dict, True)),
+            prefetch=prefetch,
+            usage_requirements=_USAGE,
+            hook_version="1.0",
+        ),
+        CdsService(
+            id="hfs-rfa-recurrence-encounter-discharge",
+            hook="encounter-discharge",
+            title="Hemifacial spasm recurrence risk after RFA (discharge)",
+            description=_DESCRIPTION,
+            context=(_USER, _PATIENT, _ENCOUNTER_REQ),
+            prefetch=prefetch,
+            usage_requirements=_USAGE,
+            hook_version="1.0",
+        ),
+        CdsService(
+            id="hfs-rfa-recurrence-note-sign",
+            hook=NOTE_SIGN_HOOK,
+            title="Hemifacial spasm recurrence risk after RFA (post-ablation note signed)",
+            description=_DESCRIPTION
+            + " Fired by the EHR when the clinician signs the post-ablation procedure note.",
+            context=(_USER, _PATIENT, _ENCOUNTER_OPT, ContextField("procedureId", str, False)),
+            prefetch=prefetch,
+            usage_requirements=_USAGE,
+            hook_version="1.0",
+        ),
+    ]
+    return {s.id: s for s in services}

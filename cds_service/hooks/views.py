@@ -1,0 +1,101 @@
+"""The CDS Hooks HTTP endpoints: discovery and one POST endpoint per service id."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from cds_service.hooks.cards import CardContext, build_cards
+from cds_service.hooks.errors import (
+    HookError,
+    InvalidHookRequest,
+    UnknownService,
+    UnsupportedMediaType,
+    outcome_response,
+)
+from cds_service.hooks.prefetch import resolve_prefetch
+from cds_service.hooks.request import parse_hook_request
+from cds_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("cds_hooks", __name__)
+
+
+def _runtime() -> Runtime:
+    runtime: Runtime = current_app.extensions["hfs_cds"]
+    return runtime
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    # Built once at start-up: discovery is static and called often.
+    return Response(_runtime().discovery_json, mimetype="application/json")
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    runtime = _runtime()
+    service = runtime.services.get(service_id)
+    if service is None:
+        raise UnknownService(f"no CDS service with id '{service_id[:64]}'")
+    hook_request = parse_hook_request(_json_body(), service)
+    resources = resolve_prefetch(hook_request, service, runtime.fhir_client, runtime.fetch_policy)
+    assessment = runtime.assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
+    context = hook_request.context
+    cards = build_cards(
+        assessment,
+        CardContext(
+            patient_id=hook_request.patient_id,
+            user_id=context.get("userId"),
+            encounter_id=context.get("encounterId"),
+        ),
+    )
+    log.info(
+        "hook answered",
+        extra={
+            "service": service.id,
+            "hook_instance": hook_request.hook_instance[:64],
+            "status": assessment.status.value,
+            "cards": len(cards),
+        },
+    )
+    return Response(
+        json.dumps({"cards": cards}, separators=(",", ":")), mimetype="application/json"
+    )
+
+
+@bp.errorhandler(HookError)
+def hook_error(error: HookError) -> Response:
+    log.info("hook call refused: %s %s", error.status, error.diagnostics)
+    return outcome_response(error.status, error.diagnostics, error.issue_code)
+
+
+@bp.after_request
+def cors(response: Response) -> Response:
+    """CORS on every CDS Hooks answer, preflight included (browser EHRs and the sandbox need it)."""
+    origins = _runtime().settings.cors_origins
+    origin = request.headers.get("Origin")
+    if "*" in origins:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin and origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.vary.add("Origin")
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def _json_body() -> Any:
+    if not request.mimetype or not (
+        request.mimetype == "application/json" or request.mimetype.endswith("+json")
+    ):
+        raise UnsupportedMediaType("the request body must be application/json")
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidHookRequest("the request body is not valid JSON") from exc

@@ -1,0 +1,56 @@
+"""Everything the service prepares once at start-up and shares across requests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cds_service.assessment import Assessor
+from cds_service.config import Settings
+from cds_service.hooks.prefetch import FetchPolicy
+from cds_service.hooks.services import CdsService, build_services
+from cds_service.model import load_model_card
+from cds_service.security.fhir_client import FhirAllowlist, FhirClient
+from fhir_mappings import load_value_sets
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    assessor: Assessor
+    services: dict[str, CdsService]
+    discovery_json: str
+    fhir_client: FhirClient
+    fetch_policy: FetchPolicy
+    clock: Callable[
+        [], datetime
+    ]  # "now" for assessments; tests pin it with create_app({"CLOCK": ...})
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        """Load the model card and value sets, build the registry; fails fast on bad files."""
+        card = load_model_card(settings.model_card or None)
+        value_sets = load_value_sets(settings.valuesets_file or None)
+        services = build_services(value_sets)
+        discovery = {"services": [s.discovery_entry() for s in services.values()]}
+        client = FhirClient(
+            FhirAllowlist(settings.fhir_allowlist, allow_loopback_http=settings.dev_mode),
+            budget_seconds=settings.fhir_budget_seconds,
+            connect_timeout_seconds=settings.fhir_connect_timeout_seconds,
+            max_pages=settings.fhir_max_pages,
+        )
+        return cls(
+            settings=settings,
+            assessor=Assessor(card, value_sets),
+            services=services,
+            discovery_json=json.dumps(discovery, separators=(",", ":")),
+            fhir_client=client,
+            fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
+            clock=settings.flask.get("CLOCK") or _utc_now,
+        )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,81 @@
+"""Shared fixtures.
+
+The Flask fixture trio (``app``, ``client``, ``cli``) follows Flask's tutorial; ``model`` and
+``assessor`` give unit tests the packaged model without any web layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service import create_app
+from cds_service.assessment import Assessor
+from cds_service.cli import main as cli_main
+from cds_service.model import RecurrenceModel, load_model_card
+from fhir_mappings import load_value_sets
+from tests.hook_calls import HookCaller
+
+
+@pytest.fixture(scope="session")
+def model() -> RecurrenceModel:
+    """The published model from the packaged model card (read once per test session)."""
+    return RecurrenceModel(load_model_card())
+
+
+@pytest.fixture(scope="session")
+def assessor() -> Assessor:
+    """The one assessment pipeline with the packaged model card and value sets."""
+    return Assessor(load_model_card(), load_value_sets())
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Overrides for ``create_app``; a test may edit it before requesting ``app`` or ``client``."""
+    return {"TESTING": True}
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    """A fresh app per test, built from ``app_config`` (no environment leaks in: CDS_* are cleared)."""
+    application = create_app(app_config)
+    yield application
+    application.extensions["hfs_cds"].fhir_client.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Flask's test client for unit-level HTTP tests."""
+    return app.test_client()
+
+
+@pytest.fixture
+def hooks(client: FlaskClient) -> HookCaller:
+    """Builds and posts CDS Hooks requests: ``hooks.call("patient-view", resources)``."""
+    return HookCaller(client)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``hfs-cds`` in-process: ``code, out, err = cli("score", path)``."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli_main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _no_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests configure the service explicitly; a developer's CDS_* variables must not leak in."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CDS_"):
+            monkeypatch.delenv(name)
