@@ -227,10 +227,7 @@ class Assessor:
         assert isinstance(inputs.hb_grade, HouseBrackmannGrade)
         minutes, grade = inputs.operation_time.minutes, inputs.hb_grade.grade
         model = self.model
-        # One stacked call over all scenarios; the point scenario is among them.
-        all_risks = model.scenario_risks(minutes, grade, self._months)
-        point = model.predict_risk(minutes, grade, self._months)
-        low, high = all_risks.min(axis=0), all_risks.max(axis=0)
+        point, low, high = model.risk_with_range(minutes, grade, self._months)
         risks = tuple(
             RiskPoint(float(self._months[i]), float(point[i]), float(low[i]), float(high[i]))
             for i in self._report_index
@@ -238,10 +235,11 @@ class Assessor:
         horizon = self.card.horizon_months
         conditional = None
         if CONDITIONAL_FROM_MONTHS <= months_since < horizon:
-            c_all = model.scenario_risks(minutes, grade, horizon, conditional_after=months_since)
-            c_point = model.predict_risk(minutes, grade, horizon, conditional_after=months_since)
+            c_point, c_low, c_high = model.risk_with_range(
+                minutes, grade, horizon, conditional_after=months_since
+            )
             conditional = ConditionalRisk(
-                months_since, horizon, float(c_point), float(c_all.min()), float(c_all.max())
+                months_since, horizon, float(c_point), float(c_low), float(c_high)
             )
         return Assessment(
             Status.SCORED,

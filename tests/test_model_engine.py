@@ -178,3 +178,12 @@ def test_golden_table(model: RecurrenceModel) -> None:
         low, high = model.scenario_range(minutes, grade, [12])
         got = tuple(np.round(np.concatenate([point, low, high]) * 100, 1).tolist())
         assert got == expected, (minutes, grade)
+
+
+def test_risk_with_range_equals_the_separate_calls(model: RecurrenceModel) -> None:
+    point, low, high = model.risk_with_range([25, 42], [2, 3], MONTHS, conditional_after=[1, 2])
+    assert np.allclose(
+        point, model.predict_risk([25, 42], [2, 3], MONTHS, conditional_after=[1, 2])
+    )
+    lo, hi = model.scenario_range([25, 42], [2, 3], MONTHS, conditional_after=[1, 2])
+    assert np.allclose(low, lo) and np.allclose(high, hi)

@@ -48,7 +48,7 @@ class RecurrenceModel:
     def baseline_cumulative_hazard(self, months: ArrayLike) -> FloatArray:
         """``H_ref(t)``: the reference patient's cumulative hazard, for 0 <= t <= horizon."""
         t = np.asarray(months, dtype=np.float64)
-        if np.any(~np.isfinite(t)) or np.any(t < 0) or np.any(t > self.card.horizon_months):
+        if not ((t >= 0) & (t <= self.card.horizon_months)).all():  # NaN fails both comparisons
             raise ValueError(f"months must lie in [0, {self.card.horizon_months:g}]")
         return np.interp(t, self._knot_months, self._knot_cumhaz)
 
@@ -61,20 +61,7 @@ class RecurrenceModel:
     ) -> FloatArray:
         """``lp(x) - lp_ref`` under a scenario (default: the published coding)."""
         m, g = self._check_inputs(minutes, hb_grade)
-        s = scenario or self.point_scenario
-        card = self.card
-        if s.x1_coding == "binary":
-            x1_term = (m > card.operation_time.cut_minutes) - card.reference_x1
-        else:  # per 10 minutes around the cohort-typical operation time
-            x1_term = (m - card.scenarios.x1_reference_minutes) / 10.0
-        if s.x2_coding == "ordinal":
-            x2_term = g - s.reference_x2
-        else:  # HB II or worse vs I: the ordinal grade capped at II, reference shifted the same way
-            x2_term = np.minimum(g, 2.0) - min(s.reference_x2, 2.0)
-        lp: FloatArray = (
-            card.operation_time.coefficient * x1_term + card.hb_grade.coefficient * x2_term
-        )
-        return lp
+        return self._lp(m, g, scenario or self.point_scenario)
 
     # -- predictions ------------------------------------------------------------------------------
 
@@ -93,22 +80,9 @@ class RecurrenceModel:
         recurring by ``months`` for a patient still recurrence-free at that time:
         ``1 - S(t|x) / S(s|x)``, which needs ``s < t``.
         """
-        rel = np.exp(self.relative_log_hazard(minutes, hb_grade, scenario))
-        t = np.asarray(months, dtype=np.float64)
-        if np.any(t <= 0):
-            raise ValueError("months must be greater than 0")
-        cumhaz = self.baseline_cumulative_hazard(t)
-        if conditional_after is not None:
-            s = np.asarray(conditional_after, dtype=np.float64)
-            if s.ndim > rel.ndim:
-                raise ValueError("conditional_after must be a scalar or one value per patient")
-            # One start time per patient, broadcast against the month axis appended last.
-            s = np.broadcast_to(s, rel.shape).reshape(rel.shape + (1,) * t.ndim)
-            if np.any(s >= t) or np.any(s < 0):
-                raise ValueError("conditional_after must be >= 0 and before every requested month")
-            cumhaz = cumhaz - self.baseline_cumulative_hazard(s)
-        risk: FloatArray = -np.expm1(-np.multiply.outer(rel, np.ones_like(t)) * cumhaz)
-        return risk
+        m, g = self._check_inputs(minutes, hb_grade)
+        lp = self._lp(m, g, scenario or self.point_scenario)
+        return self._risk(lp, lp.ndim, months, conditional_after)
 
     def scenario_risks(
         self,
@@ -118,12 +92,22 @@ class RecurrenceModel:
         conditional_after: ArrayLike | None = None,
     ) -> FloatArray:
         """Risk under every scenario; the scenario axis comes first."""
-        return np.stack(
-            [
-                self.predict_risk(minutes, hb_grade, months, conditional_after, s)
-                for s in self.scenarios
-            ]
-        )
+        m, g = self._check_inputs(minutes, hb_grade)
+        lp = np.stack([self._lp(m, g, s) for s in self.scenarios])
+        return self._risk(lp, lp.ndim - 1, months, conditional_after)
+
+    def risk_with_range(
+        self,
+        minutes: ArrayLike,
+        hb_grade: ArrayLike,
+        months: ArrayLike,
+        conditional_after: ArrayLike | None = None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Point estimate, lowest and highest scenario risk, from one pass over all codings."""
+        m, g = self._check_inputs(minutes, hb_grade)
+        lp = np.stack([self._lp(m, g, s) for s in (self.point_scenario, *self.scenarios)])
+        risks = self._risk(lp, lp.ndim - 1, months, conditional_after)
+        return risks[0], risks[1:].min(axis=0), risks[1:].max(axis=0)
 
     def scenario_range(
         self,
@@ -143,6 +127,48 @@ class RecurrenceModel:
                 return tier
         return self.card.tiers[-1]
 
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _lp(self, m: FloatArray, g: FloatArray, s: Scenario) -> FloatArray:
+        card = self.card
+        if s.x1_coding == "binary":
+            x1_term = (m > card.operation_time.cut_minutes) - card.reference_x1
+        else:  # per 10 minutes around the cohort-typical operation time
+            x1_term = (m - card.scenarios.x1_reference_minutes) / 10.0
+        if s.x2_coding == "ordinal":
+            x2_term = g - s.reference_x2
+        else:  # HB II or worse vs I: the ordinal grade capped at II, reference shifted the same way
+            x2_term = np.minimum(g, 2.0) - min(s.reference_x2, 2.0)
+        lp: FloatArray = (
+            card.operation_time.coefficient * x1_term + card.hb_grade.coefficient * x2_term
+        )
+        return lp
+
+    def _risk(
+        self,
+        lp: FloatArray,
+        patient_ndim: int,
+        months: ArrayLike,
+        conditional_after: ArrayLike | None,
+    ) -> FloatArray:
+        """``1 - exp(-H(t) * exp(lp))`` with the month axis appended to ``lp``'s shape."""
+        t = np.asarray(months, dtype=np.float64)
+        if np.any(t <= 0):
+            raise ValueError("months must be greater than 0")
+        cumhaz = self.baseline_cumulative_hazard(t)
+        if conditional_after is not None:
+            s = np.asarray(conditional_after, dtype=np.float64)
+            if s.ndim > patient_ndim:
+                raise ValueError("conditional_after must be a scalar or one value per patient")
+            # One start time per patient, broadcast against the month axis appended last.
+            s = np.broadcast_to(s, lp.shape).reshape(lp.shape + (1,) * t.ndim)
+            if np.any(s >= t) or np.any(s < 0):
+                raise ValueError("conditional_after must be >= 0 and before every requested month")
+            cumhaz = cumhaz - self.baseline_cumulative_hazard(s)
+        rel = np.exp(lp).reshape(lp.shape + (1,) * t.ndim)
+        risk: FloatArray = -np.expm1(-rel * cumhaz)
+        return risk
+
     # -- validation --------------------------------------------------------------------------------
 
     def _check_inputs(
@@ -150,9 +176,9 @@ class RecurrenceModel:
     ) -> tuple[FloatArray, FloatArray]:
         m = np.asarray(minutes, dtype=np.float64)
         g = np.asarray(hb_grade, dtype=np.float64)
-        if np.any(~np.isfinite(m)) or np.any(m <= 0):
+        if not ((m > 0) & (m < np.inf)).all():  # NaN fails both comparisons
             raise ValueError("operation minutes must be finite and positive")
         lo, hi = self.card.hb_grade.model_grades
-        if np.any(g != np.round(g)) or np.any(g < lo) or np.any(g > hi):
+        if not ((g >= lo) & (g <= hi) & (g == np.round(g))).all():
             raise ValueError(f"House-Brackmann grade must be a whole number from {lo} to {hi}")
         return m, g
