@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# A real FHIR server for the integration tests, in its own venv (it pins its own fhir.resources).
+FHIR_VENV ?= .venv-fhir
+SEKMET_VERSION ?= 0.1.1
 
 .PHONY: run test lint typecheck clean
 
@@ -19,6 +22,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed-run
 
+$(FHIR_VENV)/.installed:
+	$(PYTHON) -m venv $(FHIR_VENV)
+	$(FHIR_VENV)/bin/python -m pip install --quiet sekmet-fhir==$(SEKMET_VERSION)
+	touch $@
+
 run: $(VENV)/.installed-run
 	CDS_DEV_MODE=$${CDS_DEV_MODE:-1} $(BIN)/hfs-cds serve --host $(HOST) --port $(PORT)
 
@@ -28,10 +36,10 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(FHIR_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FHIR_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

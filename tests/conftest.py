@@ -18,6 +18,7 @@ from cds_service.assessment import Assessor
 from cds_service.cli import main as cli_main
 from cds_service.model import RecurrenceModel, load_model_card
 from fhir_mappings import load_value_sets
+from tests.fhir_server import FhirServerProcess, running_sekmet
 from tests.hook_calls import HookCaller
 
 
@@ -69,6 +70,16 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServerProcess]:
+    """A real FHIR R4 server process (sekmet-fhir) on loopback, empty, shared by the session.
+
+    Tests load what they need with ``fhir_server.transaction(bundle)`` using their own patient ids.
+    """
+    with running_sekmet(tmp_path_factory.mktemp("sekmet")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
