@@ -28,7 +28,8 @@ $(FHIR_VENV)/.installed:
 	touch $@
 
 run: $(VENV)/.installed-run
-	CDS_DEV_MODE=$${CDS_DEV_MODE:-1} $(BIN)/hfs-cds serve --host $(HOST) --port $(PORT)
+	CDS_DEV_MODE=$${CDS_DEV_MODE:-1} CDS_PUBLIC_BASE_URL=$${CDS_PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} \
+		$(BIN)/hfs-cds serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -7,12 +7,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings
 from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import bp as hooks_bp
+from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
 from cds_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings.flask)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["hfs_cds"] = Runtime.build(settings)
+    runtime = Runtime.build(settings)
+    app.extensions["hfs_cds"] = runtime
     app.register_blueprint(hooks_bp)
+    quiet_third_party_loggers()
+
+    @app.before_request
+    def assign_request_id() -> None:
+        g.request_id = request_id_from(request.headers.get("X-Request-ID"))
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -51,6 +63,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     if settings.dev_mode:
         log.warning(
-            "DEVELOPMENT MODE: http FHIR servers on loopback are allowed. Never use this in production."
+            "DEVELOPMENT MODE: development and CDS Hooks sandbox JWT issuers are trusted and http "
+            "FHIR servers on loopback are allowed. NEVER use this in production."
+        )
+    if runtime.authenticator is None:
+        log.warning(
+            "EHR authentication is OFF (CDS_AUTH_REQUIRED=false): anyone can call the service"
+        )
+    elif not settings.public_base_url:
+        log.warning(
+            "CDS_PUBLIC_BASE_URL is not set: JWT audiences are checked against the Host header"
         )
     return app

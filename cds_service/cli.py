@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -44,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     serve.set_defaults(run=_serve)
 
+    token = sub.add_parser(
+        "dev-token", help="print a JWT from the development issuer (development mode only)"
+    )
+    token.add_argument(
+        "--url",
+        default=None,
+        help="endpoint URL the token is for (default: discovery on CDS_PUBLIC_BASE_URL or HOST:PORT)",
+    )
+    token.add_argument("--alg", choices=("ES384", "RS384"), default="ES384")
+    token.set_defaults(run=_dev_token)
+
     score = sub.add_parser("score", help="assess one patient from a FHIR Bundle JSON file")
     score.add_argument("bundle", type=Path, help="FHIR R4 Bundle (or a JSON array of resources)")
     score.add_argument("--patient", help="patient id (default: inferred from the bundle)")
@@ -55,13 +65,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
+    from cds_service.logging_setup import configure_logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(os.environ.get("CDS_LOG_LEVEL", "INFO"))
     app = create_app()
     print(f"CDS Hooks discovery: http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    return 0
+
+
+def _dev_token(args: argparse.Namespace) -> int:
+    from cds_service.security.trusted_issuers import mint_development_token
+
+    url = args.url
+    if url is None:
+        base = os.environ.get("CDS_PUBLIC_BASE_URL") or (
+            f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
+        )
+        url = base.rstrip("/") + "/cds-services"
+    print(mint_development_token(url, alg=args.alg))
     return 0
 
 

@@ -22,6 +22,10 @@ class ConfigError(ValueError):
 class Settings:
     """All service settings. Environment variable = ``CDS_`` + the field name in upper case."""
 
+    #: Require a valid JWT from a trusted EHR on discovery, service and feedback calls.
+    auth_required: bool = True
+    #: JSON file of trusted EHR issuers (keys, audiences, tenants, FHIR servers); see the README.
+    trusted_issuers_file: str = ""
     #: Path of the model card JSON; empty = the published model shipped with the package.
     model_card: str = ""
     #: Path of a value-set JSON replacing the packaged code sets; empty = packaged.
@@ -39,7 +43,7 @@ class Settings:
     fhir_max_pages: int = 5
     #: Origins allowed by CORS; ``*`` allows any (no credentials are ever allowed).
     cors_origins: tuple[str, ...] = ("*",)
-    #: The service's public base URL (behind proxies), used for links in cards.
+    #: The service's public base URL as EHRs call it (behind proxies): JWT audiences and card links.
     public_base_url: str = ""
     #: Largest accepted request body.
     max_request_bytes: int = 5 * 1024 * 1024

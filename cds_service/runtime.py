@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cds_service.assessment import Assessor
-from cds_service.config import Settings
+from cds_service.config import ConfigError, Settings
 from cds_service.hooks.prefetch import FetchPolicy
 from cds_service.hooks.services import CdsService, build_services
 from cds_service.model import load_model_card
+from cds_service.security.ehr_auth import EhrAuthenticator
 from cds_service.security.fhir_client import FhirAllowlist, FhirClient
+from cds_service.security.trusted_issuers import (
+    TrustConfigError,
+    TrustedIssuer,
+    development_issuers,
+    load_trusted_issuers,
+)
 from fhir_mappings import load_value_sets
 
 
@@ -24,9 +31,9 @@ class Runtime:
     discovery_json: str
     fhir_client: FhirClient
     fetch_policy: FetchPolicy
-    clock: Callable[
-        [], datetime
-    ]  # "now" for assessments; tests pin it with create_app({"CLOCK": ...})
+    authenticator: EhrAuthenticator | None  # None only when CDS_AUTH_REQUIRED is off
+    #: "Now" for assessments; tests pin it with ``create_app({"CLOCK": ...})``.
+    clock: Callable[[], datetime]
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -48,8 +55,35 @@ class Runtime:
             discovery_json=json.dumps(discovery, separators=(",", ":")),
             fhir_client=client,
             fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
+            authenticator=_authenticator(settings),
             clock=settings.flask.get("CLOCK") or _utc_now,
         )
+
+    def close(self) -> None:
+        self.fhir_client.close()
+        if self.authenticator is not None:
+            self.authenticator.close()
+
+
+def _authenticator(settings: Settings) -> EhrAuthenticator | None:
+    """Trusted issuers from the file, plus the development issuers in development mode only."""
+    if not settings.auth_required:
+        return None
+    issuers: tuple[TrustedIssuer, ...] = ()
+    try:
+        if settings.trusted_issuers_file:
+            issuers = load_trusted_issuers(settings.trusted_issuers_file)
+        if settings.dev_mode:
+            known = {i.iss for i in issuers}
+            issuers += tuple(i for i in development_issuers() if i.iss not in known)
+    except TrustConfigError as exc:
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS_FILE: {exc}") from exc
+    if not issuers:
+        raise ConfigError(
+            "EHR authentication is required (CDS_AUTH_REQUIRED) but no issuer is trusted: set "
+            "CDS_TRUSTED_ISSUERS_FILE, or CDS_DEV_MODE=1 for local development"
+        )
+    return EhrAuthenticator(issuers)
 
 
 def _utc_now() -> datetime:

@@ -37,7 +37,7 @@ def assessor() -> Assessor:
 @pytest.fixture
 def app_config() -> dict[str, Any]:
     """Overrides for ``create_app``; a test may edit it before requesting ``app`` or ``client``."""
-    return {"TESTING": True}
+    return {"TESTING": True, "AUTH_REQUIRED": False}
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     """A fresh app per test, built from ``app_config`` (no environment leaks in: CDS_* are cleared)."""
     application = create_app(app_config)
     yield application
-    application.extensions["hfs_cds"].fhir_client.close()
+    application.extensions["hfs_cds"].close()
 
 
 @pytest.fixture

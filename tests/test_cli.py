@@ -39,7 +39,13 @@ def test_score_json_equals_the_card_extension(cli: Cli) -> None:
     )
     assert code == 0
     from_cli = json.loads(out)
-    app = create_app({"TESTING": True, "CLOCK": lambda: datetime(2026, 11, 25, tzinfo=UTC)})
+    app = create_app(
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "CLOCK": lambda: datetime(2026, 11, 25, tzinfo=UTC),
+        }
+    )
     client: FlaskClient = app.test_client()
     request = json.loads((EXAMPLES / "patient-view-42min-hb2.json").read_text())
     response = client.post("/cds-services/hfs-rfa-recurrence-patient-view", json=request)
@@ -102,3 +108,13 @@ def test_a_broken_model_card_is_reported_not_raised(
     monkeypatch.setenv("CDS_MODEL_CARD", str(card))
     code, _, err = cli("score", str(EXAMPLES / "bundle-42min-hb2.json"))
     assert code == 2 and "model card.covariates: missing" in err
+
+
+def test_dev_token_is_accepted_by_a_development_mode_app(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "http://127.0.0.1:8080")
+    code, out, _ = cli("dev-token")
+    assert code == 0
+    app = create_app({"TESTING": True, "DEV_MODE": True, "PUBLIC_BASE_URL": "http://127.0.0.1:8080"})
+    response = app.test_client().get("/cds-services", headers={"Authorization": f"Bearer {out.strip()}"})
+    assert response.status_code == 200
+    app.extensions["hfs_cds"].close()

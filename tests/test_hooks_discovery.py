@@ -70,7 +70,10 @@ def test_cors_headers_on_get_and_post(client: FlaskClient) -> None:
     assert post.headers["Access-Control-Allow-Origin"] == "*"
 
 
-@pytest.mark.parametrize("app_config", [{"CORS_ORIGINS": "https://ehr.example.org"}])
+@pytest.mark.parametrize(
+    "app_config",
+    [{"TESTING": True, "AUTH_REQUIRED": False, "CORS_ORIGINS": "https://ehr.example.org"}],
+)
 def test_cors_origins_are_configurable(client: FlaskClient) -> None:
     allowed = client.get("/cds-services", headers={"Origin": "https://ehr.example.org"})
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://ehr.example.org"

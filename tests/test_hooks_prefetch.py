@@ -42,10 +42,16 @@ def fhir() -> Iterator[FakeFhirServer]:
 def fallback_client(fhir: FakeFhirServer) -> Iterator[FlaskClient]:
     """A client whose app may query ``fhir`` (dev mode: http on loopback, allowlisted)."""
     app: Flask = create_app(
-        {"TESTING": True, "DEV_MODE": True, "FHIR_ALLOWLIST": fhir.base, "FHIR_BUDGET_SECONDS": 1.0}
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "DEV_MODE": True,
+            "FHIR_ALLOWLIST": fhir.base,
+            "FHIR_BUDGET_SECONDS": 1.0,
+        }
     )
     yield app.test_client()
-    app.extensions["hfs_cds"].fhir_client.close()
+    app.extensions["hfs_cds"].close()
 
 
 def _status_and_diagnostics(response: Any) -> tuple[int, str]:
@@ -237,7 +243,7 @@ def test_server_not_on_the_allowlist_is_never_contacted(
 
 
 def test_http_server_outside_dev_mode_is_refused(fhir: FakeFhirServer) -> None:
-    app = create_app({"TESTING": True, "FHIR_ALLOWLIST": fhir.base})
+    app = create_app({"TESTING": True, "AUTH_REQUIRED": False, "FHIR_ALLOWLIST": fhir.base})
     body = hook_body("patient-view", prefetch={}, **_auth(fhir))
     response = HookCaller(app.test_client()).post(SERVICE_IDS["patient-view"], body)
     assert response.status_code == 412 and fhir.seen == []
@@ -245,7 +251,9 @@ def test_http_server_outside_dev_mode_is_refused(fhir: FakeFhirServer) -> None:
 
 def test_no_token_means_no_fetch_unless_configured(fhir: FakeFhirServer) -> None:
     body = hook_body("patient-view", prefetch={}, fhirServer=fhir.base)
-    strict = create_app({"TESTING": True, "DEV_MODE": True, "FHIR_ALLOWLIST": fhir.base})
+    strict = create_app(
+        {"TESTING": True, "AUTH_REQUIRED": False, "DEV_MODE": True, "FHIR_ALLOWLIST": fhir.base}
+    )
     status, diagnostics = _status_and_diagnostics(
         HookCaller(strict.test_client()).post(SERVICE_IDS["patient-view"], body)
     )
@@ -253,6 +261,7 @@ def test_no_token_means_no_fetch_unless_configured(fhir: FakeFhirServer) -> None
     sandbox = create_app(
         {
             "TESTING": True,
+            "AUTH_REQUIRED": False,
             "DEV_MODE": True,
             "FHIR_ALLOWLIST": fhir.base,
             "FHIR_FETCH_WITHOUT_TOKEN": True,

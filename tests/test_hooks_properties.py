@@ -30,9 +30,9 @@ JSON = st.recursive(
 @pytest.fixture(scope="module")
 def module_client() -> Iterator[FlaskClient]:
     """One app for all examples (hypothesis runs many examples per test function)."""
-    app: Flask = create_app({"TESTING": True})
+    app: Flask = create_app({"TESTING": True, "AUTH_REQUIRED": False})
     yield app.test_client()
-    app.extensions["hfs_cds"].fhir_client.close()
+    app.extensions["hfs_cds"].close()
 
 
 def _check(client: FlaskClient, service_id: str, body: Any) -> None:

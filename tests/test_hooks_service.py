@@ -241,7 +241,9 @@ def test_wrong_method_is_405_with_an_outcome(client: FlaskClient) -> None:
     _outcome(client.get(f"/cds-services/{PATIENT_VIEW}"), 405)
 
 
-@pytest.mark.parametrize("app_config", [{"MAX_REQUEST_BYTES": 10_000}])
+@pytest.mark.parametrize(
+    "app_config", [{"TESTING": True, "AUTH_REQUIRED": False, "MAX_REQUEST_BYTES": 10_000}]
+)
 def test_oversized_body_is_413(client: FlaskClient) -> None:
     body = json.dumps(hook_body("patient-view", recent_patient(), padding="x" * 20_000))
     response = client.post(

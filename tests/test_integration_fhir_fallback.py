@@ -42,9 +42,11 @@ def seeded(fhir_server: FhirServerProcess) -> FhirServerProcess:
 @pytest.fixture
 def fhir_client(seeded: FhirServerProcess) -> Iterator[FlaskClient]:
     """The app allowed to query the real FHIR server (development mode: http on loopback)."""
-    app = create_app({"TESTING": True, "DEV_MODE": True, "FHIR_ALLOWLIST": seeded.base})
+    app = create_app(
+        {"TESTING": True, "AUTH_REQUIRED": False, "DEV_MODE": True, "FHIR_ALLOWLIST": seeded.base}
+    )
     yield app.test_client()
-    app.extensions["hfs_cds"].fhir_client.close()
+    app.extensions["hfs_cds"].close()
 
 
 @pytest.mark.parametrize("hook", list(SERVICE_IDS))

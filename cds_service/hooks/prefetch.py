@@ -77,9 +77,17 @@ def _has_next(bundle: Any) -> bool:
 
 
 def resolve_prefetch(
-    request: HookRequest, service: CdsService, client: FhirClient, policy: FetchPolicy
+    request: HookRequest,
+    service: CdsService,
+    client: FhirClient,
+    policy: FetchPolicy,
+    issuer_fhir_servers: tuple[str, ...] = (),
 ) -> list[Resource]:
-    """All resources for the patient: usable prefetch plus what had to be fetched."""
+    """All resources for the patient: usable prefetch plus what had to be fetched.
+
+    ``issuer_fhir_servers`` are the FHIR bases the calling EHR's trust entry allows, on top of
+    the service-wide allowlist.
+    """
     token = request.fhir_authorization.access_token if request.fhir_authorization else None
     may_fetch = request.fhir_server is not None and (
         token is not None or policy.fetch_without_token
@@ -101,7 +109,7 @@ def resolve_prefetch(
         if may_fetch and _has_next(value):
             assert request.fhir_server is not None
             try:
-                found = client.follow_pages(request.fhir_server, value, token)
+                found = client.follow_pages(request.fhir_server, value, token, issuer_fhir_servers)
             except FhirFetchError as exc:
                 raise PrefetchUnavailable(
                     f"prefetch '{key}' is paginated and the next page failed: {exc}"
@@ -115,7 +123,7 @@ def resolve_prefetch(
     if not may_fetch:
         raise PrefetchUnavailable(f"prefetch {problem}, and the request has no fhirAuthorization")
     try:
-        fetched = client.fetch_all(request.fhir_server, to_fetch, token)
+        fetched = client.fetch_all(request.fhir_server, to_fetch, token, issuer_fhir_servers)
     except FhirFetchError as exc:
         raise PrefetchUnavailable(
             f"prefetch {problem}, and querying fhirServer failed: {exc}"

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.hooks.errors import (
@@ -18,7 +18,9 @@ from cds_service.hooks.errors import (
 )
 from cds_service.hooks.prefetch import resolve_prefetch
 from cds_service.hooks.request import parse_hook_request
+from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
+from cds_service.security.ehr_auth import AuthenticationError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds_hooks", __name__)
@@ -27,6 +29,29 @@ bp = Blueprint("cds_hooks", __name__)
 def _runtime() -> Runtime:
     runtime: Runtime = current_app.extensions["hfs_cds"]
     return runtime
+
+
+@bp.before_request
+def authenticate_ehr() -> Response | None:
+    """Every call but the CORS preflight must carry a valid JWT from a trusted EHR."""
+    authenticator = _runtime().authenticator
+    g.ehr_client = None
+    if authenticator is None or request.method == "OPTIONS":
+        return None
+    try:
+        g.ehr_client = authenticator.authenticate(
+            request.headers.get("Authorization"), _endpoint_audience()
+        )
+    except AuthenticationError as exc:
+        log.warning("EHR authentication failed: %s", exc.reason)
+        return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def _endpoint_audience() -> str:
+    """The URL the EHR called, from the configured public base (a proxy may rewrite request.url)."""
+    base = _runtime().settings.public_base_url or request.host_url
+    return base.rstrip("/") + request.path
 
 
 @bp.get("/cds-services")
@@ -42,7 +67,15 @@ def call_service(service_id: str) -> Response:
     if service is None:
         raise UnknownService(f"no CDS service with id '{service_id[:64]}'")
     hook_request = parse_hook_request(_json_body(), service)
-    resources = resolve_prefetch(hook_request, service, runtime.fhir_client, runtime.fetch_policy)
+    g.hook_instance = plain_token(hook_request.hook_instance) or "not-a-plain-token"
+    ehr = g.ehr_client
+    resources = resolve_prefetch(
+        hook_request,
+        service,
+        runtime.fhir_client,
+        runtime.fetch_policy,
+        issuer_fhir_servers=ehr.fhir_servers if ehr else (),
+    )
     assessment = runtime.assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
     context = hook_request.context
     cards = build_cards(
@@ -55,12 +88,7 @@ def call_service(service_id: str) -> Response:
     )
     log.info(
         "hook answered",
-        extra={
-            "service": service.id,
-            "hook_instance": hook_request.hook_instance[:64],
-            "status": assessment.status.value,
-            "cards": len(cards),
-        },
+        extra={"service": service.id, "status": assessment.status.value, "cards": len(cards)},
     )
     return Response(
         json.dumps({"cards": cards}, separators=(",", ":")), mimetype="application/json"

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -21,6 +20,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from cds_service.security.net import is_loopback
+
 Resource = dict[str, Any]
 
 _FHIR_JSON = "application/fhir+json"
@@ -30,17 +31,6 @@ class FhirFetchError(Exception):
     """A FHIR query failed; the message is safe to return to the EHR (no token, no patient data)."""
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class FhirAllowlist:
     """Base-URL prefixes the service may query, matched on scheme, host, port and path segments."""
@@ -48,15 +38,16 @@ class FhirAllowlist:
     bases: tuple[str, ...]
     allow_loopback_http: bool = False
 
-    def permits(self, url: str) -> bool:
+    def permits(self, url: str, extra_bases: tuple[str, ...] = ()) -> bool:
+        """Is ``url`` under an allowed base (the list, or ``extra_bases`` for this caller)?"""
         target = urlsplit(url)
         if target.scheme == "http" and not (
-            self.allow_loopback_http and _is_loopback(target.hostname)
+            self.allow_loopback_http and is_loopback(target.hostname)
         ):
             return False
         if target.scheme not in ("http", "https") or target.username or target.password:
             return False
-        for base in self.bases:
+        for base in self.bases + extra_bases:
             allowed = urlsplit(base.rstrip("/"))
             if (allowed.scheme, allowed.netloc.lower()) != (target.scheme, target.netloc.lower()):
                 continue
@@ -92,14 +83,21 @@ class FhirClient:
         self._session.close()
 
     def fetch_all(
-        self, base: str, queries: Mapping[str, str], token: str | None
+        self,
+        base: str,
+        queries: Mapping[str, str],
+        token: str | None,
+        extra_bases: tuple[str, ...] = (),
     ) -> dict[str, list[Resource]]:
-        """Run each relative query against ``base`` concurrently; all results, or FhirFetchError."""
-        if not self.allowlist.permits(base):
+        """Run each relative query against ``base`` concurrently; all results, or FhirFetchError.
+
+        ``extra_bases`` extend the allowlist for this call (the calling EHR's own FHIR servers).
+        """
+        if not self.allowlist.permits(base, extra_bases):
             raise FhirFetchError("fhirServer is not on this service's FHIR allowlist")
         deadline = time.monotonic() + self.budget_seconds
         futures = {
-            key: self._pool.submit(self._search, base, query, token, deadline)
+            key: self._pool.submit(self._search, base, query, token, deadline, extra_bases)
             for key, query in queries.items()
         }
         done, pending = wait(
@@ -116,21 +114,38 @@ class FhirClient:
             results[key] = future.result()  # re-raises that query's FhirFetchError
         return results
 
-    def follow_pages(self, base: str, bundle: Resource, token: str | None) -> list[Resource]:
+    def follow_pages(
+        self, base: str, bundle: Resource, token: str | None, extra_bases: tuple[str, ...] = ()
+    ) -> list[Resource]:
         """Entries of a paginated Bundle from the EHR's prefetch, following ``next`` on ``base``."""
+        if not self.allowlist.permits(base, extra_bases):
+            raise FhirFetchError("fhirServer is not on this service's FHIR allowlist")
         deadline = time.monotonic() + self.budget_seconds
-        return self._collect(base, bundle, token, deadline, pages=1)
+        return self._collect(base, bundle, token, deadline, 1, extra_bases)
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _search(self, base: str, query: str, token: str | None, deadline: float) -> list[Resource]:
+    def _search(
+        self,
+        base: str,
+        query: str,
+        token: str | None,
+        deadline: float,
+        extra_bases: tuple[str, ...],
+    ) -> list[Resource]:
         body = self._get(urljoin(base + "/", query), token, deadline)
         if body.get("resourceType") != "Bundle":
             return [body]  # a read
-        return self._collect(base, body, token, deadline, pages=1)
+        return self._collect(base, body, token, deadline, 1, extra_bases)
 
     def _collect(
-        self, base: str, bundle: Resource, token: str | None, deadline: float, pages: int
+        self,
+        base: str,
+        bundle: Resource,
+        token: str | None,
+        deadline: float,
+        pages: int,
+        extra_bases: tuple[str, ...],
     ) -> list[Resource]:
         resources = _entries(bundle)
         next_url = _next_link(bundle)

@@ -1,0 +1,515 @@
+"""Authenticating the CDS Client (EHR) by its signed JWT (CDS Hooks 2.0, "Trusting CDS Clients").
+
+Every failure is an ``AuthenticationError`` whose ``reason`` is for the service log only; the HTTP
+answer is a bare 401. Reasons never contain the token; attacker-supplied values in them (``iss``,
+``kid``) are ``repr``-quoted and truncated so they cannot forge log lines.
+
+The checks run cheapest and least trusting first, and nothing is fetched or stored for a token
+until it has earned it: the ``iss`` must be trusted before any key lookup, a ``jku`` must equal the
+issuer's configured JWK Set URL (so attacker-named URLs are never dereferenced), and the ``jti`` is
+remembered only after the signature and every claim check passed (so unsigned garbage cannot fill
+the replay cache).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import jwt
+import requests
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from cds_service.security.trusted_issuers import (
+    ALLOWED_ALGORITHMS,
+    EC_CURVE_FOR_ALG,
+    MIN_RSA_BITS,
+    TrustedIssuer,
+    VerificationKey,
+    parse_jwks,
+)
+
+Clock = Callable[[], float]
+
+#: Claims every CDS Hooks client JWT carries (``tenant``, ``sub`` and ``nbf`` are optional extras).
+REQUIRED_CLAIMS: Final = ("iss", "aud", "exp", "iat", "jti")
+
+# A compact JWS: three base64url segments. The signature may be empty only so that ``alg: none``
+# is reported as such rather than as "malformed".
+_COMPACT_JWS: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_MAX_TOKEN_CHARS: Final = 16 * 1024
+_MAX_ID_CHARS: Final = 256  # kid and jti: long enough for any real client, bounded for the cache
+
+
+class AuthenticationError(Exception):
+    """The request is not from a trusted CDS Client. ``reason`` is for the log, never the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedClient:
+    """Who called: the verified issuer, its tenant, and the FHIR bases it may name."""
+
+    iss: str
+    tenant: str | None
+    jti: str
+    kid: str
+    fhir_servers: tuple[str, ...]
+
+
+def _safe(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# JWK Sets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RemoteKeys:
+    url: str
+    keys: dict[str, VerificationKey] = field(default_factory=dict)
+    fetched_at: float | None = None  # last successful fetch
+    attempted_at: float | None = None  # last fetch attempt, successful or not
+    last_error: str | None = None  # why the last attempt failed, if it did
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the fields above
+    fetch_lock: threading.Lock = field(default_factory=threading.Lock)  # one fetch at a time
+
+
+@dataclass(frozen=True)
+class _IssuerKeys:
+    fixed: dict[str, VerificationKey]
+    remote: _RemoteKeys | None
+
+
+class JwksCache:
+    """Verification keys per trusted issuer, by ``kid``.
+
+    Inline and file keys are loaded at construction. An issuer's ``jwks_url`` is fetched lazily,
+    kept for ``ttl_seconds``, and refetched when a token names an unknown ``kid`` (key rotation),
+    but at most once per ``min_refetch_interval_seconds`` per issuer so a stream of made-up kids
+    cannot turn the service into a request amplifier. When a refetch fails the previous keys stay
+    usable for ``max_stale_seconds`` beyond their TTL, so a brief outage of the EHR's key endpoint
+    does not lock the EHR out. Only configured URLs are ever fetched: redirects are not followed,
+    bodies are capped, and each fetch is bounded by ``timeout_seconds``.
+    """
+
+    def __init__(
+        self,
+        issuers: Iterable[TrustedIssuer],
+        *,
+        session: requests.Session | None = None,
+        ttl_seconds: float = 3600.0,
+        min_refetch_interval_seconds: float = 30.0,
+        max_stale_seconds: float = 6 * 3600.0,
+        timeout_seconds: float = 2.0,
+        max_response_bytes: int = 256 * 1024,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._session = session if session is not None else requests.Session()
+        self._ttl = ttl_seconds
+        self._min_interval = min_refetch_interval_seconds
+        self._max_stale = max_stale_seconds
+        self._timeout = timeout_seconds
+        self._max_bytes = max_response_bytes
+        self._clock = clock
+        self._issuers: dict[str, _IssuerKeys] = {}
+        for issuer in issuers:
+            remote = _RemoteKeys(issuer.jwks_url) if issuer.jwks_url is not None else None
+            self._issuers[issuer.iss] = _IssuerKeys(issuer.fixed_keys(), remote)
+
+    def close(self) -> None:
+        """Release pooled connections (the app calls this on shutdown)."""
+        self._session.close()
+
+    def covers(self, iss: str) -> bool:
+        """Whether this cache was built with keys for ``iss``."""
+        return iss in self._issuers
+
+    def get_key(self, issuer: TrustedIssuer, kid: str) -> VerificationKey:
+        """The issuer's key named ``kid``, fetching its JWK Set if needed and allowed."""
+        entry = self._issuers.get(issuer.iss)
+        if entry is None:
+            raise AuthenticationError(f"no keys configured for iss {_safe(issuer.iss)}")
+        key = entry.fixed.get(kid)
+        if key is not None:
+            return key
+        remote = entry.remote
+        if remote is None:
+            raise AuthenticationError(f"unknown kid {_safe(kid)} for iss {_safe(issuer.iss)}")
+        now = self._clock()
+        with remote.lock:
+            if self._fresh(remote, now) and kid in remote.keys:
+                return remote.keys[kid]
+        return self._get_key_slow(remote, kid, issuer.iss)
+
+    def _fresh(self, remote: _RemoteKeys, now: float) -> bool:
+        return remote.fetched_at is not None and now - remote.fetched_at < self._ttl
+
+    def _get_key_slow(self, remote: _RemoteKeys, kid: str, iss: str) -> VerificationKey:
+        # Serialise fetches per issuer; callers with a known, fresh kid never wait on this lock.
+        with remote.fetch_lock:
+            now = self._clock()
+            with remote.lock:
+                if self._fresh(remote, now) and kid in remote.keys:
+                    return remote.keys[kid]  # another thread fetched it while we waited
+                may_fetch = (
+                    remote.attempted_at is None or now - remote.attempted_at >= self._min_interval
+                )
+            failure: str | None = None
+            if may_fetch:
+                try:
+                    keys: dict[str, VerificationKey] | None = self._fetch(remote.url)
+                except AuthenticationError as exc:
+                    keys, failure = None, exc.reason
+                with remote.lock:
+                    remote.attempted_at, remote.last_error = now, failure
+                    if keys is not None:
+                        remote.keys, remote.fetched_at = keys, now
+            with remote.lock:
+                key = remote.keys.get(kid)
+                usable = (
+                    remote.fetched_at is not None
+                    and now - remote.fetched_at < self._ttl + self._max_stale
+                )
+                last_error = remote.last_error
+            if key is not None and usable:
+                return key
+            if failure is not None:
+                raise AuthenticationError(failure)
+            if not may_fetch and last_error is not None:
+                raise AuthenticationError(f"{last_error} (retry rate-limited)")
+            if not may_fetch:
+                raise AuthenticationError(
+                    f"unknown kid {_safe(kid)} for iss {_safe(iss)} (JWKS refetch rate-limited)"
+                )
+            raise AuthenticationError(
+                f"unknown kid {_safe(kid)} for iss {_safe(iss)} after refetch"
+            )
+
+    def _fetch(self, url: str) -> dict[str, VerificationKey]:
+        started = time.monotonic()  # real time: bounds a slow-drip body, whatever the test clock
+        try:
+            with self._session.get(
+                url,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+                headers={"Accept": "application/json, application/jwk-set+json"},
+            ) as response:
+                if response.status_code != 200:
+                    raise AuthenticationError(
+                        f"JWKS fetch from {url} failed: HTTP {response.status_code}"
+                    )
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=16 * 1024):
+                    body += chunk
+                    if len(body) > self._max_bytes:
+                        raise AuthenticationError(
+                            f"JWKS from {url} exceeds {self._max_bytes} bytes"
+                        )
+                    if time.monotonic() - started > 2 * self._timeout:
+                        raise AuthenticationError(f"JWKS fetch from {url} too slow")
+        except requests.RequestException as exc:
+            raise AuthenticationError(
+                f"JWKS fetch from {url} failed: {type(exc).__name__}"
+            ) from None
+        try:
+            data = json.loads(bytes(body))
+        except ValueError:
+            raise AuthenticationError(f"JWKS from {url} is not JSON") from None
+        try:
+            return parse_jwks(data, source=url, strict=False)
+        except ValueError as exc:
+            raise AuthenticationError(f"JWKS from {url} unusable: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Replay protection
+# --------------------------------------------------------------------------------------------
+
+
+class ReplayCache:
+    """Seen ``(iss, jti)`` pairs, each kept until the token it came from can no longer pass.
+
+    In memory and per process: with several worker processes a replay to another worker is not
+    caught (use a shared store there). Expired entries are pruned on every insert. If
+    ``max_entries`` live entries remain after pruning, new tokens are refused (fail closed) rather
+    than letting a flood of valid-but-unique tokens grow memory without bound; at the default of
+    100 000 that takes a client minting more than 27 tokens per second for an hour.
+    """
+
+    def __init__(self, max_entries: int = 100_000, max_ttl_seconds: float = 3600.0) -> None:
+        self.max_entries = max_entries
+        self.max_ttl_seconds = max_ttl_seconds
+        self._expiry: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._expiry)
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
+        """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise."""
+        key = (iss, jti)
+        until = min(expires_at, now + self.max_ttl_seconds)
+        with self._lock:
+            self._prune(now)
+            if key in self._expiry:
+                raise AuthenticationError(f"replayed jti {_safe(jti)} from iss {_safe(iss)}")
+            if len(self._expiry) >= self.max_entries:
+                raise AuthenticationError("replay cache full; refusing new tokens")
+            self._expiry[key] = until
+            heapq.heappush(self._heap, (until, iss, jti))
+
+    def _prune(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            until, iss, jti = heapq.heappop(self._heap)
+            if self._expiry.get((iss, jti)) == until:
+                del self._expiry[(iss, jti)]
+
+
+# --------------------------------------------------------------------------------------------
+# The authenticator
+# --------------------------------------------------------------------------------------------
+
+
+def _strip_slash(url: str) -> str:
+    return url[:-1] if url.endswith("/") else url
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float:
+    value = claims[name]
+    # bool is an int subclass; a JSON true is not a date.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AuthenticationError(f"{name} is not a NumericDate")
+    return float(value)
+
+
+def _check_key_fits(key: VerificationKey, alg: str) -> None:
+    """The key's type (and JWK ``alg``, if declared) must fit the token's ``alg``.
+
+    This is what defeats algorithm confusion: an RSA key is never used for ECDSA or vice versa,
+    and HMAC never reaches this point.
+    """
+    if key.alg is not None and key.alg != alg:
+        raise AuthenticationError(f"alg {alg} used with kid {_safe(key.kid)} declared {key.alg}")
+    if alg.startswith("ES"):
+        if not isinstance(key.key, EllipticCurvePublicKey):
+            raise AuthenticationError(f"alg {alg} used with non-EC kid {_safe(key.kid)}")
+        curve = {"secp256r1": "P-256", "secp384r1": "P-384"}.get(key.key.curve.name)
+        if curve != EC_CURVE_FOR_ALG[alg]:
+            raise AuthenticationError(f"alg {alg} used with a {key.key.curve.name} key")
+    else:
+        if not isinstance(key.key, RSAPublicKey):
+            raise AuthenticationError(f"alg {alg} used with non-RSA kid {_safe(key.kid)}")
+        if key.key.key_size < MIN_RSA_BITS:  # pragma: no cover - refused when keys are parsed
+            raise AuthenticationError(f"RSA key {_safe(key.kid)} too short")
+
+
+class EhrAuthenticator:
+    """Verifies ``Authorization: Bearer <JWT>`` from a trusted CDS Client for one endpoint.
+
+    ``endpoint_audience`` is the URL of the endpoint being called, built from the service's
+    configured public base URL (not ``request.url``, which a proxy may have rewritten). ``aud``
+    may also be any of the issuer's configured ``audiences``. ``leeway_seconds`` absorbs clock
+    skew on ``exp``, ``nbf`` and ``iat``; ``max_token_lifetime_seconds`` bounds ``exp - iat`` and
+    therefore how long a replay cache entry must live.
+    """
+
+    def __init__(
+        self,
+        issuers: Iterable[TrustedIssuer],
+        jwks_cache: JwksCache | None = None,
+        replay_cache: ReplayCache | None = None,
+        leeway_seconds: float = 60,
+        max_token_lifetime_seconds: float = 3600,
+        clock: Clock = time.time,
+    ) -> None:
+        issuer_list = tuple(issuers)
+        self._issuers: dict[str, TrustedIssuer] = {}
+        for issuer in issuer_list:
+            if issuer.iss in self._issuers:
+                raise ValueError(f"issuer {issuer.iss!r} is configured twice")
+            self._issuers[issuer.iss] = issuer
+        self._jwks = jwks_cache if jwks_cache is not None else JwksCache(issuer_list)
+        missing = [iss for iss in self._issuers if not self._jwks.covers(iss)]
+        if missing:
+            raise ValueError(f"jwks_cache has no keys for {missing}")
+        self._leeway = float(leeway_seconds)
+        self._max_lifetime = float(max_token_lifetime_seconds)
+        # An accepted token passes the exp check until exp + leeway, and exp <= iat + lifetime <=
+        # now + leeway + lifetime; its jti must be remembered at least that long.
+        needed_ttl = self._max_lifetime + 2 * self._leeway
+        if replay_cache is None:
+            replay_cache = ReplayCache(max_ttl_seconds=needed_ttl)
+        elif replay_cache.max_ttl_seconds < needed_ttl:
+            raise ValueError(
+                f"replay_cache.max_ttl_seconds must be at least {needed_ttl:g} "
+                "(max token lifetime + 2 x leeway), or replays could slip through"
+            )
+        self._replay = replay_cache
+        self._clock = clock
+
+    @property
+    def issuers(self) -> tuple[TrustedIssuer, ...]:
+        return tuple(self._issuers.values())
+
+    def close(self) -> None:
+        self._jwks.close()
+
+    def authenticate(
+        self, authorization_header: str | None, endpoint_audience: str
+    ) -> VerifiedClient:
+        """Return the verified client, or raise ``AuthenticationError`` (answer with a bare 401)."""
+        token = self._bearer_token(authorization_header)
+        header = self._checked_header(token)
+        alg, kid = header["alg"], header["kid"]
+
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthenticationError("malformed JWT payload") from None
+        iss = unverified.get("iss")
+        if not isinstance(iss, str):
+            raise AuthenticationError("iss missing or not a string")
+        issuer = self._issuers.get(iss)
+        if issuer is None:
+            raise AuthenticationError(f"untrusted iss {_safe(iss)}")
+        if "jku" in header and (issuer.jwks_url is None or header["jku"] != issuer.jwks_url):
+            # Never dereferenced: a token naming its own key URL could sign with any key.
+            raise AuthenticationError(
+                f"jku {_safe(header['jku'])} not allowlisted for {_safe(iss)}"
+            )
+
+        key = self._jwks.get_key(issuer, kid)
+        _check_key_fits(key, alg)
+        claims = self._verified_claims(token, key, alg, iss)
+        return self._check_claims(claims, issuer, kid, endpoint_audience)
+
+    @staticmethod
+    def _bearer_token(authorization_header: str | None) -> str:
+        if authorization_header is None or not authorization_header.strip():
+            raise AuthenticationError("no Authorization header")
+        parts = authorization_header.split()
+        if len(parts) != 2 or parts[0].lower() != "bearer":
+            raise AuthenticationError("Authorization is not a single Bearer credential")
+        token = parts[1]
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise AuthenticationError(f"token longer than {_MAX_TOKEN_CHARS} characters")
+        if not _COMPACT_JWS.fullmatch(token):
+            raise AuthenticationError("token is not a compact JWS")
+        return token
+
+    @staticmethod
+    def _checked_header(token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthenticationError("malformed JWT header") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+            raise AuthenticationError(f"alg {_safe(alg)} not accepted")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            raise AuthenticationError(f"typ {_safe(typ)} is not JWT")
+        if "crit" in header:
+            # No JWS extension is understood here, so any critical one must be refused (RFC 7515).
+            raise AuthenticationError("crit header not supported")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_ID_CHARS:
+            raise AuthenticationError("kid missing or invalid")
+        return header
+
+    @staticmethod
+    def _verified_claims(token: str, key: VerificationKey, alg: str, iss: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],  # exactly the algorithm already checked against the key
+                issuer=iss,
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    # Times and audience are checked below with the injectable clock and the
+                    # slash-tolerant, per-issuer audience rule.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "enforce_minimum_key_length": True,
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise AuthenticationError(f"bad signature (kid {_safe(key.kid)})") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthenticationError(f"missing claim {exc.claim}") from None
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"invalid token ({type(exc).__name__})") from None
+        return claims
+
+    def _check_claims(
+        self, claims: dict[str, Any], issuer: TrustedIssuer, kid: str, endpoint_audience: str
+    ) -> VerifiedClient:
+        aud = claims["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud
+        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+            raise AuthenticationError("aud is neither a string nor an array of strings")
+        accepted = {_strip_slash(endpoint_audience), *map(_strip_slash, issuer.audiences)}
+        if not any(_strip_slash(a) in accepted for a in audiences):
+            raise AuthenticationError(
+                f"aud {_safe(aud)} does not match endpoint {_safe(endpoint_audience)}"
+            )
+
+        now = self._clock()
+        exp, iat = _numeric_date(claims, "exp"), _numeric_date(claims, "iat")
+        if exp <= now - self._leeway:
+            raise AuthenticationError("token expired")
+        if "nbf" in claims and _numeric_date(claims, "nbf") > now + self._leeway:
+            raise AuthenticationError("token not yet valid (nbf in the future)")
+        if iat > now + self._leeway:
+            raise AuthenticationError("iat in the future")
+        if exp <= iat:
+            raise AuthenticationError("exp is not after iat")
+        if exp - iat > self._max_lifetime:
+            raise AuthenticationError(
+                f"token lifetime {exp - iat:g}s exceeds {self._max_lifetime:g}s"
+            )
+
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not jti or len(jti) > _MAX_ID_CHARS:
+            raise AuthenticationError("jti missing or invalid")
+        tenant = claims.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            raise AuthenticationError("tenant is not a string")
+        if issuer.tenants and tenant not in issuer.tenants:
+            raise AuthenticationError(f"tenant {_safe(tenant)} not allowed for this issuer")
+
+        # Last: only a token that passed everything else may take a slot in the replay cache.
+        self._replay.check_and_remember(issuer.iss, jti, expires_at=exp + self._leeway, now=now)
+        return VerifiedClient(
+            iss=issuer.iss, tenant=tenant, jti=jti, kid=kid, fhir_servers=issuer.fhir_servers
+        )
+
+
+__all__ = [
+    "AuthenticationError",
+    "EhrAuthenticator",
+    "JwksCache",
+    "ReplayCache",
+    "VerifiedClient",
+]
