@@ -46,7 +46,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> Response:
+        """Liveness: the process answers."""
         return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        """Readiness: the model card is loaded (start-up fails otherwise) and named."""
+        card = runtime.assessor.card
+        return jsonify({"status": "ready", "model": {"id": card.id, "version": card.version}})
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -80,3 +80,9 @@ def test_cors_origins_are_configurable(client: FlaskClient) -> None:
     assert "Origin" in allowed.headers["Vary"]
     other = client.get("/cds-services", headers={"Origin": "https://evil.example.com"})
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_health_and_readiness_need_no_token(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ready" and ready["model"]["id"] == "fei-2022-hfs-rfa-recurrence"
