@@ -98,6 +98,18 @@ def _post(client: FlaskClient, path: str, jwt: str | None, body: Any) -> Any:
     return client.post(path, json=body, headers=headers)
 
 
+def _fallback_body(fhir: FakeFhirServer) -> dict[str, Any]:
+    """A request with no prefetch, so the service must query ``fhir`` with the EHR's token."""
+    auth = {
+        "access_token": "tok",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "x",
+        "subject": "s",
+    }
+    return hook_body("patient-view", prefetch={}, fhirServer=fhir.base, fhirAuthorization=auth)
+
+
 def _assert_bare_401(response: Any) -> None:
     assert response.status_code == 401
     assert response.get_data() == b""

@@ -96,12 +96,8 @@ def resolve_prefetch(
     to_fetch: dict[str, str] = {}
     unusable: list[str] = []
     for key, template in service.prefetch.items():
-        if key not in request.prefetch:
-            unusable.append(f"'{key}' was absent")
-            to_fetch[key] = render_template(template, request.context)
-            continue
-        value = request.prefetch[key]
-        found, why = _classify(value, template)
+        value = request.prefetch.get(key)
+        found, why = _classify(value, template) if key in request.prefetch else (None, "absent")
         if found is None:
             unusable.append(f"'{key}' was {why}")
             to_fetch[key] = render_template(template, request.context)

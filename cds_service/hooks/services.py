@@ -91,50 +91,48 @@ def build_prefetch(value_sets: ValueSets) -> dict[str, str]:
     }
 
 
+#: One service per hook: (id, hook, when the EHR fires it, context fields).
+_SERVICES: tuple[tuple[str, str, str, tuple[ContextField, ...]], ...] = (
+    (
+        "hfs-rfa-recurrence-patient-view",
+        "patient-view",
+        "chart opened",
+        (_USER, _PATIENT, _ENCOUNTER_OPT),
+    ),
+    (
+        "hfs-rfa-recurrence-order-sign",
+        "order-sign",
+        "post-ablation orders signed",
+        (_USER, _PATIENT, _ENCOUNTER_OPT, ContextField("draftOrders", dict, True)),
+    ),
+    (
+        "hfs-rfa-recurrence-encounter-discharge",
+        "encounter-discharge",
+        "discharge",
+        (_USER, _PATIENT, _ENCOUNTER_REQ),
+    ),
+    (
+        "hfs-rfa-recurrence-note-sign",
+        NOTE_SIGN_HOOK,
+        "post-ablation note signed",
+        (_USER, _PATIENT, _ENCOUNTER_OPT, ContextField("procedureId", str, False)),
+    ),
+)
+
+
 def build_services(value_sets: ValueSets) -> dict[str, CdsService]:
     """The registry: service id -> service. Built once at start-up."""
     prefetch = build_prefetch(value_sets)
-    services = [
-        CdsService(
-            id="hfs-rfa-recurrence-patient-view",
-            hook="patient-view",
-            title="Hemifacial spasm recurrence risk after RFA (chart opened)",
-            description=_DESCRIPTION,
-            context=(_USER, _PATIENT, _ENCOUNTER_OPT),
+    return {
+        service_id: CdsService(
+            id=service_id,
+            hook=hook,
+            title=f"Hemifacial spasm recurrence risk after RFA ({when})",
+            description=f"{_DESCRIPTION} Fired when: {when}.",
+            context=context,
             prefetch=prefetch,
             usage_requirements=_USAGE,
             hook_version="1.0",
-        ),
-        CdsService(
-            id="hfs-rfa-recurrence-order-sign",
-            hook="order-sign",
-            title="Hemifacial spasm recurrence risk after RFA (post-ablation orders signed)",
-            description=_DESCRIPTION,
-            context=(_USER, _PATIENT, _ENCOUNTER_OPT, ContextField("draftOrders", dict, True)),
-            prefetch=prefetch,
-            usage_requirements=_USAGE,
-            hook_version="1.0",
-        ),
-        CdsService(
-            id="hfs-rfa-recurrence-encounter-discharge",
-            hook="encounter-discharge",
-            title="Hemifacial spasm recurrence risk after RFA (discharge)",
-            description=_DESCRIPTION,
-            context=(_USER, _PATIENT, _ENCOUNTER_REQ),
-            prefetch=prefetch,
-            usage_requirements=_USAGE,
-            hook_version="1.0",
-        ),
-        CdsService(
-            id="hfs-rfa-recurrence-note-sign",
-            hook=NOTE_SIGN_HOOK,
-            title="Hemifacial spasm recurrence risk after RFA (post-ablation note signed)",
-            description=_DESCRIPTION
-            + " Fired by the EHR when the clinician signs the post-ablation procedure note.",
-            context=(_USER, _PATIENT, _ENCOUNTER_OPT, ContextField("procedureId", str, False)),
-            prefetch=prefetch,
-            usage_requirements=_USAGE,
-            hook_version="1.0",
-        ),
-    ]
-    return {s.id: s for s in services}
+        )
+        for service_id, hook, when, context in _SERVICES
+    }
