@@ -203,14 +203,7 @@ def test_http_fhir_server_is_refused_outside_development_mode_even_for_its_issue
 ) -> None:
     client = secured.test_client()
     path = f"/cds-services/{PATIENT_VIEW}"
-    auth = {
-        "access_token": "tok",
-        "token_type": "Bearer",
-        "expires_in": 60,
-        "scope": "x",
-        "subject": "s",
-    }
-    body = hook_body("patient-view", prefetch={}, fhirServer=fhir.base, fhirAuthorization=auth)
+    body = _fallback_body(fhir)
     # http on loopback is refused outside development mode, even when allowlisted by an issuer.
     assert _post(client, path, token(path), body).status_code == 412
     assert fhir.seen == []
@@ -229,14 +222,7 @@ def test_issuer_fhir_servers_extend_the_allowlist_for_that_issuer_only(
     )
     client = app.test_client()
     path = f"/cds-services/{PATIENT_VIEW}"
-    auth = {
-        "access_token": "tok",
-        "token_type": "Bearer",
-        "expires_in": 60,
-        "scope": "x",
-        "subject": "s",
-    }
-    body = hook_body("patient-view", prefetch={}, fhirServer=fhir.base, fhirAuthorization=auth)
+    body = _fallback_body(fhir)
     assert _post(client, path, token(path), body).status_code == 200
     assert {r.authorization for r in fhir.seen} == {"Bearer tok"}
     fhir.seen.clear()
