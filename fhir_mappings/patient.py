@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from .collect import ResourceInput, collect_resources
 from .diagnosis import diagnosis
+from .json_access import coding_pairs
 from .hb_grade import hb_grade
 from .operation_time import operation_time
 from .procedure import review_procedures
@@ -42,7 +43,7 @@ def map_patient(
     if patient_id is None:
         patient_id = infer_from_json(dicts)
 
-    by_type, notes = _patient_records(dicts, patient_id)
+    by_type, notes = _patient_records(dicts, patient_id, value_sets.relevant)
     ignored += notes
     procedures = by_type["Procedure"]
     observations = by_type["Observation"]
@@ -80,14 +81,20 @@ def map_patient(
 
 
 def _patient_records(
-    dicts: list[Resource], patient_id: str | None
+    dicts: list[Resource], patient_id: str | None, relevant: frozenset[tuple[str, str]]
 ) -> tuple[dict[str, list[Record]], list[str]]:
-    """The patient's Procedures, Observations and Conditions, latest version of each, in a
-    fixed order; notes for everything set aside."""
+    """The patient's Procedures, Observations and Conditions that carry a code some rule reads,
+    latest version of each, in a fixed order; notes for everything set aside."""
     notes: list[str] = []
     records: list[Record] = []
     untyped = 0
     for resource in dicts:
+        # Skip early and silently what no rule reads (a chart's labs, other procedures): in a
+        # busy record that is most resources, and the request path should not pay for them.
+        if resource.get("resourceType") in CLINICAL_TYPES and not any(
+            pair in relevant for pair in coding_pairs(resource.get("code"))
+        ):
+            continue
         record = make_record(resource)
         if record is None:
             untyped += 1

@@ -75,6 +75,12 @@ class ValueSets:
     hb_grade_observation: CodeSet
     hemifacial_spasm_condition: CodeSet
     recurrence_finding: CodeSet
+    #: Every (system, code) any rule looks for: resources with none of them are never read.
+    relevant: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = {(c.system, c.code) for name in SET_NAMES for c in self.code_set(name).codes}
+        object.__setattr__(self, "relevant", frozenset(keys))
 
     def code_set(self, name: str) -> CodeSet:
         if name not in SET_NAMES:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from cds_service.hooks.cards import CardContext, build_cards
@@ -90,9 +90,7 @@ def call_service(service_id: str) -> Response:
         "hook answered",
         extra={"service": service.id, "status": assessment.status.value, "cards": len(cards)},
     )
-    return Response(
-        json.dumps({"cards": cards}, separators=(",", ":")), mimetype="application/json"
-    )
+    return Response(orjson.dumps({"cards": cards}), mimetype="application/json")
 
 
 @bp.errorhandler(HookError)
@@ -124,6 +122,7 @@ def _json_body() -> Any:
         raise UnsupportedMediaType("the request body must be application/json")
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+        # orjson: several times faster than json on big prefetch; depth-limited, strict UTF-8.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidHookRequest("the request body is not valid JSON") from exc

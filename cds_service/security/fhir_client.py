@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -185,8 +186,8 @@ class FhirClient:
         if response.status_code != 200:
             raise FhirFetchError(f"the FHIR server answered HTTP {response.status_code}")
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
             raise FhirFetchError("the FHIR server's answer was not JSON") from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirFetchError("the FHIR server's answer was not a FHIR resource")
