@@ -14,6 +14,7 @@ from typing import Any
 from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.config import ConfigError, Settings
 from cds_service.model import ModelCardError, load_model_card
+from cds_service.recalibration.commands import register as register_recalibration
 from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle
 
 _ROMAN = ("", "I", "II", "III", "IV", "V", "VI")
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--at", help="assess as of this ISO 8601 date-time (default: now)")
     score.add_argument("--json", action="store_true", help="print the assessment as JSON")
     score.set_defaults(run=_score)
+
+    register_recalibration(sub)
     return parser
 
 

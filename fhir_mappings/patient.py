@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from .collect import ResourceInput, collect_resources
 from .diagnosis import diagnosis
-from .json_access import coding_pairs
 from .hb_grade import hb_grade
+from .json_access import coding_pairs
 from .operation_time import operation_time
 from .procedure import review_procedures
 from .records import Record, latest_versions, make_record

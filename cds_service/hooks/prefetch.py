@@ -102,7 +102,7 @@ def resolve_prefetch(
             unusable.append(f"'{key}' was {why}")
             to_fetch[key] = render_template(template, request.context)
             continue
-        if may_fetch and _has_next(value):
+        if may_fetch and isinstance(value, dict) and _has_next(value):
             assert request.fhir_server is not None
             try:
                 found = client.follow_pages(request.fhir_server, value, token, issuer_fhir_servers)

@@ -1,0 +1,250 @@
+"""Write a recalibrated model card: the source card's JSON with a local baseline (and coefficients).
+
+The new card keeps everything the fit did not change (coding, cut, HB window, reference patient,
+horizon, scenarios, tiers, citation) and records what it did in ``fit``: mode, cohort size and
+recurrences, patients left out by reason, date range, follow-up, the input's source and SHA-256,
+the source card, and in ``full`` mode the estimates with standard errors, confidence intervals and
+the likelihood-ratio test. No patient identifier is written.
+
+:func:`write_card` validates the card with the same parser the service uses before writing it
+(atomically), so the file it leaves behind always loads with ``load_model_card`` unchanged and
+the service uses it via ``CDS_MODEL_CARD``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cds_service import __version__
+from cds_service.model import ModelCard, ModelCardError, load_model_card, parse_model_card
+from cds_service.model.card import DEFAULT_MODEL_CARD
+from cds_service.recalibration.errors import RecalibrationError
+from cds_service.recalibration.fit import Recalibration
+
+CardJson = dict[str, Any]
+
+_BASELINE_ASSUMPTION_PREFIX = "The baseline hazard was not published"
+_RECALIBRATE_LIMITATION = "Recalibrate on local patients before clinical use."
+
+
+def read_card_json(path: str | Path | None = None) -> tuple[ModelCard, CardJson]:
+    """A model card both validated and as raw JSON (``None``: the packaged published card)."""
+    card = load_model_card(path)
+    if path is None:
+        raw = (
+            resources.files("cds_service.model") / "model_cards" / DEFAULT_MODEL_CARD
+        ).read_bytes()
+    else:
+        raw = Path(path).read_bytes()
+    data: CardJson = json.loads(raw)
+    return card, data
+
+
+def build_card(
+    rec: Recalibration,
+    source: CardJson,
+    *,
+    fitted_at: datetime | None = None,
+    version: str | None = None,
+) -> CardJson:
+    """The recalibrated card as JSON, from the source card's JSON and the fit."""
+    when = (fitted_at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    card = rec.card
+    cohort = rec.cohort
+    data = copy.deepcopy(source)
+    base_id = card.id if card.id.endswith("-local") else f"{card.id}-local"
+    data["id"] = base_id
+    data["version"] = version or f"{card.version.split('+')[0]}+local.{rec.mode}.{when:%Y%m%d}"
+    if "recalibrated" not in card.title:
+        data["title"] = f"{card.title}, recalibrated on local patients ({rec.mode})"
+    who = (
+        f"{rec.n} local patients ({rec.events} recurrences within {card.horizon_months:g} months"
+        + (_dates_text(cohort.date_range()) or "")
+        + ")"
+    )
+
+    # Coefficients
+    names = ("operation_time", "hb_grade")
+    published = (card.operation_time.coefficient, card.hb_grade.coefficient)
+    coefficients: dict[str, Any] = {}
+    if rec.mode == "full":
+        cox = rec.cox
+        assert cox is not None
+        for j, name in enumerate(names):
+            cov = data["covariates"][name]
+            cov["coefficient"] = _num(float(cox.params_[j]))
+            cov["basis"] = (
+                f"coefficient: fitted on {who} by Efron partial likelihood (source card: "
+                f"{published[j]:g}); coding and cut unchanged from the source card"
+            )
+            lo, hi = (float(v) for v in cox.confidence_intervals_[j])
+            coefficients[name] = {
+                "estimate": _num(float(cox.params_[j])),
+                "se": _num(float(cox.standard_errors_[j])),
+                "ci95": [_num(lo), _num(hi)],
+                "hazard_ratio": _num(math.exp(float(cox.params_[j]))),
+                "hazard_ratio_ci95": [_num(math.exp(lo)), _num(math.exp(hi))],
+                "z": _num(float(cox.z_[j])),
+                "p": _num(float(cox.p_values_[j])),
+                "source_card_coefficient": published[j],
+            }
+    else:
+        for j, name in enumerate(names):
+            coefficients[name] = {"estimate": published[j], "source": "source card (kept)"}
+
+    # Baseline
+    knots_text = (
+        f"{len(rec.knots) - 2} knots at recurrence times thinned to even ranks"
+        if rec.knots_thinned
+        else "a knot at each distinct recurrence time"
+    )
+    extension = (
+        f"; beyond the last follow-up at {rec.extrapolated_after_months:.2f} months extended to "
+        f"{card.horizon_months:g} months at the average hazard of the second half of follow-up"
+        if rec.extrapolated_after_months is not None
+        else ""
+    )
+    data["baseline"] = {
+        "method": "breslow-local",
+        "interpolation": "linear-cumulative-hazard",
+        "knots": [{"month": _month(m), "survival": s} for m, s in rec.knots],
+        "basis": (
+            f"Breslow estimate on {who}, with the "
+            f"{'locally fitted' if rec.mode == 'full' else 'source card'} coefficients, for the "
+            f"reference patient (X1 = {card.reference_x1:g}, X2 = {card.reference_x2:g}); "
+            f"{knots_text} up to {card.horizon_months:g} months{extension}; linear cumulative "
+            "hazard between knots"
+        ),
+    }
+
+    # Fit record
+    fit: dict[str, Any] = {
+        "mode": rec.mode,
+        "source": "local-cohort",
+        "note": (
+            "Baseline hazard re-estimated on local patients; coefficients kept from the source card."
+            if rec.mode == "baseline"
+            else "Coefficients and baseline hazard fitted on local patients."
+        ),
+        "fitted_at": when.isoformat().replace("+00:00", "Z"),
+        "software": f"hfs-cds {__version__} (cds_service.recalibration)",
+        "source_card": {"id": card.id, "version": card.version, "sha256": card.sha256},
+        "input": {"kind": cohort.source, "location": cohort.location, "sha256": cohort.sha256},
+        "cohort": {
+            "patients": rec.n,
+            "recurrences": rec.events,
+            "left_out": len(cohort.excluded),
+            "left_out_by_reason": cohort.exclusion_counts(),
+            "without_ablation": cohort.not_candidates,
+            "max_follow_up_months": _num(rec.max_follow_up_months),
+            "at_risk_at_horizon": rec.at_risk_at_horizon,
+            "administrative_censoring_months": card.horizon_months,
+        },
+        "baseline": {
+            "estimator": "breslow",
+            "reference_patient": {"x1": card.reference_x1, "x2": card.reference_x2},
+            "knots": len(rec.knots),
+            "thinned": rec.knots_thinned,
+        },
+        "coefficients": coefficients,
+    }
+    dates = cohort.date_range()
+    if dates:
+        fit["cohort"]["date_range"] = dates
+    if rec.extrapolated_after_months is not None:
+        fit["baseline"]["extrapolated_after_months"] = _num(rec.extrapolated_after_months)
+    if rec.mode == "full":
+        cox = rec.cox
+        assert cox is not None
+        lr = cox.log_likelihood_ratio_test_
+        fit.update(
+            {
+                "ties": "efron",
+                "log_likelihood": _num(cox.log_likelihood_),
+                "log_likelihood_null": _num(cox.log_likelihood_null_),
+                "lr_test": {
+                    "statistic": _num(lr.statistic),
+                    "df": lr.degrees_of_freedom,
+                    "p": _num(lr.p_value),
+                },
+                "iterations": cox.n_iterations_,
+                "covariance": [[_num(float(v)) for v in row] for row in cox.variance_matrix_],
+            }
+        )
+    if rec.warnings:
+        fit["warnings"] = list(rec.warnings)
+    data["fit"] = fit
+
+    # What clinicians read on every card
+    local = (
+        f"Recalibrated on {who}: the baseline hazard"
+        + (" and both coefficients were" if rec.mode == "full" else " was")
+        + " re-estimated locally"
+        + ("" if rec.mode == "full" else "; the published coefficients are kept")
+        + "."
+    )
+    assumptions = [a for a in data["assumptions"] if not a.startswith(_BASELINE_ASSUMPTION_PREFIX)]
+    assumptions.insert(0, local)
+    if rec.extrapolated_after_months is not None:
+        assumptions.append(
+            f"Local follow-up ends at {rec.extrapolated_after_months:.1f} months; risks beyond "
+            "assume the hazard stays at its recent average."
+        )
+    data["assumptions"] = assumptions
+    data["limitations"] = [
+        (
+            "Recalibrated locally; check the validation report (hfs-cds validate) before "
+            "clinical use."
+            if text == _RECALIBRATE_LIMITATION
+            else text
+        )
+        for text in data["limitations"]
+    ]
+    return data
+
+
+def write_card(data: CardJson, path: str | Path) -> ModelCard:
+    """Validate ``data`` as the service would, write it atomically, and load it back."""
+    try:
+        parse_model_card(data)
+    except ModelCardError as exc:  # a bug here, never the user's: say so plainly
+        raise RecalibrationError(f"the recalibrated card would not load: {exc}") from exc
+    target = Path(path)
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    tmp: str | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise RecalibrationError(f"cannot write {target}: {exc.strerror}") from exc
+    return load_model_card(target)
+
+
+def _num(value: float) -> float:
+    """A float for JSON, rounded to 10 significant digits (finite values only)."""
+    if not math.isfinite(value):
+        raise RecalibrationError(f"non-finite value {value!r} in the fit")
+    return float(f"{value:.10g}")
+
+
+def _month(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _dates_text(dates: dict[str, str] | None) -> str:
+    if not dates:
+        return ""
+    return f", ablations {dates['first_procedure']} to {dates['last_procedure']}"
