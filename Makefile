@@ -38,6 +38,7 @@ typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-test $(FHIR_VENV)/.installed
+	bash scripts/ci-postgres.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

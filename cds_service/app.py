@@ -15,6 +15,7 @@ from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import bp as hooks_bp
 from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
 from cds_service.runtime import Runtime
+from cds_service.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        """Readiness: the model card is loaded (start-up fails otherwise) and named."""
+        """Readiness: the model card is loaded (start-up fails otherwise) and the store answers."""
         card = runtime.assessor.card
-        return jsonify({"status": "ready", "model": {"id": card.id, "version": card.version}})
+        body: dict[str, Any] = {"model": {"id": card.id, "version": card.version}}
+        try:
+            runtime.store.ping()
+        except StoreError:
+            response = jsonify({"status": "unavailable", "store": "unreachable", **body})
+            response.status_code = 503
+            return response
+        return jsonify({"status": "ready", "store": runtime.store.backend, **body})
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

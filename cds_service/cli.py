@@ -15,6 +15,8 @@ from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.config import ConfigError, Settings
 from cds_service.model import ModelCardError, load_model_card
 from cds_service.recalibration.commands import register as register_recalibration
+from cds_service.store import StoreError
+from cds_service.store.commands import register as register_store
 from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle
 
 _ROMAN = ("", "I", "II", "III", "IV", "V", "VI")
@@ -29,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.run(args)
-    except (CliError, ConfigError, ModelCardError, ValueSetError) as exc:
+    except (CliError, ConfigError, ModelCardError, ValueSetError, StoreError) as exc:
         print(f"hfs-cds: {exc}", file=sys.stderr)
         return 2
     return result
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     score.set_defaults(run=_score)
 
     register_recalibration(sub)
+    register_store(sub)
     return parser
 
 

@@ -45,6 +45,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     #: The service's public base URL as EHRs call it (behind proxies): JWT audiences and card links.
     public_base_url: str = ""
+    #: Audit and feedback database (SQLAlchemy URL; PostgreSQL for several replicas). Empty: a
+    #: SQLite file in ``instance_path``, created and migrated at start-up.
+    database_url: str = ""
+    instance_path: str = "instance"
+    #: How long audit records and feedback are kept (``hfs-cds db purge`` deletes older rows).
+    audit_retention_days: int = 400
     #: Largest accepted request body.
     max_request_bytes: int = 5 * 1024 * 1024
     #: Extra Flask settings from ``create_app(config)`` that are not service settings (e.g. TESTING).

@@ -20,6 +20,14 @@ from cds_service.security.trusted_issuers import (
     development_issuers,
     load_trusted_issuers,
 )
+from cds_service.store import (
+    AuditWriter,
+    Store,
+    StoreSettings,
+    open_engine,
+    open_store,
+    upgrade,
+)
 from fhir_mappings import load_value_sets
 
 
@@ -32,6 +40,8 @@ class Runtime:
     fhir_client: FhirClient
     fetch_policy: FetchPolicy
     authenticator: EhrAuthenticator | None  # None only when CDS_AUTH_REQUIRED is off
+    store: Store
+    audit: AuditWriter  # audit records are written off the request path
     #: "Now" for assessments; tests pin it with ``create_app({"CLOCK": ...})``.
     clock: Callable[[], datetime]
 
@@ -56,6 +66,8 @@ class Runtime:
             fhir_client=client,
             fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
             authenticator=_authenticator(settings),
+            store=(store := _store(settings)),
+            audit=AuditWriter(store),
             clock=settings.flask.get("CLOCK") or _utc_now,
         )
 
@@ -63,6 +75,23 @@ class Runtime:
         self.fhir_client.close()
         if self.authenticator is not None:
             self.authenticator.close()
+        self.audit.close(timeout=10.0)
+        self.store.close()
+
+
+def _store(settings: Settings) -> Store:
+    """The audit and feedback store. The embedded SQLite default is created and migrated here; a
+    configured database must be migrated beforehand (``hfs-cds db upgrade``), as in any deploy."""
+    url = StoreSettings(
+        settings.database_url, settings.instance_path, settings.audit_retention_days
+    ).resolved_url()
+    if not settings.database_url:
+        engine = open_engine(url, create_directory=True)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+    return open_store(url)
 
 
 def _authenticator(settings: Settings) -> EhrAuthenticator | None:

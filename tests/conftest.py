@@ -7,6 +7,7 @@ The Flask fixture trio (``app``, ``client``, ``cli``) follows Flask's tutorial; 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from cds_service.model import RecurrenceModel, load_model_card
 from fhir_mappings import load_value_sets
 from tests.fhir_server import FhirServerProcess, running_sekmet
 from tests.hook_calls import HookCaller
+
+#: PostgreSQL fixtures (``postgres_server``, ``database_url`` over sqlite and postgresql, ``store``).
+pytest_plugins = ["tests.postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +87,12 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServer
 
 
 @pytest.fixture(autouse=True)
-def _no_cds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_cds_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests configure the service explicitly; a developer's CDS_* variables must not leak in."""
     import os
 
     for name in list(os.environ):
         if name.startswith("CDS_"):
             monkeypatch.delenv(name)
+    # Apps built in a test keep their embedded audit database in that test's own folder.
+    monkeypatch.setenv("CDS_INSTANCE_PATH", str(tmp_path / "instance"))

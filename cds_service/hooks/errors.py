@@ -36,6 +36,13 @@ class UnsupportedMediaType(HookError):
     issue_code = "not-supported"
 
 
+class FeedbackNotStored(HookError):
+    """The feedback store is unavailable; nothing was kept, and the EHR may resend (503)."""
+
+    status = 503
+    issue_code = "transient"
+
+
 class PrefetchUnavailable(HookError):
     """Required data is neither in prefetch nor obtainable from the FHIR server (412)."""
 

@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from cds_service.feedback import InvalidFeedback, parse_feedback
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.hooks.errors import (
+    FeedbackNotStored,
     HookError,
     InvalidHookRequest,
     UnknownService,
@@ -21,6 +23,7 @@ from cds_service.hooks.request import parse_hook_request
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security.ehr_auth import AuthenticationError
+from cds_service.store import StoreError, audit_record_from
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds_hooks", __name__)
@@ -86,11 +89,60 @@ def call_service(service_id: str) -> Response:
             encounter_id=context.get("encounterId"),
         ),
     )
+    issuer, tenant = (ehr.iss, ehr.tenant) if ehr else (None, None)
+    for card in cards:  # queued for a background writer: the response does not wait for the disk
+        runtime.audit.submit(
+            audit_record_from(
+                assessment,
+                card,
+                service_id=service.id,
+                hook=hook_request.hook,
+                hook_instance=hook_request.hook_instance,
+                issuer=issuer,
+                tenant=tenant,
+            )
+        )
     log.info(
         "hook answered",
         extra={"service": service.id, "status": assessment.status.value, "cards": len(cards)},
     )
     return Response(orjson.dumps({"cards": cards}), mimetype="application/json")
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    """CDS Hooks feedback: stored durably (and idempotently) before the 200."""
+    runtime = _runtime()
+    if service_id not in runtime.services:
+        raise UnknownService(f"no CDS service with id '{service_id[:64]}'")
+    try:
+        entries = parse_feedback(_json_body())
+    except InvalidFeedback as exc:
+        raise InvalidHookRequest(str(exc)) from exc
+    ehr = g.ehr_client
+    try:
+        result = runtime.store.save_feedback(
+            service_id,
+            entries,
+            issuer=ehr.iss if ehr else None,
+            tenant=ehr.tenant if ehr else None,
+        )
+    except StoreError as exc:
+        log.error("feedback not stored: %s", type(exc).__name__)
+        raise FeedbackNotStored(
+            "feedback could not be stored now; nothing was kept, send it again"
+        ) from exc
+    log.info("feedback stored", extra={"service": service_id, "cards": result.received})
+    return Response(
+        orjson.dumps(
+            {
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "unknownCards": result.unknown_cards,
+            }
+        ),
+        mimetype="application/json",
+    )
 
 
 @bp.errorhandler(HookError)

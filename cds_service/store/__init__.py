@@ -1,0 +1,62 @@
+"""Feedback and audit persistence (SQLAlchemy Core; SQLite by default, PostgreSQL for replicas).
+
+What the web layer calls::
+
+    store = open_store(database_url(StoreSettings.from_env(os.environ)))   # at start-up
+    writer = AuditWriter(store)                                             # one per process
+    writer.submit(audit_record_from(assessment, card, service_id=..., hook=..., hook_instance=...))
+    result = store.save_feedback(service_id, parse_feedback(body), issuer=..., tenant=...)
+    writer.close(); store.close()                                           # at shutdown
+
+``hfs-cds db upgrade`` creates the schema; :func:`open_store` refuses a database whose schema is
+missing, outdated or newer than this code.
+"""
+
+from __future__ import annotations
+
+from cds_service.store.audit import AuditInput, AuditReason, AuditRecord, audit_record_from
+from cds_service.store.database import (
+    FeedbackResult,
+    PurgeResult,
+    Store,
+    database_url,
+    open_engine,
+    open_store,
+)
+from cds_service.store.errors import (
+    SchemaError,
+    SchemaNotInitialised,
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreError,
+    StoreUnavailable,
+    UnsupportedDatabase,
+)
+from cds_service.store.migrations import HEAD, upgrade
+from cds_service.store.settings import StoreSettings
+from cds_service.store.writer import AuditWriter, WriterStats
+
+__all__ = [
+    "HEAD",
+    "AuditInput",
+    "AuditReason",
+    "AuditRecord",
+    "AuditWriter",
+    "FeedbackResult",
+    "PurgeResult",
+    "SchemaError",
+    "SchemaNotInitialised",
+    "SchemaOutdated",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "StoreSettings",
+    "StoreUnavailable",
+    "UnsupportedDatabase",
+    "WriterStats",
+    "audit_record_from",
+    "database_url",
+    "open_engine",
+    "open_store",
+    "upgrade",
+]

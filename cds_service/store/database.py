@@ -1,0 +1,360 @@
+"""The store: one SQLAlchemy Core code path for SQLite (embedded default) and PostgreSQL.
+
+Dialect differences are confined to this module and :mod:`.migrations`: how a connection is set
+up (SQLite: WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE``), and which ``INSERT … ON CONFLICT DO
+NOTHING`` construct to use (both backends have one; SQLAlchemy exposes it per dialect).
+
+Use :func:`open_store` in the app (it refuses a schema that is missing, outdated or newer than the
+code) and :func:`open_engine` + :func:`~cds_service.store.migrations.upgrade` to migrate. Nothing
+here creates tables implicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    exists,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.sql.dml import Insert
+
+from cds_service.feedback import FeedbackEntry
+from cds_service.store.audit import AuditRecord
+from cds_service.store.errors import (
+    SchemaNotInitialised,
+    StoreError,
+    StoreUnavailable,
+    UnsupportedDatabase,
+)
+from cds_service.store.migrations import check_schema
+from cds_service.store.schema import audit_record, feedback
+from cds_service.store.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+#: How long a SQLite writer waits for the write lock before giving up (seconds).
+SQLITE_BUSY_TIMEOUT = 30.0
+#: Rows deleted per transaction by :meth:`Store.purge` (keeps SQLite's write lock short).
+PURGE_BATCH = 5000
+#: Execution option selecting how a SQLite transaction begins (``IMMEDIATE`` unless told).
+SQLITE_BEGIN = "hfs_sqlite_begin"
+
+
+def normalise_url(raw: str) -> URL:
+    """Parse a database URL; plain ``postgresql://`` / ``postgres://`` mean psycopg 3."""
+    text = raw.strip()
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text[len("postgres://") :]
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise UnsupportedDatabase(
+            "CDS_DATABASE_URL is not a database URL (expected postgresql://… or sqlite:///…)"
+        ) from exc
+    if url.drivername in ("postgresql", "postgresql+psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername in ("sqlite", "sqlite+pysqlite"):
+        if not url.database or url.database == ":memory:":
+            raise UnsupportedDatabase(
+                "an in-memory SQLite database cannot be shared between threads or processes; "
+                "give a file path (sqlite:///path/hfs-cds.sqlite3)"
+            )
+        return url.set(drivername="sqlite+pysqlite")
+    raise UnsupportedDatabase(
+        f"unsupported database '{url.drivername}': use PostgreSQL (postgresql://…) or SQLite "
+        "(sqlite:///path)"
+    )
+
+
+def describe(url: URL) -> str:
+    """The URL for messages and logs, password hidden."""
+    return url.render_as_string(hide_password=True)
+
+
+def open_engine(url: str | URL, *, create_directory: bool = False) -> Engine:
+    """An engine configured for the store. ``create_directory`` makes a SQLite file's folder."""
+    parsed = url if isinstance(url, URL) else normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database is not None
+        if create_directory:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+            pool_size=8,
+            max_overflow=16,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": 10, "application_name": "hfs-cds"},
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (the documented
+        # recipe for pysqlite), and make the file a WAL database with durable commits.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise UnsupportedDatabase(
+                    "SQLite could not switch the database to WAL mode (is it on a network "
+                    "file system?); use a local disk or PostgreSQL"
+                )
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, so a transaction that reads and then writes
+        # waits for its turn instead of failing with SQLITE_BUSY half-way. Read-only callers
+        # (the report) ask for DEFERRED through the execution option.
+        mode = conn.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+
+
+def insert_ignoring_duplicates(conn: Connection, table: Table, unique: Column[Any]) -> Insert:
+    """``INSERT … ON CONFLICT (unique) DO NOTHING`` for the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[unique])
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=[unique])
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What :meth:`Store.save_feedback` did with one POST."""
+
+    stored: int  # new entries written
+    duplicates: int  # repeats of entries already stored (ignored)
+    unknown_cards: int  # entries (new or repeated) naming a card with no audit record
+
+    @property
+    def received(self) -> int:
+        return self.stored + self.duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    before: datetime
+    audit_records: int
+    feedback: int
+
+
+class Store:
+    """Feedback and audit persistence over one engine (thread-safe; share one per process)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # A server that forks workers after start-up (gunicorn --preload) must not share pooled
+        # connections between processes: the child drops the parent's pool without closing it.
+        ref = weakref.ref(self)
+
+        def forget_pool() -> None:
+            store = ref()
+            if store is not None:
+                store.engine.dispose(close=False)
+
+        os.register_at_fork(after_in_child=forget_pool)
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers a trivial query."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise unavailable(exc, self.describe()) from exc
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def describe(self) -> str:
+        return describe(self.engine.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- feedback: synchronous, durable when this returns ------------------------------------------
+
+    def save_feedback(
+        self,
+        service_id: str,
+        entries: Sequence[FeedbackEntry],
+        *,
+        received_at: datetime | None = None,
+        issuer: str | None = None,
+        tenant: str | None = None,
+    ) -> FeedbackResult:
+        """Store the entries of one POST in one transaction; repeats are ignored, not errors.
+
+        Returns after the commit, so the caller may answer 200. Entries naming a card the audit
+        trail does not know are stored with ``card_known = false``. Raises
+        :class:`~cds_service.store.errors.StoreUnavailable` when the database cannot be used and
+        :class:`~cds_service.store.errors.StoreError` on any other database failure (answer 503:
+        nothing was stored, and the EHR may send the same feedback again).
+        """
+        try:
+            return self._save_feedback(service_id, entries, received_at, issuer, tenant)
+        except OperationalError as exc:
+            raise unavailable(exc, self.describe()) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"feedback could not be stored: {type(exc).__name__}") from exc
+
+    def _save_feedback(
+        self,
+        service_id: str,
+        entries: Sequence[FeedbackEntry],
+        received_at: datetime | None,
+        issuer: str | None,
+        tenant: str | None,
+    ) -> FeedbackResult:
+        now = received_at or datetime.now(UTC)
+        stored = duplicates = unknown = 0
+        with self.engine.begin() as conn:
+            insert = insert_ignoring_duplicates(conn, feedback, feedback.c.natural_key).returning(
+                feedback.c.id
+            )
+            for entry in entries:
+                known = exists().where(audit_record.c.card_uuid == entry.card)
+                result = conn.execute(
+                    insert.values(
+                        natural_key=entry.natural_key(service_id),
+                        received_at=now,
+                        service_id=service_id,
+                        card_uuid=entry.card,
+                        card_known=known,
+                        outcome=entry.outcome.value,
+                        outcome_at=entry.outcome_at,
+                        accepted_suggestions=list(entry.accepted_suggestions),
+                        reason_system=entry.reason.system if entry.reason else None,
+                        reason_code=entry.reason.code if entry.reason else None,
+                        has_comment=entry.has_comment,
+                        comment_length=entry.comment_length,
+                        issuer=issuer[:255] if issuer else None,
+                        tenant=tenant[:255] if tenant else None,
+                    )
+                )
+                # RETURNING gives a row only when the entry was new (rowcount is unreliable here:
+                # PostgreSQL reports an implicit RETURNING, SQLite an executemany, differently).
+                if result.first() is not None:
+                    stored += 1
+                else:
+                    duplicates += 1
+            cards = {e.card for e in entries}
+            known_cards = set(
+                conn.execute(
+                    select(audit_record.c.card_uuid).where(audit_record.c.card_uuid.in_(cards))
+                ).scalars()
+            )
+            unknown = sum(1 for e in entries if e.card not in known_cards)
+        return FeedbackResult(stored=stored, duplicates=duplicates, unknown_cards=unknown)
+
+    # -- audit: called in batches by the AuditWriter's thread ------------------------------------
+
+    def write_audit(self, records: Iterable[AuditRecord]) -> None:
+        """Insert audit records in one transaction; a record whose card uuid is stored is skipped.
+
+        Skipping repeats makes a retried batch harmless when the first attempt did commit.
+        """
+        rows = [r.to_row() for r in records]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert_ignoring_duplicates(conn, audit_record, audit_record.c.card_uuid), rows
+            )
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def purge(self, before: datetime, *, batch: int = PURGE_BATCH) -> PurgeResult:
+        """Delete audit records made, and feedback received, before ``before``, in small batches."""
+        return PurgeResult(
+            before=before,
+            audit_records=self._delete_before(
+                audit_record, audit_record.c.recorded_at, before, batch
+            ),
+            feedback=self._delete_before(feedback, feedback.c.received_at, before, batch),
+        )
+
+    def _delete_before(self, table: Table, column: Any, before: datetime, batch: int) -> int:
+        total = 0
+        while True:
+            ids = select(table.c.id).where(column < before).order_by(table.c.id).limit(batch)
+            with self.engine.begin() as conn:
+                deleted = conn.execute(
+                    delete(table).where(table.c.id.in_(ids.scalar_subquery()))
+                ).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
+
+def database_url(settings: StoreSettings | None = None) -> str:
+    """The configured URL (``CDS_DATABASE_URL`` or the instance SQLite file)."""
+    return (settings or StoreSettings()).resolved_url()
+
+
+def open_store(url: str | URL) -> Store:
+    """Open the store for the app or a command; refuse a schema that does not match the code.
+
+    Raises only :class:`~cds_service.store.errors.StoreError` subclasses: ``SchemaError`` (not
+    initialised, outdated, or newer than this release), ``UnsupportedDatabase`` and
+    ``StoreUnavailable`` (cannot connect). A SQLite file that does not exist is reported, not
+    created.
+    """
+    parsed = url if isinstance(url, URL) else normalise_url(url)
+    where = describe(parsed)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database is not None
+        if not Path(parsed.database).expanduser().exists():
+            raise SchemaNotInitialised(
+                f"no database at {parsed.database}; run 'hfs-cds db upgrade' to create it"
+            )
+    engine = open_engine(parsed)
+    try:
+        check_schema(engine, where)
+    except OperationalError as exc:
+        engine.dispose()
+        raise unavailable(exc, where) from exc
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine)
+
+
+def unavailable(exc: OperationalError, where: str) -> StoreUnavailable:
+    """A connection failure as a one-line error: the driver's first line, never SQL or values."""
+    lines = str(exc.orig).strip().splitlines()
+    return StoreUnavailable(
+        f"cannot use the database {where}: {lines[0] if lines else type(exc.orig).__name__}"
+    )

@@ -1,0 +1,609 @@
+"""``hfs-cds report``: what the service said and what clinicians did with it.
+
+Counts come from the audit trail (cards shown) joined to feedback on the card uuid:
+
+- cards by model id/version, status and tier;
+- for the cards shown in the period: how many got feedback (CDS Hooks sends none for cards that
+  were ignored), and of those, how many were accepted or overridden. A card's outcome is its
+  latest feedback entry; override reasons are counted per overridden card;
+- time from card to feedback: from the audit time to the card's first ``outcomeTimestamp``
+  (median, and 90th percentile by the nearest-rank method; negative gaps from clock skew between
+  the EHR and the service count as zero);
+- feedback naming a card the audit trail does not know (received in the period), counted apart;
+- per week (Monday, UTC): cards by tier, and the outcome of the cards shown that week. The HTML
+  format draws these as an inline SVG chart; the page loads nothing from anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cds_service.store.database import SQLITE_BEGIN, Store
+from cds_service.store.schema import audit_record, feedback
+
+NOT_SCORED = "not-scored"
+NO_FEEDBACK = "none"
+OUTCOMES = ("accepted", "overridden", NO_FEEDBACK)
+_OUTCOME_LABELS = {"accepted": "Accepted", "overridden": "Overridden", NO_FEEDBACK: "No feedback"}
+_TIER_COLOURS = {"high": "#b03a2e", "intermediate": "#d68910", "low": "#1e8449"}
+_OTHER_COLOURS = ("#1f618d", "#6c3483", "#117864", "#935116", "#2e4053")
+_OUTCOME_COLOURS = {"accepted": "#2874a6", "overridden": "#884ea0", NO_FEEDBACK: "#d5d8dc"}
+_NOT_SCORED_COLOUR = "#7f8c8d"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportLabels:
+    """Display names the store does not hold (from the model card and the card builder)."""
+
+    tier_order: Sequence[str] = ()
+    tier_labels: Mapping[str, str] = field(default_factory=dict)
+    reason_displays: Mapping[tuple[str | None, str], str] = field(default_factory=dict)
+
+    def category(self, key: str) -> str:
+        if key == NOT_SCORED:
+            return "Not scored"
+        return self.tier_labels.get(key, key)
+
+
+@dataclass(frozen=True, slots=True)
+class TierCount:
+    model_id: str
+    model_version: str
+    status: str
+    tier: str | None
+    cards: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCount:
+    system: str | None
+    code: str
+    display: str | None
+    cards: int
+
+
+@dataclass(frozen=True, slots=True)
+class Durations:
+    n: int
+    median_seconds: float
+    p90_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WeekCounts:
+    week: date  # Monday (UTC)
+    cards: Mapping[str, int]  # tier id or "not-scored" -> cards
+    outcomes: Mapping[str, int]  # accepted / overridden / none -> cards shown that week
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    generated_at: datetime
+    since: datetime | None
+    until: datetime | None
+    cards: int
+    by_tier: tuple[TierCount, ...]
+    cards_with_feedback: int
+    feedback_entries: int
+    accepted: int
+    overridden: int
+    override_reasons: tuple[ReasonCount, ...]
+    overrides_without_reason: int
+    overrides_with_comment: int
+    unknown_card_feedback: int
+    time_to_feedback: Durations | None
+    weeks: tuple[WeekCounts, ...]
+    categories: tuple[str, ...]  # chart order: tiers, then "not-scored"
+    labels: ReportLabels = field(default_factory=ReportLabels)
+
+    @property
+    def feedback_rate(self) -> float | None:
+        return self.cards_with_feedback / self.cards if self.cards else None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        n = self.cards_with_feedback
+        return self.accepted / n if n else None
+
+    @property
+    def override_rate(self) -> float | None:
+        n = self.cards_with_feedback
+        return self.overridden / n if n else None
+
+    def to_json(self) -> dict[str, Any]:
+        ttf = self.time_to_feedback
+        return {
+            "generatedAt": _iso(self.generated_at),
+            "since": _iso(self.since) if self.since else None,
+            "until": _iso(self.until) if self.until else None,
+            "cards": {
+                "total": self.cards,
+                "byModelAndTier": [
+                    {
+                        "modelId": t.model_id,
+                        "modelVersion": t.model_version,
+                        "status": t.status,
+                        "tier": t.tier,
+                        "cards": t.cards,
+                    }
+                    for t in self.by_tier
+                ],
+            },
+            "feedback": {
+                "cardsWithFeedback": self.cards_with_feedback,
+                "entries": self.feedback_entries,
+                "accepted": self.accepted,
+                "overridden": self.overridden,
+                "feedbackRate": _rate(self.feedback_rate),
+                "acceptanceRate": _rate(self.acceptance_rate),
+                "overrideRate": _rate(self.override_rate),
+                "overrideReasons": [
+                    {"system": r.system, "code": r.code, "display": r.display, "cards": r.cards}
+                    for r in self.override_reasons
+                ],
+                "overridesWithoutReason": self.overrides_without_reason,
+                "overridesWithComment": self.overrides_with_comment,
+                "unknownCardEntries": self.unknown_card_feedback,
+                "timeToFeedbackSeconds": (
+                    {"n": ttf.n, "median": ttf.median_seconds, "p90": ttf.p90_seconds}
+                    if ttf
+                    else None
+                ),
+            },
+            "weeks": [
+                {"week": w.week.isoformat(), "cards": dict(w.cards), "outcomes": dict(w.outcomes)}
+                for w in self.weeks
+            ],
+        }
+
+
+def build_report(
+    store: Store,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    labels: ReportLabels | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """Read the audit trail and feedback for cards shown in ``[since, until)``."""
+    labels = labels or ReportLabels()
+    a, f = audit_record, feedback
+    window = []
+    if since is not None:
+        window.append(a.c.recorded_at >= since)
+    if until is not None:
+        window.append(a.c.recorded_at < until)
+
+    by_tier: Counter[tuple[str, str, str, str | None]] = Counter()
+    week_cards: dict[date, Counter[str]] = defaultdict(Counter)
+    week_outcomes: dict[date, Counter[str]] = defaultdict(Counter)
+    with store.engine.connect() as conn:
+        conn.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+        cards = conn.execute(
+            select(a.c.recorded_at, a.c.model_id, a.c.model_version, a.c.status, a.c.tier)
+            .where(*window)
+            .execution_options(yield_per=5000)
+        )
+        for recorded_at, model_id, model_version, status, tier in cards:
+            by_tier[(model_id, model_version, status, tier)] += 1
+            week = _week(recorded_at)
+            week_cards[week][tier if tier else NOT_SCORED] += 1
+            week_outcomes[week][NO_FEEDBACK] += 1
+
+        rows = conn.execute(
+            select(
+                f.c.card_uuid,
+                f.c.outcome,
+                f.c.outcome_at,
+                f.c.reason_system,
+                f.c.reason_code,
+                f.c.has_comment,
+                a.c.recorded_at,
+            )
+            .join(a, a.c.card_uuid == f.c.card_uuid)
+            .where(*window)
+            .order_by(f.c.card_uuid, f.c.outcome_at, f.c.id)
+            .execution_options(yield_per=5000)
+        )
+        entries = 0
+        latest: dict[str, tuple[str, str | None, str | None, bool, datetime]] = {}
+        first_gap: dict[str, float] = {}
+        for card, outcome, outcome_at, system, code, has_comment, recorded_at in rows:
+            entries += 1
+            latest[card] = (outcome, system, code, bool(has_comment), recorded_at)
+            if card not in first_gap:
+                first_gap[card] = max(0.0, (outcome_at - recorded_at).total_seconds())
+
+        unknown_filter = [~select(a.c.id).where(a.c.card_uuid == f.c.card_uuid).exists()]
+        if since is not None:
+            unknown_filter.append(f.c.received_at >= since)
+        if until is not None:
+            unknown_filter.append(f.c.received_at < until)
+        unknown = conn.execute(select(func.count()).select_from(f).where(*unknown_filter)).scalar()
+
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[tuple[str | None, str]] = Counter()
+    without_reason = with_comment = 0
+    for outcome, system, code, has_comment, recorded_at in latest.values():
+        outcomes[outcome] += 1
+        week = _week(recorded_at)
+        week_outcomes[week][NO_FEEDBACK] -= 1
+        week_outcomes[week][outcome] += 1
+        if outcome == "overridden":
+            if code:
+                reasons[(system, code)] += 1
+            else:
+                without_reason += 1
+            with_comment += has_comment
+    return Report(
+        generated_at=now or datetime.now(UTC),
+        since=since,
+        until=until,
+        cards=sum(by_tier.values()),
+        by_tier=tuple(
+            TierCount(m, v, s, t, n)
+            for (m, v, s, t), n in sorted(
+                by_tier.items(), key=lambda kv: (kv[0][0], kv[0][1], _tier_rank(kv[0][3], labels))
+            )
+        ),
+        cards_with_feedback=len(latest),
+        feedback_entries=entries,
+        accepted=outcomes["accepted"],
+        overridden=outcomes["overridden"],
+        override_reasons=tuple(
+            ReasonCount(system, code, labels.reason_displays.get((system, code)), n)
+            for (system, code), n in sorted(
+                reasons.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0] or "")
+            )
+        ),
+        overrides_without_reason=without_reason,
+        overrides_with_comment=with_comment,
+        unknown_card_feedback=int(unknown or 0),
+        time_to_feedback=_durations(first_gap.values()),
+        weeks=_weeks(week_cards, week_outcomes),
+        categories=tuple(
+            sorted(
+                {c for counts in week_cards.values() for c in counts},
+                key=lambda c: _tier_rank(None if c == NOT_SCORED else c, labels),
+            )
+        ),
+        labels=labels,
+    )
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+def render_text(report: Report) -> str:
+    r, labels = report, report.labels
+    lines = [f"HFS-RFA recurrence CDS: cards and feedback, {_period(r)}", ""]
+    lines.append(f"Cards shown: {r.cards}")
+    model = None
+    for t in r.by_tier:
+        if (t.model_id, t.model_version) != model:
+            model = (t.model_id, t.model_version)
+            lines.append(f"  {t.model_id} {t.model_version}")
+        name = labels.category(t.tier or NOT_SCORED)
+        lines.append(f"    {name:<28} {t.cards:>7}  {_pct(t.cards, r.cards):>6}")
+    lines += ["", "Feedback (for the cards shown in the period)"]
+    lines.append(
+        f"  Cards with feedback: {r.cards_with_feedback} of {r.cards} "
+        f"({_pct(r.cards_with_feedback, r.cards)}); the rest were ignored or not reported"
+    )
+    lines.append(f"  Feedback entries: {r.feedback_entries}")
+    lines.append(f"  Accepted:   {r.accepted:>7}  {_pct(r.accepted, r.cards_with_feedback):>6}")
+    lines.append(f"  Overridden: {r.overridden:>7}  {_pct(r.overridden, r.cards_with_feedback):>6}")
+    if r.overridden:
+        lines.append("  Override reasons (cards):")
+        named = [(_reason_label(x), x.cards) for x in r.override_reasons]
+        if r.overrides_without_reason:
+            named.append(("(no reason given)", r.overrides_without_reason))
+        named.append(("with a comment (the text is not stored)", r.overrides_with_comment))
+        width = max(len(label) for label, _ in named)
+        lines += [f"    {label:<{width}} {n:>7}" for label, n in named]
+    ttf = r.time_to_feedback
+    if ttf:
+        lines.append(
+            f"  Time from card to feedback: median {_duration(ttf.median_seconds)}, "
+            f"90th percentile {_duration(ttf.p90_seconds)} (n = {ttf.n})"
+        )
+    lines.append(f"  Feedback for cards not in the audit trail: {r.unknown_card_feedback}")
+    if r.weeks:
+        lines += ["", "By week (Monday, UTC)"]
+        cats = r.categories
+        header = "  week        " + "".join(f"{labels.category(c)[:12]:>13}" for c in cats)
+        header += "".join(f"{_OUTCOME_LABELS[o][:12]:>13}" for o in OUTCOMES)
+        lines.append(header)
+        for w in r.weeks:
+            row = f"  {w.week.isoformat()}  " + "".join(f"{w.cards.get(c, 0):>13}" for c in cats)
+            row += "".join(f"{w.outcomes.get(o, 0):>13}" for o in OUTCOMES)
+            lines.append(row)
+    return "\n".join(lines)
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2)
+
+
+# -- html ----------------------------------------------------------------------------------------
+
+
+def render_html(report: Report) -> str:
+    """A self-contained page: tables and an inline SVG chart, no scripts, no external assets."""
+    r, labels = report, report.labels
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(t.model_id)}</td><td>{e(t.model_version)}</td>"
+        f"<td>{e(labels.category(t.tier or NOT_SCORED))}</td>"
+        f"<td class=n>{t.cards}</td><td class=n>{_pct(t.cards, r.cards)}</td></tr>"
+        for t in r.by_tier
+    )
+    reason_rows = "".join(
+        f"<tr><td>{e(_reason_label(x))}</td><td class=n>{x.cards}</td></tr>"
+        for x in r.override_reasons
+    )
+    if r.overrides_without_reason:
+        reason_rows += (
+            f"<tr><td>(no reason given)</td><td class=n>{r.overrides_without_reason}</td></tr>"
+        )
+    ttf = r.time_to_feedback
+    ttf_text = (
+        f"median {_duration(ttf.median_seconds)}, 90th percentile {_duration(ttf.p90_seconds)} "
+        f"(n = {ttf.n})"
+        if ttf
+        else "no feedback yet"
+    )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>HFS-RFA CDS report</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #1c2833; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ padding: 0.25em 0.8em; border-bottom: 1px solid #d5d8dc; text-align: left; }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+svg text {{ font: 11px system-ui, sans-serif; fill: #1c2833; }}
+</style>
+</head>
+<body>
+<h1>HFS-RFA recurrence CDS: cards and feedback</h1>
+<p>{e(_period(r).capitalize())}. Generated {e(_iso(r.generated_at))}.</p>
+<h2>Cards shown: {r.cards}</h2>
+<table><tr><th>Model</th><th>Version</th><th>Tier</th><th>Cards</th><th>Share</th></tr>{rows}</table>
+<h2>Feedback</h2>
+<table>
+{_row("Cards with feedback", r.cards_with_feedback, _pct(r.cards_with_feedback, r.cards))}
+{_row("Accepted", r.accepted, _pct(r.accepted, r.cards_with_feedback))}
+{_row("Overridden", r.overridden, _pct(r.overridden, r.cards_with_feedback))}
+{_row("Overrides with a comment (text not stored)", r.overrides_with_comment)}
+{_row("Feedback for cards not in the audit trail", r.unknown_card_feedback)}
+</table>
+<p>Time from card to feedback: {e(ttf_text)}.</p>
+<h3>Override reasons</h3>
+<table><tr><th>Reason</th><th>Cards</th></tr>{reason_rows}</table>
+<h2>By week</h2>
+{render_svg(r)}
+</body>
+</html>
+"""
+
+
+def _row(label: str, n: int, share: str = "") -> str:
+    return f"<tr><td>{html.escape(label)}</td><td class=n>{n}</td><td class=n>{share}</td></tr>"
+
+
+def render_svg(report: Report, width: int = 760) -> str:
+    """Two stacked-bar panels per week: cards by tier, and the outcome of those cards."""
+    weeks = report.weeks
+    if not weeks:
+        return "<p>No cards in the period.</p>"
+    labels = report.labels
+    tier_series = [
+        (c, labels.category(c), _category_colour(c, i)) for i, c in enumerate(report.categories)
+    ]
+    outcome_series = [(o, _OUTCOME_LABELS[o], _OUTCOME_COLOURS[o]) for o in OUTCOMES]
+    panel_h, top, gap = 170, 30, 70
+    height = top + 2 * panel_h + gap + 40
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
+        'aria-label="Cards per week by tier, and the outcome of those cards">'
+    ]
+    parts += _panel(
+        "Cards per week by tier",
+        [w.cards for w in weeks],
+        tier_series,
+        weeks,
+        x0=50,
+        y0=top,
+        width=width - 210,
+        height=panel_h,
+    )
+    parts += _panel(
+        "Outcome of the cards shown each week",
+        [w.outcomes for w in weeks],
+        outcome_series,
+        weeks,
+        x0=50,
+        y0=top + panel_h + gap,
+        width=width - 210,
+        height=panel_h,
+    )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _panel(
+    title: str,
+    values: list[Mapping[str, int]],
+    series: list[tuple[str, str, str]],
+    weeks: tuple[WeekCounts, ...],
+    *,
+    x0: int,
+    y0: int,
+    width: int,
+    height: int,
+) -> list[str]:
+    e = html.escape
+    totals = [sum(max(0, v.get(key, 0)) for key, _, _ in series) for v in values]
+    top = _nice_max(max(totals) if totals else 0)
+    slot = width / len(weeks)
+    bar = max(1.0, slot * 0.75)
+    out = [f'<text x="{x0}" y="{y0 - 12}" font-weight="bold">{e(title)}</text>']
+    for tick in (0, top // 2, top):
+        y = y0 + height - height * tick / top
+        out.append(
+            f'<line x1="{x0}" x2="{x0 + width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d5d8dc"/>'
+            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>'
+        )
+    label_every = max(1, math.ceil(len(weeks) / 8))
+    for i, (w, v) in enumerate(zip(weeks, values, strict=True)):
+        x = x0 + i * slot + (slot - bar) / 2
+        y = float(y0 + height)
+        for key, name, colour in series:
+            n = max(0, v.get(key, 0))
+            if not n:
+                continue
+            h = height * n / top
+            y -= h
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}">'
+                f"<title>week of {w.week.isoformat()}: {e(name)} {n}</title></rect>"
+            )
+        if i % label_every == 0:
+            out.append(
+                f'<text x="{x + bar / 2:.1f}" y="{y0 + height + 14}" text-anchor="middle">'
+                f"{w.week.strftime('%d %b')}</text>"
+            )
+    lx = x0 + width + 20
+    for j, (_, name, colour) in enumerate(reversed(series)):
+        ly = y0 + 10 + j * 18
+        out.append(
+            f'<rect x="{lx}" y="{ly - 9}" width="12" height="12" fill="{colour}"/>'
+            f'<text x="{lx + 18}" y="{ly + 1}">{e(name)}</text>'
+        )
+    return out
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _week(moment: datetime) -> date:
+    day = moment.astimezone(UTC).date()
+    return day - timedelta(days=day.weekday())
+
+
+def _weeks(
+    cards: Mapping[date, Counter[str]], outcomes: Mapping[date, Counter[str]]
+) -> tuple[WeekCounts, ...]:
+    if not cards:
+        return ()
+    week, last = min(cards), max(cards)
+    out = []
+    while week <= last:
+        out.append(
+            WeekCounts(
+                week,
+                {k: v for k, v in cards.get(week, Counter()).items() if v},
+                {k: v for k, v in outcomes.get(week, Counter()).items() if v},
+            )
+        )
+        week += timedelta(days=7)
+    return tuple(out)
+
+
+def _durations(values: Iterable[float]) -> Durations | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    return Durations(len(ordered), float(statistics.median(ordered)), float(p90))
+
+
+def _tier_rank(tier: str | None, labels: ReportLabels) -> tuple[int, str]:
+    if tier is None:
+        return (len(labels.tier_order) + 1, "")
+    if tier in labels.tier_order:
+        position: int = list(labels.tier_order).index(tier)
+        return (position, tier)
+    return (len(labels.tier_order), tier)
+
+
+def _category_colour(category: str, index: int) -> str:
+    if category == NOT_SCORED:
+        return _NOT_SCORED_COLOUR
+    return _TIER_COLOURS.get(category, _OTHER_COLOURS[index % len(_OTHER_COLOURS)])
+
+
+def _nice_max(value: int) -> int:
+    """A round, even axis maximum at or above ``value`` (even, so the midpoint tick is whole)."""
+    if value <= 2:
+        return 2
+    magnitude = int(10 ** (len(str(value)) - 1))
+    for step in (1, 2, 4, 5, 6, 8, 10):
+        top = step * magnitude
+        if top >= value and top % 2 == 0:
+            return top
+    return 10 * magnitude
+
+
+def _reason_label(reason: ReasonCount) -> str:
+    if reason.display:
+        return f"{reason.display} ({reason.code})"
+    return f"{reason.code} ({reason.system})" if reason.system else reason.code
+
+
+def _period(r: Report) -> str:
+    if r.since and r.until:
+        return f"cards shown from {_day(r.since)} to before {_day(r.until)}"
+    if r.since:
+        return f"cards shown since {_day(r.since)}"
+    if r.until:
+        return f"cards shown before {_day(r.until)}"
+    return "all cards on record"
+
+
+def _day(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    if moment.time() == datetime.min.time():
+        return moment.date().isoformat()
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _rate(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 1:
+        return "under 1 s"
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        m, s = divmod(s, 60)
+        return f"{m} min {s} s" if s else f"{m} min"
+    if s < 86400:
+        h, rem = divmod(s, 3600)
+        return f"{h} h {rem // 60} min"
+    d, rem = divmod(s, 86400)
+    return f"{d} d {rem // 3600} h"

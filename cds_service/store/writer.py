@@ -1,0 +1,257 @@
+"""Writes audit records off the hook response path: a bounded queue and one background thread.
+
+The request thread calls :meth:`AuditWriter.submit`, which only puts the record on an in-memory
+queue and returns at once. A daemon thread takes whatever has accumulated (up to ``batch_size``)
+and writes it in one transaction, so under load the batches grow and the database sees few
+commits; when idle, a record is written as soon as it arrives.
+
+**Drop policy: when the queue is full, the record is dropped, counted and logged — submit never
+blocks.** The queue only fills when the database has been unavailable or far too slow for a
+while (10,000 records by default: hours of normal traffic). Blocking then would turn a database
+outage into a CDS outage, every hook call stalling for the EHR's timeout, which is worse for
+patients than a gap in the audit trail. Drops are visible: :attr:`AuditWriter.stats`, a warning
+on the first drop and every 1,000th, and an error naming the count when the writer closes.
+
+Failed batches are retried with exponential back-off, ``max_attempts`` times in all, then
+dropped and logged. Inserts skip card uuids already stored, so a retry after a commit whose
+acknowledgement was lost writes nothing twice. Logs name counts and exception classes only,
+never a record's content or a database error message (which could quote parameter values).
+
+Fork-aware: the thread starts on the first ``submit`` in each process, so an app created before
+a pre-forking server forks still audits in every worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cds_service.store.audit import AuditRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 10_000
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_DELAY = 0.5  # seconds, doubled after each failed attempt
+MAX_RETRY_DELAY = 8.0
+_DROP_LOG_EVERY = 1000
+
+
+class AuditSink(Protocol):
+    """Where batches go (:class:`~cds_service.store.database.Store` in production)."""
+
+    def write_audit(self, records: Sequence[AuditRecord]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    submitted: int  # accepted onto the queue
+    written: int  # in batches that committed
+    dropped_queue_full: int
+    dropped_after_retries: int
+    dropped_closed: int  # submitted after close()
+    retries: int
+    queued: int  # waiting or being written now
+
+
+class _Stop:
+    """Queue sentinel: finish what is queued, then stop."""
+
+
+class AuditWriter:
+    """Asynchronous, batching, bounded writer of :class:`AuditRecord` to an :class:`AuditSink`."""
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        max_queue: int = DEFAULT_QUEUE_SIZE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+    ) -> None:
+        if max_queue < 1 or batch_size < 1 or max_attempts < 1 or retry_delay < 0:
+            raise ValueError(
+                "max_queue, batch_size, max_attempts must be positive, retry_delay >= 0"
+            )
+        self._sink = sink
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._max_attempts = max_attempts
+        self._retry_delay = retry_delay
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: queue.Queue[AuditRecord | _Stop] = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._pending = 0
+        self._submitted = self._written = self._retries = 0
+        self._dropped_full = self._dropped_failed = self._dropped_closed = 0
+        atexit.register(self._at_exit)
+
+    # -- request side ----------------------------------------------------------------------------
+
+    def submit(self, record: AuditRecord) -> bool:
+        """Queue a record for writing; never blocks. False if it was dropped (queue full, closed)."""
+        with self._lock:
+            if self._closed:
+                self._dropped_closed += 1
+                return False
+            self._ensure_thread()
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self._dropped_full += 1
+                dropped = self._dropped_full
+            else:
+                self._pending += 1
+                self._submitted += 1
+                return True
+        if dropped == 1 or dropped % _DROP_LOG_EVERY == 0:
+            log.warning(
+                "audit queue full (%d records): %d audit record(s) dropped so far",
+                self._max_queue,
+                dropped,
+            )
+        return False
+
+    # -- shutdown and tests ----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record submitted so far is written or given up; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop accepting records, write what is queued, stop the thread; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            first_close = not self._closed
+            self._closed = True
+            thread = self._thread if self._pid == os.getpid() else None
+            send_stop = first_close and thread is not None and thread.is_alive()
+            if send_stop:
+                self._pending += 1  # the sentinel; counted down when the thread reaches it
+        atexit.unregister(self._at_exit)
+        finished = True
+        if send_stop:
+            try:  # outside the lock: the thread needs it to drain a full queue
+                self._queue.put(_Stop(), timeout=timeout)
+            except queue.Full:
+                finished = False
+        if finished and thread is not None and thread is not threading.current_thread():
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            finished = not thread.is_alive()
+        stats = self.stats
+        lost = stats.dropped_queue_full + stats.dropped_after_retries
+        if lost:
+            log.error("audit writer closed; %d audit record(s) were dropped in all", lost)
+        if not finished:
+            log.error("audit writer closed with %d record(s) still unwritten", stats.queued)
+        return finished
+
+    @property
+    def stats(self) -> WriterStats:
+        with self._lock:
+            return WriterStats(
+                submitted=self._submitted,
+                written=self._written,
+                dropped_queue_full=self._dropped_full,
+                dropped_after_retries=self._dropped_failed,
+                dropped_closed=self._dropped_closed,
+                retries=self._retries,
+                queued=self._pending,
+            )
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        """Start the thread on first use in this process (called with the lock held)."""
+        pid = os.getpid()
+        if pid != self._pid:  # forked: the parent's thread and queue contents are not ours
+            self._pid = pid
+            self._queue = queue.Queue(maxsize=self._max_queue)
+            self._thread = None
+            self._pending = 0
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="hfs-cds-audit", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            first = q.get()
+            batch: list[AuditRecord] = []
+            stop = isinstance(first, _Stop)
+            if not stop:
+                assert isinstance(first, AuditRecord)
+                batch.append(first)
+                while len(batch) < self._batch_size:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, _Stop):
+                        stop = True
+                        break
+                    batch.append(item)
+            if batch:
+                self._write(batch)
+            with self._idle:
+                self._pending -= len(batch) + (1 if stop else 0)
+                self._idle.notify_all()
+            if stop:
+                return
+
+    def _write(self, batch: list[AuditRecord]) -> None:
+        delay = self._retry_delay
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                self._sink.write_audit(batch)
+            except Exception as exc:  # any failure: log the class only, retry, then give up
+                cause = exc.__cause__ or getattr(exc, "orig", None)
+                kind = type(exc).__name__ + (f" ({type(cause).__name__})" if cause else "")
+                if attempt == self._max_attempts:
+                    with self._lock:
+                        self._dropped_failed += len(batch)
+                    log.error(
+                        "audit batch of %d record(s) dropped after %d attempts: %s",
+                        len(batch),
+                        attempt,
+                        kind,
+                    )
+                    return
+                with self._lock:
+                    self._retries += 1
+                log.warning(
+                    "audit batch of %d record(s) failed (attempt %d of %d), retrying in %.1f s: %s",
+                    len(batch),
+                    attempt,
+                    self._max_attempts,
+                    delay,
+                    kind,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+            else:
+                with self._lock:
+                    self._written += len(batch)
+                return
+
+    def _at_exit(self) -> None:
+        self.close(timeout=5.0)
