@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_LINGER_SECONDS = 0.05
 DEFAULT_RETRY_DELAY = 0.5  # seconds, doubled after each failed attempt
 MAX_RETRY_DELAY = 8.0
 _DROP_LOG_EVERY = 1000
@@ -77,8 +78,15 @@ class AuditWriter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_delay: float = DEFAULT_RETRY_DELAY,
+        linger_seconds: float = DEFAULT_LINGER_SECONDS,
     ) -> None:
-        if max_queue < 1 or batch_size < 1 or max_attempts < 1 or retry_delay < 0:
+        if (
+            max_queue < 1
+            or batch_size < 1
+            or max_attempts < 1
+            or retry_delay < 0
+            or linger_seconds < 0
+        ):
             raise ValueError(
                 "max_queue, batch_size, max_attempts must be positive, retry_delay >= 0"
             )
@@ -87,6 +95,7 @@ class AuditWriter:
         self._batch_size = batch_size
         self._max_attempts = max_attempts
         self._retry_delay = retry_delay
+        self._linger = linger_seconds
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._queue: queue.Queue[AuditRecord | _Stop] = queue.Queue(maxsize=max_queue)
@@ -201,9 +210,12 @@ class AuditWriter:
             if not stop:
                 assert isinstance(first, AuditRecord)
                 batch.append(first)
+                # Linger briefly so records arriving together share one transaction: one write
+                # per record would cost an fsync each and hold the GIL the request threads need.
+                deadline = time.monotonic() + self._linger
                 while len(batch) < self._batch_size:
                     try:
-                        item = q.get_nowait()
+                        item = q.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         break
                     if isinstance(item, _Stop):
