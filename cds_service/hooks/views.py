@@ -120,6 +120,9 @@ def feedback(service_id: str) -> Response:
     except InvalidFeedback as exc:
         raise InvalidHookRequest(str(exc)) from exc
     ehr = g.ehr_client
+    # Feedback can follow its card within the writer's linger time: let queued audit records land
+    # first so the card is recognised (feedback is rare; the wait is bounded and usually nil).
+    runtime.audit.flush(timeout=1.0)
     try:
         result = runtime.store.save_feedback(
             service_id,
