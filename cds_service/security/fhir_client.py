@@ -29,7 +29,15 @@ _FHIR_JSON = "application/fhir+json"
 
 
 class FhirFetchError(Exception):
-    """A FHIR query failed; the message is safe to return to the EHR (no token, no patient data)."""
+    """A FHIR query failed; the message is safe to return to the EHR (no token, no patient data).
+
+    ``status`` is the FHIR server's HTTP status when it answered with one (401 and 403 matter to
+    the SMART app: refresh the token, or say access was refused).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +114,17 @@ class FhirClient:
         )
         for future in pending:
             future.cancel()
+        # A query that failed explains more than one cut short because of it: report it first.
+        for future in done:
+            if future.exception() is not None:
+                future.result()  # re-raises that query's FhirFetchError
         results: dict[str, list[Resource]] = {}
         for key, future in futures.items():
             if future not in done:
                 raise FhirFetchError(
                     f"FHIR query for '{key}' did not finish within {self.budget_seconds:g} s"
                 )
-            results[key] = future.result()  # re-raises that query's FhirFetchError
+            results[key] = future.result()
         return results
 
     def follow_pages(
@@ -151,9 +163,8 @@ class FhirClient:
         resources = _entries(bundle)
         next_url = _next_link(bundle)
         while next_url and pages < self.max_pages:
-            if not self.allowlist.permits(next_url) or not next_url.startswith(
-                base.rstrip("/") + "/"
-            ):
+            same_server = next_url.startswith(base.rstrip("/") + "/")
+            if not same_server or not self.allowlist.permits(next_url, extra_bases):
                 raise FhirFetchError("a 'next' link pointed away from fhirServer; not followed")
             page = self._get(next_url, token, deadline)
             if page.get("resourceType") != "Bundle":
@@ -184,7 +195,9 @@ class FhirClient:
                 f"the FHIR server could not be reached ({type(exc).__name__})"
             ) from exc
         if response.status_code != 200:
-            raise FhirFetchError(f"the FHIR server answered HTTP {response.status_code}")
+            raise FhirFetchError(
+                f"the FHIR server answered HTTP {response.status_code}", status=response.status_code
+            )
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
