@@ -15,6 +15,7 @@ from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import bp as hooks_bp
 from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
 from cds_service.runtime import Runtime
+from cds_service.smart import init_smart
 from cds_service.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     runtime = Runtime.build(settings)
     app.extensions["hfs_cds"] = runtime
+    init_smart(app, settings)
     app.register_blueprint(hooks_bp)
     quiet_third_party_loggers()
 

@@ -70,6 +70,9 @@ class Assessment:
     risks: tuple[RiskPoint, ...] = ()
     conditional: ConditionalRisk | None = None
     tier: Tier | None = None
+    #: True when the tier comes from the upper end of the scenario range, not the point estimate
+    #: (the card then says so, or "12% ... high tier" would read as a contradiction).
+    tier_set_by_range: bool = False
     x1: float | None = None  # the coded covariates actually scored
     x2: float | None = None
     not_applicable_because: str | None = None
@@ -249,7 +252,8 @@ class Assessor:
             months_since_procedure=months_since,
             risks=risks,
             conditional=conditional,
-            tier=model.tier(float(high[self._horizon_index])),
+            tier=(tier := model.tier(float(high[self._horizon_index]))),
+            tier_set_by_range=tier is not model.tier(float(point[self._horizon_index])),
             x1=model.coded_x1(minutes),
             x2=float(grade),
         )

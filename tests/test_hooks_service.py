@@ -265,3 +265,33 @@ def test_prefetch_keys_of_the_wrong_shape_do_not_crash(hooks: HookCaller) -> Non
     prefetch["conditions"] = {"resourceType": "Bundle", "entry": "oops"}
     response = hooks.call("patient-view", prefetch=prefetch)
     assert response.status_code == 412  # unusable and no fhirServer to ask
+
+
+def test_tier_from_the_range_is_explained_in_the_summary(hooks: HookCaller) -> None:
+    """HB III after 25 min: 12% point estimate, 86% upper end, so 'high' must not read as a typo."""
+    card = _card(hooks.call("patient-view", recent_patient(minutes=25, hb="III")))
+    assert card["summary"].startswith(
+        "Hemifacial spasm recurrence risk after RFA: 12% by 12 months, up to"
+    )
+    assert "(high tier)" in card["summary"] and len(card["summary"]) < 140
+    assert "The tier follows the upper end of the range" in card["detail"]
+
+
+@pytest.mark.parametrize(
+    "app_config",
+    [
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "PUBLIC_BASE_URL": "https://cds.hospital.example",
+            "SMART_CLIENT_ID": "hfs-cds-app",
+            "SMART_ALLOWED_ISSUERS": "https://ehr.hospital.example/fhir",
+        }
+    ],
+)
+def test_card_links_to_the_smart_app_with_the_procedure(hooks: HookCaller) -> None:
+    card = _card(hooks.call("patient-view", recent_patient()))
+    smart, paper = card["links"]
+    assert smart["type"] == "smart" and smart["url"] == "https://cds.hospital.example/smart/launch"
+    assert json.loads(smart["appContext"]) == {"procedure": "Procedure/rfa1/_history/1"}
+    assert paper["type"] == "absolute" and "appContext" not in paper

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from cds_service.assessment import Assessment, Status
+from cds_service.smart.context import app_context_for
 from fhir_mappings import Provenance, Reason
 
 #: Reverse-domain key of the machine-readable assessment in ``card.extension``.
@@ -38,15 +39,30 @@ class CardContext:
     patient_id: str
     user_id: str | None = None
     encounter_id: str | None = None
+    app_launch_url: str | None = None  # the SMART app's launch URL, when the app is set up
 
 
 def build_cards(assessment: Assessment, ctx: CardContext) -> list[dict[str, Any]]:
     """Zero or one card: nothing when no ablation is in the horizon, else a risk or an info card."""
     if assessment.status is Status.NOT_APPLICABLE:
         return []
-    if assessment.status is Status.SCORED:
-        return [_risk_card(assessment, ctx)]
-    return [_not_scored_card(assessment)]
+    card = (
+        _risk_card(assessment, ctx)
+        if assessment.status is Status.SCORED
+        else _not_scored_card(assessment)
+    )
+    if ctx.app_launch_url and assessment.inputs.ablation is not None:
+        # The EHR adds iss and launch; appContext names the procedure the card is about.
+        card["links"].insert(
+            0,
+            {
+                "label": "Open the recurrence-risk app (curve, what-if)",
+                "url": ctx.app_launch_url,
+                "type": "smart",
+                "appContext": app_context_for(assessment.inputs.ablation.provenance.reference),
+            },
+        )
+    return [card]
 
 
 # -- scored ------------------------------------------------------------------------------------------
@@ -56,9 +72,10 @@ def _risk_card(a: Assessment, ctx: CardContext) -> dict[str, Any]:
     assert a.tier is not None
     horizon = a.model.horizon_months
     risk_h = a.risk_at(horizon)
+    upper = f", up to {_pct(risk_h.high)} under other codings" if a.tier_set_by_range else ""
     summary = (
-        f"Hemifacial spasm recurrence risk after RFA: {_pct(risk_h.risk)} by {horizon:g} months "
-        f"({a.tier.label.lower()} tier)"
+        f"Hemifacial spasm recurrence risk after RFA: {_pct(risk_h.risk)} by {horizon:g} months"
+        f"{upper} ({a.tier.label.lower()} tier)"
     )
     card = _base_card(a, summary[:_SUMMARY_LIMIT], a.tier.indicator, _risk_detail(a))
     suggestion = _follow_up_suggestion(a, ctx)
@@ -75,6 +92,7 @@ def _risk_card(a: Assessment, ctx: CardContext) -> dict[str, Any]:
 def _risk_detail(a: Assessment) -> str:
     assert a.tier is not None and a.inputs.ablation is not None
     ablation = a.inputs.ablation
+    risk_h = a.risk_at(a.model.horizon_months)
     lines = [
         f"**Estimated risk of recurrence after the ablation that ended "
         f"{ablation.ended_at.date().isoformat()}** ({_ref(ablation.provenance)})",
@@ -94,7 +112,13 @@ def _risk_detail(a: Assessment) -> str:
         ]
     lines += [
         "",
-        f"**{a.tier.label} tier.** {a.tier.advice}",
+        f"**{a.tier.label} tier.** {a.tier.advice}"
+        + (
+            f" (The tier follows the upper end of the range, {_pct(risk_h.high)}, because "
+            "under-calling risk is the harmful error.)"
+            if a.tier_set_by_range
+            else ""
+        ),
         "",
         "**Inputs**",
         "",

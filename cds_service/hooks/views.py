@@ -23,6 +23,7 @@ from cds_service.hooks.request import parse_hook_request
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security.ehr_auth import AuthenticationError
+from cds_service.smart import launch_url
 from cds_service.store import StoreError, audit_record_from
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def call_service(service_id: str) -> Response:
             patient_id=hook_request.patient_id,
             user_id=context.get("userId"),
             encounter_id=context.get("encounterId"),
+            app_launch_url=launch_url(current_app, request.host_url),
         ),
     )
     issuer, tenant = (ehr.iss, ehr.tenant) if ehr else (None, None)

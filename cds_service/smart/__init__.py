@@ -1,0 +1,89 @@
+"""The SMART-on-FHIR app: launch from the chart or a CDS card, show the recurrence-risk assessment.
+
+``init_smart(app, settings)`` mounts it at ``/smart`` on an app built by ``create_app``. It reads
+``SMART_*`` settings from the environment, with ``create_app(config)`` overrides by the same names,
+and uses the app's one :class:`~cds_service.assessment.Assessor`. Importing this package is cheap
+(``app_context_for`` for the card builder); the app itself loads in :func:`init_smart`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from cds_service.smart.context import app_context_for
+
+if TYPE_CHECKING:  # the app's modules load only when it is mounted (see the module docstring)
+    from flask import Flask
+
+    from cds_service.config import Settings
+    from cds_service.smart.runtime import SmartRuntime
+
+EXTENSION = "hfs_cds_smart"
+URL_PREFIX = "/smart"
+LAUNCH_PATH = URL_PREFIX + "/launch"
+
+__all__ = [
+    "EXTENSION",
+    "LAUNCH_PATH",
+    "RedactSmartQueries",
+    "app_context_for",
+    "init_smart",
+    "launch_url",
+]
+
+
+def init_smart(app: Flask, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """Mount the SMART app on ``app`` (idempotent). Raises ConfigError on unusable settings.
+
+    ``settings`` is the service's: its ``flask`` overrides carry any ``SMART_*`` keys given to
+    ``create_app``, and its dev mode allows http on loopback. ``environ`` defaults to ``os.environ``.
+    """
+    if EXTENSION in app.extensions:
+        return
+    from cds_service.smart.runtime import SmartRuntime
+    from cds_service.smart.settings import SmartSettings
+    from cds_service.smart.views import bp
+
+    smart_settings = SmartSettings.from_env(os.environ if environ is None else environ)
+    smart_settings = smart_settings.with_overrides(settings.flask)
+    app.extensions[EXTENSION] = SmartRuntime.build(smart_settings, app.extensions["hfs_cds"])
+    app.register_blueprint(bp, url_prefix=URL_PREFIX)
+    _redact_request_log()
+
+
+def launch_url(app: Flask, host_url: str | None = None) -> str | None:
+    """The absolute launch URL for a card's ``smart`` link, or None when the app is not set up.
+
+    The base is ``CDS_PUBLIC_BASE_URL``, else ``host_url`` (the request's, behind no proxy).
+    """
+    smart: SmartRuntime | None = app.extensions.get(EXTENSION)
+    if smart is None or not smart.settings.enabled:
+        return None
+    base = (smart.cds.settings.public_base_url or host_url or "").rstrip("/")
+    return base + LAUNCH_PATH if base else None
+
+
+class RedactSmartQueries(logging.Filter):
+    """Drops the query string of ``/smart/`` URLs from request-log lines (werkzeug's ``hfs-cds
+    serve`` log): the callback's carries the authorization code and ``state``."""
+
+    _URL = re.compile(r"(/smart/[^\s?\"]*)\?[^\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self._URL.sub(r"\1?[redacted]", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._URL.sub(r"\1?[redacted]", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def _redact_request_log() -> None:
+    logger = logging.getLogger("werkzeug")
+    if not any(isinstance(f, RedactSmartQueries) for f in logger.filters):
+        logger.addFilter(RedactSmartQueries())

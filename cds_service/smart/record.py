@@ -1,0 +1,145 @@
+"""The patient's record for the risk page: the same FHIR queries as the CDS service, then assess().
+
+The queries are the services' prefetch templates (``build_prefetch``) filled with the patient in
+context, plus a read of the Patient for the banner, all run concurrently by the shared
+:class:`~cds_service.security.fhir_client.FhirClient` (allowlisted, time-bounded, no redirects).
+Nothing here maps or scores: :meth:`Assessor.assess` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from cds_service.assessment import Assessment, Assessor
+from cds_service.hooks.prefetch import render_template
+from cds_service.hooks.services import build_prefetch
+from cds_service.security.fhir_client import FhirClient, FhirFetchError, Resource
+from cds_service.smart.errors import Failure, SmartError
+
+
+class FhirUnauthorized(Exception):
+    """The FHIR server answered 401 or 403 (the token was refused)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class PatientBanner:
+    """What the banner shows; only from the Patient resource, escaped by the template."""
+
+    id: str
+    name: str | None
+    birth_date: str | None
+    gender: str | None
+    identifier: str | None  # the medical record number when one is marked, else the first
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    banner: PatientBanner
+    assessment: Assessment
+
+
+class RecordReader:
+    """Fetches one patient's data from the launching EHR and runs the one assessment pipeline."""
+
+    def __init__(
+        self, assessor: Assessor, client: FhirClient, clock: Callable[[], datetime]
+    ) -> None:
+        self.assessor = assessor
+        self.client = client
+        self.clock = clock
+        self._templates = build_prefetch(assessor.value_sets)
+
+    def queries(self, patient_id: str) -> dict[str, str]:
+        """Relative FHIR searches for the patient: the CDS services' prefetch templates, filled."""
+        return {
+            key: render_template(template, {"patientId": patient_id})
+            for key, template in self._templates.items()
+        }
+
+    def read(self, fhir_base: str, patient_id: str, access_token: str) -> PatientRecord:
+        """The patient's banner and assessment; FhirUnauthorized on 401/403, else SmartError.
+
+        The Patient is read first: it is where a refused token or an unknown patient shows, with
+        its own status. Then the searches run concurrently.
+        """
+        read = {"patient": f"Patient/{quote(patient_id, safe='')}"}
+        patient = next(
+            (
+                r
+                for r in self._fetch(fhir_base, read, access_token)["patient"]
+                if r.get("resourceType") == "Patient"
+            ),
+            None,
+        )
+        if patient is None:
+            raise SmartError(Failure.PATIENT_NOT_FOUND, "the Patient read returned no Patient")
+        results = self._fetch(fhir_base, self.queries(patient_id), access_token)
+        resources = [r for rs in results.values() for r in rs]
+        assessment = self.assessor.assess(resources, patient_id, as_of=self.clock())
+        return PatientRecord(banner_of(patient_id, patient), assessment)
+
+    def _fetch(
+        self, fhir_base: str, queries: dict[str, str], access_token: str
+    ) -> dict[str, list[Resource]]:
+        try:
+            return self.client.fetch_all(fhir_base, queries, access_token)
+        except FhirFetchError as exc:
+            status = _status_of(exc)
+            if status in (401, 403):
+                raise FhirUnauthorized(status) from exc
+            if status in (404, 410):
+                raise SmartError(Failure.PATIENT_NOT_FOUND, f"HTTP {status}") from exc
+            raise SmartError(Failure.FHIR_UNAVAILABLE, str(exc)) from exc
+
+
+def banner_of(patient_id: str, patient: Resource) -> PatientBanner:
+    return PatientBanner(
+        id=patient_id,
+        name=_name(patient.get("name")),
+        birth_date=_string(patient.get("birthDate")),
+        gender=_string(patient.get("gender")),
+        identifier=_identifier(patient.get("identifier")),
+    )
+
+
+def _status_of(error: FhirFetchError) -> int | None:
+    return error.status
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _name(names: Any) -> str | None:
+    if not isinstance(names, list):
+        return None
+    usable = [n for n in names if isinstance(n, Mapping)]
+    usable.sort(key=lambda n: {"official": 0, "usual": 1}.get(str(n.get("use")), 2))
+    for name in usable:
+        if _string(name.get("text")):
+            return str(name["text"])
+        given = [g for g in name.get("given") or [] if isinstance(g, str)]
+        family = _string(name.get("family"))
+        parts = [*given, *([family.upper()] if family else [])]
+        if parts:
+            return " ".join(parts)
+    return None
+
+
+def _identifier(identifiers: Any) -> str | None:
+    if not isinstance(identifiers, list):
+        return None
+    usable = [i for i in identifiers if isinstance(i, Mapping) and _string(i.get("value"))]
+    for identifier in usable:
+        codings = (identifier.get("type") or {}).get("coding") or []
+        if any(isinstance(c, Mapping) and c.get("code") == "MR" for c in codings):
+            return str(identifier["value"])
+    return str(usable[0]["value"]) if usable else None

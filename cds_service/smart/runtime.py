@@ -1,0 +1,71 @@
+"""What the SMART app prepares once per Flask app (``app.extensions["hfs_cds_smart"]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from cds_service.runtime import Runtime
+from cds_service.security.fhir_client import FhirAllowlist, FhirClient
+from cds_service.smart.oauth import OAuthClient
+from cds_service.smart.record import RecordReader
+from cds_service.smart.settings import SmartSettings
+from cds_service.smart.store import SessionStore
+
+
+@dataclass(frozen=True, slots=True)
+class SmartRuntime:
+    settings: SmartSettings
+    cds: Runtime  # the service's runtime: the one Assessor, the clock, the public base URL
+    store: SessionStore
+    oauth: OAuthClient
+    fhir_client: FhirClient  # allowlisted to the SMART FHIR bases only
+    reader: RecordReader
+    frame_ancestors: tuple[str, ...]
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self.cds.clock
+
+    @classmethod
+    def build(cls, settings: SmartSettings, cds: Runtime) -> SmartRuntime:
+        allow_loopback_http = cds.settings.dev_mode
+        settings.check(allow_loopback_http)
+        client = FhirClient(
+            FhirAllowlist(settings.fhir_bases, allow_loopback_http=allow_loopback_http),
+            budget_seconds=settings.fhir_budget_seconds,
+            connect_timeout_seconds=settings.fhir_connect_timeout_seconds,
+            max_pages=cds.settings.fhir_max_pages,
+        )
+        return cls(
+            settings=settings,
+            cds=cds,
+            store=SessionStore(cds.clock, timedelta(seconds=settings.session_idle_seconds)),
+            oauth=OAuthClient(
+                settings.client_id,
+                settings.client_secret,
+                timeout_seconds=settings.http_timeout_seconds,
+                discovery_ttl_seconds=settings.discovery_ttl_seconds,
+                allow_loopback_http=allow_loopback_http,
+            ),
+            fhir_client=client,
+            reader=RecordReader(cds.assessor, client, cds.clock),
+            frame_ancestors=settings.frame_ancestors or default_frame_ancestors(settings),
+        )
+
+    def close(self) -> None:
+        self.fhir_client.close()
+        self.oauth.close()
+
+
+def default_frame_ancestors(settings: SmartSettings) -> tuple[str, ...]:
+    """``'self'`` plus the origin of every FHIR base the app accepts launches from."""
+    origins = []
+    for base in settings.fhir_bases:
+        parts = urlsplit(base)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in origins:
+            origins.append(origin)
+    return ("'self'", *origins)

@@ -1,0 +1,460 @@
+"""The SMART app's HTTP endpoints (blueprint ``smart``, mounted at ``/smart``).
+
+``/smart/launch``        EHR launch (``iss`` + ``launch``) or, without parameters, standalone launch
+``/smart/callback``      the registered redirect URI: checks ``state``, exchanges the code
+``/smart/app/<ref>/``    the risk page for the launch ``ref`` (``?minutes=&hb=`` adds a what-if)
+``/smart/app/<ref>/assessment.json``   the same assessment as JSON (as in the card's extension)
+``/smart/app/<ref>/what-if.json``      risks for typed-in inputs (the page's script uses it)
+
+Every failure renders a page that says what happened and what to do; nothing sensitive is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timedelta
+
+from flask import (
+    Blueprint,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from cds_service.assessment import Status
+from cds_service.smart.chart import line_path
+from cds_service.smart.context import card_procedure
+from cds_service.smart.errors import Failure, SmartError
+from cds_service.smart.oauth import TokenResponse, missing_access, new_pkce, new_state
+from cds_service.smart.page import (
+    ROMAN,
+    WhatIfInput,
+    card_notice,
+    chart_for,
+    input_rows,
+    parse_what_if,
+    pct,
+    reviews,
+    risk_rows,
+    what_if,
+)
+from cds_service.smart.record import FhirUnauthorized, PatientRecord
+from cds_service.smart.runtime import SmartRuntime
+from cds_service.smart.store import LaunchContext, PendingAuthorization, new_ref
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint(
+    "smart",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+COOKIE = "hfs_smart_sid"
+#: A token this close to its expiry is refreshed before use.
+EXPIRY_MARGIN = timedelta(seconds=60)
+_MAX_PARAM = 2048
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _smart() -> SmartRuntime:
+    runtime: SmartRuntime = current_app.extensions["hfs_cds_smart"]
+    return runtime
+
+
+# -- launch ------------------------------------------------------------------------------------------
+
+
+@bp.get("/launch")
+def launch() -> Response:
+    """Start an authorization: EHR launch with ``iss`` and ``launch``, else standalone."""
+    smart = _smart()
+    settings = smart.settings
+    if not settings.enabled:
+        raise SmartError(Failure.NOT_CONFIGURED)
+    iss, launch_id = request.args.get("iss"), request.args.get("launch")
+    if iss or launch_id:
+        if not iss or not launch_id:
+            raise SmartError(Failure.LAUNCH_PARAMETERS, "both iss and launch are required")
+        if len(iss) > _MAX_PARAM or len(launch_id) > _MAX_PARAM:
+            raise SmartError(Failure.LAUNCH_PARAMETERS, "a launch parameter is too long")
+        fhir_base = iss.strip().rstrip("/")
+        if fhir_base not in settings.allowed_issuers:
+            # Checked before anything is fetched: an unknown iss is never contacted.
+            log.warning("SMART launch refused: iss is not on SMART_ALLOWED_ISSUERS")
+            raise SmartError(Failure.ISS_NOT_ALLOWED, f"iss: {iss[:200]}")
+        scopes = settings.scopes
+        standalone = False
+    elif settings.standalone_fhir_base:
+        fhir_base = settings.standalone_fhir_base
+        scopes = tuple("launch/patient" if s == "launch" else s for s in settings.scopes)
+        if "launch/patient" not in scopes:
+            scopes += ("launch/patient",)
+        standalone = True
+    else:
+        raise SmartError(Failure.LAUNCH_PARAMETERS)
+    config = smart.oauth.discover(fhir_base)
+    cookie, _ = smart.store.open(request.cookies.get(COOKIE))
+    verifier, challenge = new_pkce()
+    state = new_state()
+    redirect_uri = _redirect_uri()
+    smart.store.add_pending(
+        cookie,
+        PendingAuthorization(
+            state=state,
+            code_verifier=verifier,
+            fhir_base=fhir_base,
+            token_endpoint=config.token_endpoint,
+            redirect_uri=redirect_uri,
+            standalone=standalone,
+            created=smart.clock(),
+        ),
+    )
+    url = smart.oauth.authorize_url(
+        config,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        state=state,
+        code_challenge=challenge,
+        aud=fhir_base,
+        launch=None if standalone else launch_id,
+    )
+    log.info("SMART authorization started", extra={"status": "standalone" if standalone else "ehr"})
+    response = redirect(url, 302)
+    _set_cookie(response, cookie)
+    return response
+
+
+# -- callback ----------------------------------------------------------------------------------------
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    """The redirect URI: the ``state`` first (single use, this browser's), then the code."""
+    smart = _smart()
+    state = request.args.get("state")
+    if not state:
+        raise SmartError(Failure.STATE_MISSING)
+    cookie = request.cookies.get(COOKIE)
+    if not cookie or not smart.store.exists(cookie):
+        raise SmartError(Failure.NO_SESSION)
+    pending = smart.store.take_pending(cookie, state[:_MAX_PARAM])
+    if not isinstance(pending, PendingAuthorization):
+        raise SmartError(
+            {
+                "no-session": Failure.NO_SESSION,
+                "unknown": Failure.STATE_INVALID,
+                "used": Failure.STATE_USED,
+                "expired": Failure.STATE_EXPIRED,
+            }[pending]
+        )
+    error = request.args.get("error")
+    if error:
+        code = error if _ERROR_CODE.fullmatch(error) else "unrecognised error"
+        description = (request.args.get("error_description") or "")[:300]
+        log.warning("SMART authorization answered an error: %s", code)
+        raise SmartError(
+            Failure.AUTHORIZATION_DENIED
+            if code == "access_denied"
+            else Failure.AUTHORIZATION_ERROR,
+            f"{code}: {description}" if description else code,
+        )
+    code_value = request.args.get("code")
+    if not code_value or len(code_value) > _MAX_PARAM:
+        raise SmartError(Failure.CODE_MISSING)
+    token = smart.oauth.exchange_code(
+        pending.token_endpoint, code_value, pending.redirect_uri, pending.code_verifier
+    )
+    if not token.patient:
+        raise SmartError(Failure.NO_PATIENT)
+    if token.scope is not None:
+        missing = missing_access(token.scope)
+        if missing:
+            raise SmartError(Failure.SCOPE_INSUFFICIENT, "missing: " + ", ".join(missing))
+    now = smart.clock()
+    context = LaunchContext(
+        ref=new_ref(),
+        fhir_base=pending.fhir_base,
+        token_endpoint=pending.token_endpoint,
+        access_token=token.access_token,
+        token_type=token.token_type,
+        expires_at=_expires_at(now, token),
+        refresh_token=token.refresh_token,
+        scope=token.scope or (),
+        patient_id=token.patient,
+        encounter_id=token.encounter,
+        need_patient_banner=token.need_patient_banner,
+        app_context=token.app_context,
+        fhir_context=token.fhir_context,
+        standalone=pending.standalone,
+        created=now,
+    )
+    smart.store.add_launch(cookie, context)
+    log.info("SMART launch completed")
+    # 303: the page's URL carries no code, so a reload or the back button cannot replay it.
+    return redirect(url_for(".risk_page", ref=context.ref), 303)
+
+
+# -- the risk page -----------------------------------------------------------------------------------
+
+
+@bp.get("/app/<ref>/")
+def risk_page(ref: str) -> Response:
+    smart = _smart()
+    launch_context = _launch(ref)
+    record = _read_record(launch_context)
+    a = record.assessment
+    model = smart.cds.assessor.model
+    chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"))
+    what_if_error = chosen if isinstance(chosen, str) else None
+    what_if_result = what_if_curve = None
+    if a.status is Status.SCORED and a.operation_time and a.hb_grade:
+        recorded = WhatIfInput(a.operation_time.minutes, a.hb_grade.grade)
+        if not isinstance(chosen, WhatIfInput):
+            chosen = recorded
+        what_if_result, what_if_curve = what_if(model, chosen)
+        if chosen == recorded:
+            what_if_curve = None  # the same line as the recorded one: nothing extra to draw
+    from_card = card_procedure(launch_context.app_context, launch_context.fhir_context)
+    html = render_template(
+        "smart/risk.html",
+        a=a,
+        card=a.model,
+        banner=record.banner if launch_context.need_patient_banner else None,
+        rows=risk_rows(a),
+        chart=chart_for(model, a, what_if_curve),
+        inputs=input_rows(a),
+        notice=card_notice(a, from_card),
+        from_card=from_card,
+        what_if=what_if_result,
+        what_if_changed=what_if_curve is not None,
+        what_if_error=what_if_error,
+        reviews=reviews(a),
+        ablation_codes=", ".join(
+            code for _, code in smart.cds.assessor.value_sets.codes("ablation_procedure")
+        ),
+        roman=ROMAN,
+        pct=pct,
+        ref=ref,
+    )
+    return Response(html, mimetype="text/html")
+
+
+@bp.get("/app/<ref>/assessment.json")
+def assessment_json(ref: str) -> Response:
+    """The page's assessment as JSON: exactly ``Assessment.to_json()``, as in the card extension."""
+    record = _read_record(_launch(ref))
+    return jsonify(record.assessment.to_json())
+
+
+@bp.get("/app/<ref>/what-if.json")
+def what_if_json(ref: str) -> Response:
+    """Risks for typed-in inputs (no FHIR access: the model only), with the curve for the chart."""
+    smart = _smart()
+    _launch(ref)
+    model = smart.cds.assessor.model
+    chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"))
+    if not isinstance(chosen, WhatIfInput):
+        message = chosen or "Give an operation time (minutes) and a House-Brackmann grade."
+        response = jsonify({"error": message})
+        response.status_code = 400
+        return response
+    result, result_curve = what_if(model, chosen)
+    return jsonify(
+        {
+            "inputs": {"operationMinutes": result.minutes, "houseBrackmannGrade": result.hb_grade},
+            "risks": [
+                {
+                    "month": row.month,
+                    "risk": round(row.risk, 4),
+                    "low": round(row.low, 4),
+                    "high": round(row.high, 4),
+                    "text": pct(row.risk),
+                    "rangeText": f"{pct(row.low)} to {pct(row.high)}",
+                }
+                for row in result.rows
+            ],
+            "tier": result.tier.id,
+            "tierLabel": result.tier.label,
+            "line": line_path(model.card.horizon_months, result_curve),
+        }
+    )
+
+
+# -- tokens and the record ---------------------------------------------------------------------------
+
+
+def _launch(ref: str) -> LaunchContext:
+    context = _smart().store.launch(request.cookies.get(COOKIE), ref[:64])
+    if context is None:
+        raise SmartError(Failure.LAUNCH_NOT_FOUND)
+    return context
+
+
+def _read_record(context: LaunchContext) -> PatientRecord:
+    """The patient's record with a fresh token; one refresh and retry when FHIR answers 401."""
+    smart = _smart()
+    token = _usable_token(context)
+    try:
+        return smart.reader.read(context.fhir_base, context.patient_id, token)
+    except FhirUnauthorized as exc:
+        if exc.status != 401 or not context.refresh_token:
+            raise SmartError(Failure.FHIR_UNAUTHORIZED, f"HTTP {exc.status}") from exc
+        log.info("FHIR answered 401; refreshing the access token once")
+        token = _refresh(context, stale=token)
+        try:
+            return smart.reader.read(context.fhir_base, context.patient_id, token)
+        except FhirUnauthorized as again:
+            raise SmartError(Failure.FHIR_UNAUTHORIZED, f"HTTP {again.status}") from again
+
+
+def _usable_token(context: LaunchContext) -> str:
+    """The access token, refreshed first when it has expired (or is about to)."""
+    now = _smart().clock()
+    if context.expires_at is None or now < context.expires_at - EXPIRY_MARGIN:
+        return context.access_token
+    if not context.refresh_token:
+        raise SmartError(
+            Failure.SESSION_EXPIRED, "the access token expired and no refresh token was issued"
+        )
+    return _refresh(context, stale=context.access_token)
+
+
+def _refresh(context: LaunchContext, stale: str) -> str:
+    """Refresh once per expiry even if several requests need it at the same moment."""
+    smart = _smart()
+    with context.lock:
+        if context.access_token != stale:
+            return context.access_token  # another request refreshed it meanwhile
+        if not context.refresh_token:
+            raise SmartError(Failure.SESSION_EXPIRED, "no refresh token")
+        try:
+            token = smart.oauth.refresh(context.token_endpoint, context.refresh_token)
+        except SmartError as exc:
+            context.refresh_token = None  # never reuse a refresh token that failed
+            log.warning("SMART token refresh failed: %s", exc.failure.value)
+            raise SmartError(Failure.SESSION_EXPIRED, exc.detail) from exc
+        context.access_token = token.access_token
+        context.expires_at = _expires_at(smart.clock(), token)
+        if token.refresh_token:
+            context.refresh_token = token.refresh_token
+        if token.scope is not None:
+            context.scope = token.scope
+        log.info("SMART access token refreshed")
+        return context.access_token
+
+
+def _expires_at(now: datetime, token: TokenResponse) -> datetime | None:
+    return now + timedelta(seconds=token.expires_in) if token.expires_in is not None else None
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+
+def _redirect_uri() -> str:
+    smart = _smart()
+    if smart.settings.redirect_url:
+        return smart.settings.redirect_url
+    base = smart.cds.settings.public_base_url or request.host_url
+    return base.rstrip("/") + url_for(".callback")
+
+
+def _set_cookie(response: Response, value: str) -> None:
+    """An opaque id only; ``SameSite=None; Secure; Partitioned`` so an EHR iframe keeps it."""
+    secure = _smart().settings.cookie_secure
+    response.set_cookie(
+        COOKIE,
+        value,
+        path=url_for(".launch").rsplit("/", 1)[0] or "/",
+        secure=secure,
+        httponly=True,
+        samesite="None" if secure else "Lax",
+        partitioned=secure,
+    )
+
+
+@bp.after_request
+def security_headers(response: Response) -> Response:
+    """No caching of patient pages, no referrer, a strict CSP that lets the registered EHRs frame us."""
+    smart = _smart()
+    csp = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; "
+        f"frame-ancestors {' '.join(smart.frame_ancestors)}"
+    )
+    response.headers["Content-Security-Policy"] = csp
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.pop("X-Frame-Options", None)
+    if request.endpoint != "smart.static":
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@bp.errorhandler(SmartError)
+def smart_error(error: SmartError) -> Response:
+    text = error.text
+    log.warning("SMART page failed: %s", error.failure.value)
+    return _error_page(
+        error.failure.value,
+        text.status,
+        text.title,
+        text.what_happened,
+        text.what_to_do,
+        error.detail,
+    )
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    return _error_page(
+        "http-" + str(status),
+        status,
+        error.name,
+        error.description or error.name,
+        "Open the app again from the patient's chart in the EHR.",
+        None,
+    )
+
+
+@bp.errorhandler(Exception)
+def unexpected(error: Exception) -> Response:
+    log.exception("SMART page failed unexpectedly: %s", type(error).__name__)
+    err = SmartError(Failure.INTERNAL)
+    text = err.text
+    return _error_page(
+        err.failure.value, text.status, text.title, text.what_happened, text.what_to_do, None
+    )
+
+
+def _error_page(
+    code: str, status: int, title: str, happened: str, to_do: str, detail: str | None
+) -> Response:
+    smart = _smart()
+    if request.path.endswith(".json"):  # the JSON siblings answer JSON, for integration engineers
+        body = {"error": code, "title": title, "whatToDo": to_do}
+        if detail:
+            body["detail"] = detail
+        response = jsonify(body)
+        response.status_code = status
+        return response
+    html = render_template(
+        "smart/error.html",
+        code=code,
+        title=title,
+        happened=happened,
+        to_do=to_do,
+        detail=detail,
+        standalone=bool(smart.settings.standalone_fhir_base and smart.settings.enabled),
+    )
+    return Response(html, status=status, mimetype="text/html")

@@ -1,0 +1,439 @@
+"""The SMART app's parts without servers: settings, PKCE, scopes, token answers, appContext, the
+session store, the chart, log redaction, and pages that need no EHR."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from cds_service import create_app
+from cds_service.config import ConfigError
+from cds_service.model import RecurrenceModel
+from cds_service.smart import RedactSmartQueries, init_smart, launch_url
+from cds_service.smart.chart import build_chart, curve
+from cds_service.smart.context import CardProcedure, app_context_for, card_procedure
+from cds_service.smart.errors import Failure, SmartError
+from cds_service.smart.oauth import (
+    OAuthClient,
+    missing_access,
+    new_pkce,
+    new_state,
+    parse_token_response,
+    s256,
+)
+from cds_service.smart.page import WhatIfInput, parse_what_if
+from cds_service.smart.runtime import default_frame_ancestors
+from cds_service.smart.settings import DEFAULT_SCOPES, SmartSettings
+from cds_service.smart.store import PendingAuthorization, SessionStore
+from tests.smart.pages import Page
+from tests.smart.served import FakeClock
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_the_environment_with_create_app_overrides() -> None:
+    settings = SmartSettings.from_env(
+        {
+            "SMART_CLIENT_ID": "hfs-app",
+            "SMART_ALLOWED_ISSUERS": "https://ehr.example/fhir/, https://other.example/r4",
+            "SMART_COOKIE_SECURE": "false",
+            "SMART_SESSION_IDLE_SECONDS": "600",
+            "CDS_DEV_MODE": "1",  # not ours
+        }
+    ).with_overrides({"SMART_CLIENT_SECRET": "s", "TESTING": True})
+    assert settings.client_id == "hfs-app"
+    assert settings.allowed_issuers == ("https://ehr.example/fhir", "https://other.example/r4")
+    assert settings.cookie_secure is False
+    assert settings.session_idle_seconds == 600
+    assert settings.confidential and settings.enabled
+    assert settings.scopes == DEFAULT_SCOPES
+
+
+def test_defaults_are_safe() -> None:
+    settings = SmartSettings()
+    assert not settings.enabled
+    assert settings.cookie_secure is True
+    assert "launch" in settings.scopes and not any(
+        ".c" in s or "write" in s for s in settings.scopes
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SMART_SESSION_IDLE_SECONDS": "soon"}, "SMART_SESSION_IDLE_SECONDS"),
+        ({"SMART_COOKIE_SECURE": "maybe"}, "SMART_COOKIE_SECURE"),
+    ],
+)
+def test_unusable_values_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SmartSettings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("settings", "loopback_ok"),
+    [
+        (SmartSettings(client_id="a", allowed_issuers=("http://ehr.example/fhir",)), True),
+        (SmartSettings(client_id="a", allowed_issuers=("http://127.0.0.1:9/fhir",)), False),
+        (SmartSettings(client_id="a", standalone_fhir_base="ftp://x/fhir"), True),
+        (SmartSettings(client_id="a"), True),  # enabled, but nobody may launch it
+    ],
+)
+def test_insecure_or_empty_settings_are_refused(settings: SmartSettings, loopback_ok: bool) -> None:
+    with pytest.raises(ConfigError):
+        settings.check(allow_loopback_http=loopback_ok)
+
+
+def test_loopback_http_is_accepted_in_development_mode_only() -> None:
+    settings = SmartSettings(client_id="a", allowed_issuers=("http://127.0.0.1:9/fhir",))
+    settings.check(allow_loopback_http=True)
+
+
+def test_frame_ancestors_default_to_the_registered_ehrs() -> None:
+    settings = SmartSettings(
+        allowed_issuers=("https://ehr.example/fhir/r4", "https://ehr.example/other"),
+        standalone_fhir_base="https://fhir.example:8443/base",
+    )
+    assert default_frame_ancestors(settings) == (
+        "'self'",
+        "https://ehr.example",
+        "https://fhir.example:8443",
+    )
+
+
+# -- PKCE, state, scopes, token answers --------------------------------------------------------------
+
+
+def test_s256_matches_rfc_7636_appendix_b() -> None:
+    assert (
+        s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+        == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    )
+
+
+def test_pkce_and_state_are_fresh_and_long_enough() -> None:
+    pairs = {new_pkce() for _ in range(20)}
+    assert len(pairs) == 20
+    for verifier, challenge in pairs:
+        assert 43 <= len(verifier) <= 128 and s256(verifier) == challenge
+    assert len({new_state() for _ in range(20)}) == 20
+    assert len(new_state()) >= 43  # 32 random bytes; SMART asks for at least 122 bits
+
+
+@pytest.mark.parametrize(
+    ("granted", "missing"),
+    [
+        (DEFAULT_SCOPES, []),
+        (("patient/*.read",), []),
+        (("user/*.rs",), []),
+        (("patient/*.cruds",), []),
+        (
+            ("patient/Patient.read", "patient/Observation.read", "patient/Procedure.*"),
+            ["Condition"],
+        ),
+        (
+            (
+                "patient/Patient.r",
+                "patient/Observation.r",
+                "patient/Procedure.rs",
+                "patient/Condition.rs",
+            ),
+            ["Observation"],
+        ),
+        (("launch", "openid"), ["Patient", "Procedure", "Observation", "Condition"]),
+    ],
+)
+def test_the_granted_scope_must_cover_what_is_read(
+    granted: tuple[str, ...], missing: list[str]
+) -> None:
+    assert [m.split(" ")[0] for m in missing_access(granted)] == missing
+
+
+def _token(**fields: Any) -> dict[str, Any]:
+    return {"access_token": "at", "token_type": "bearer", "scope": "launch", **fields}
+
+
+def test_a_token_answer_carries_the_launch_context() -> None:
+    token = parse_token_response(
+        _token(
+            patient="p-1",
+            expires_in="300",
+            need_patient_banner=False,
+            appContext={"procedure": "Procedure/x"},
+            fhirContext=[{"reference": "Procedure/y"}, {"canonical": "x"}],
+            refresh_token="rt",
+        )
+    )
+    assert (token.patient, token.expires_in, token.need_patient_banner) == ("p-1", 300, False)
+    assert token.app_context == '{"procedure": "Procedure/x"}'
+    assert token.fhir_context == ("Procedure/y",)
+    assert token.refresh_token == "rt" and token.scope == ("launch",)
+    assert parse_token_response(_token()).need_patient_banner is True  # absent: show the banner
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"token_type": "Bearer"},
+        _token(access_token=""),
+        _token(token_type="mac"),
+        _token(patient="../../Patient/other"),
+        _token(patient=42),
+    ],
+)
+def test_an_unusable_token_answer_is_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(SmartError) as caught:
+        parse_token_response(body)
+    assert caught.value.failure is Failure.TOKEN_INVALID
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"token_endpoint": "https://a/token"}, "no authorization_endpoint"),
+        (
+            {"authorization_endpoint": "http://ehr.example/auth", "token_endpoint": "/token"},
+            "authorization_endpoint is not an https URL",
+        ),
+        (
+            {
+                "authorization_endpoint": "https://a/auth",
+                "token_endpoint": "https://a/token",
+                "code_challenge_methods_supported": ["plain"],
+            },
+            "does not list S256",
+        ),
+    ],
+)
+def test_an_unusable_smart_configuration_is_refused(document: dict[str, Any], problem: str) -> None:
+    client = OAuthClient("c", "", 1.0, 60.0, allow_loopback_http=False)
+    try:
+        with pytest.raises(SmartError, match="discovery-invalid") as caught:
+            client._parse_configuration("https://ehr.example/fhir", document)
+        assert problem in (caught.value.detail or "")
+    finally:
+        client.close()
+
+
+def test_relative_endpoints_resolve_against_the_fhir_base() -> None:
+    client = OAuthClient("c", "", 1.0, 60.0, allow_loopback_http=False)
+    try:
+        config = client._parse_configuration(
+            "https://ehr.example/fhir",
+            {"authorization_endpoint": "auth/authorize", "token_endpoint": "/oauth/token"},
+        )
+    finally:
+        client.close()
+    assert config.authorization_endpoint == "https://ehr.example/fhir/auth/authorize"
+    assert config.token_endpoint == "https://ehr.example/oauth/token"
+
+
+@pytest.mark.parametrize(
+    ("app_context", "fhir_context", "expected"),
+    [
+        ('{"procedure": "Procedure/rfa1/_history/2"}', (), CardProcedure("rfa1", "2")),
+        ("Procedure/rfa1", (), CardProcedure("rfa1", None)),
+        ("https://ehr.example/fhir/Procedure/rfa1", (), CardProcedure("rfa1", None)),
+        (None, ("Encounter/e1", "Procedure/p2"), CardProcedure("p2", None)),
+        ('{"procedure": "Observation/x"}', (), None),
+        ("not json, not a reference", (), None),
+        (None, (), None),
+    ],
+)
+def test_the_cards_procedure_is_read_from_app_context(
+    app_context: str | None, fhir_context: tuple[str, ...], expected: CardProcedure | None
+) -> None:
+    assert card_procedure(app_context, fhir_context) == expected
+
+
+def test_the_card_link_app_context_round_trips() -> None:
+    context = app_context_for("Procedure/rfa1/_history/2")
+    assert context == '{"procedure":"Procedure/rfa1/_history/2"}'
+    assert card_procedure(context, ()) == CardProcedure("rfa1", "2")
+
+
+# -- the session store -------------------------------------------------------------------------------
+
+
+def _pending(state: str, created: datetime) -> PendingAuthorization:
+    return PendingAuthorization(
+        state, "v" * 43, "https://e/fhir", "https://e/t", "https://a/cb", False, created
+    )
+
+
+def test_a_state_works_once_and_only_in_its_own_session() -> None:
+    clock = FakeClock()
+    store = SessionStore(clock, timedelta(hours=1))
+    mine, created = store.open(None)
+    other, _ = store.open(None)
+    assert created and mine != other
+    store.add_pending(mine, _pending("s1", clock()))
+    assert store.take_pending(other, "s1") == "unknown"
+    assert isinstance(store.take_pending(mine, "s1"), PendingAuthorization)
+    assert store.take_pending(mine, "s1") == "used"
+    assert store.take_pending(None, "s1") == "no-session"
+
+
+def test_a_stale_authorization_expires() -> None:
+    clock = FakeClock()
+    store = SessionStore(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    store.add_pending(cookie, _pending("s1", clock()))
+    clock.advance(timedelta(minutes=11))
+    assert store.take_pending(cookie, "s1") == "expired"
+
+
+def test_idle_sessions_end_and_unknown_cookies_are_never_adopted() -> None:
+    clock = FakeClock()
+    store = SessionStore(clock, timedelta(minutes=30))
+    cookie, _ = store.open(None)
+    assert store.open(cookie) == (cookie, False)
+    clock.advance(timedelta(minutes=31))
+    assert not store.exists(cookie)
+    fresh, created = store.open(cookie)
+    assert created and fresh != cookie
+    planted, created = store.open("attacker-chosen-value")
+    assert created and planted != "attacker-chosen-value"
+
+
+# -- chart and what-if -------------------------------------------------------------------------------
+
+
+def test_the_markers_sit_on_the_curve_and_today_is_marked(model: RecurrenceModel) -> None:
+    main = curve(model, 42, 2)
+    assert main.months[0] == 0 and main.months[-1] == 12 and main.risk[0] == 0
+    assert main.risk[main.months.index(12.0)] == pytest.approx(0.606, abs=0.001)
+    assert all(lo <= r <= hi for r, lo, hi in zip(main.risk, main.low, main.high, strict=True))
+    chart = build_chart(12, main, [(12.0, main.risk[-1])], months_since=4.0)
+    (marker,) = chart.markers
+    assert f"{marker.x:g},{marker.y:g}" in chart.line
+    assert chart.today_label == "Today (4.0 mo)" and chart.band.endswith("Z")
+    assert build_chart(12, main, [], months_since=None).today_x is None
+    assert build_chart(12, main, [], months_since=13.0).today_x is None
+
+
+@pytest.mark.parametrize(
+    ("minutes", "hb", "expected"),
+    [
+        ("42", "II", WhatIfInput(42.0, 2)),
+        ("20", "1", WhatIfInput(20.0, 1)),
+        ("200", "II", "from 5 to 180"),
+        ("abc", "II", "a number"),
+        ("42", "IV", "outside"),
+        (None, None, None),
+    ],
+)
+def test_what_if_inputs_are_checked(
+    model: RecurrenceModel, minutes: str | None, hb: str | None, expected: object
+) -> None:
+    result = parse_what_if(model, minutes, hb)
+    if isinstance(expected, str):
+        assert isinstance(result, str) and expected in result
+    else:
+        assert result == expected
+
+
+# -- logs --------------------------------------------------------------------------------------------
+
+
+def test_request_logs_lose_the_query_of_smart_urls() -> None:
+    record = logging.LogRecord(
+        "werkzeug",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - - "%s" %s %s',
+        ("127.0.0.1", "GET /smart/callback?code=abc&state=def HTTP/1.1", "303", "-"),
+        None,
+    )
+    RedactSmartQueries().filter(record)
+    line = record.getMessage()
+    assert "code=abc" not in line and "state=def" not in line
+    assert "/smart/callback?[redacted]" in line
+
+
+# -- pages that need no EHR --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smart_client_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    """An app with the SMART app mounted but not configured (no client id)."""
+    for name in [n for n in os.environ if n.startswith("SMART_")]:
+        monkeypatch.delenv(name)
+    app = create_app({"TESTING": True, "AUTH_REQUIRED": False})
+    init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+    yield app
+    app.extensions["hfs_cds_smart"].close()
+    app.extensions["hfs_cds"].close()
+
+
+def test_an_app_without_a_client_id_says_it_is_not_set_up(smart_client_app: Flask) -> None:
+    response = smart_client_app.test_client().get("/smart/launch?iss=https://x/fhir&launch=1")
+    page = Page(response.get_data(as_text=True))
+    assert (response.status_code, page.error) == (503, "not-configured")
+    assert "SMART_CLIENT_ID" in page.text
+    assert "frame-ancestors 'self'" in response.headers["Content-Security-Policy"]
+    assert launch_url(smart_client_app, "https://cds.example") is None
+
+
+def test_init_smart_is_idempotent_and_gives_the_launch_url() -> None:
+    app = create_app(
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "PUBLIC_BASE_URL": "https://cds.example/",
+            "SMART_CLIENT_ID": "c",
+            "SMART_ALLOWED_ISSUERS": "https://ehr.example/fhir",
+        }
+    )
+    try:
+        init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+        init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+        assert launch_url(app) == "https://cds.example/smart/launch"
+    finally:
+        app.extensions["hfs_cds_smart"].close()
+        app.extensions["hfs_cds"].close()
+
+
+def test_an_unreachable_ehr_is_a_clear_page() -> None:
+    from tests.fhir_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    app = create_app(
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "DEV_MODE": True,
+            "SMART_CLIENT_ID": "c",
+            "SMART_ALLOWED_ISSUERS": dead,
+            "SMART_HTTP_TIMEOUT_SECONDS": 2,
+        }
+    )
+    try:
+        init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+        response = app.test_client().get("/smart/launch", query_string={"iss": dead, "launch": "l"})
+    finally:
+        app.extensions["hfs_cds_smart"].close()
+        app.extensions["hfs_cds"].close()
+    page = Page(response.get_data(as_text=True))
+    assert (response.status_code, page.error) == (502, "discovery-failed")
+    assert "Set-Cookie" not in response.headers
+
+
+def test_the_settings_refuse_plain_http_outside_development_mode() -> None:
+    """create_app mounts the app, so an unsafe SMART setting stops start-up."""
+    with pytest.raises(ConfigError, match="SMART_ALLOWED_ISSUERS"):
+        create_app(
+            {
+                "TESTING": True,
+                "AUTH_REQUIRED": False,
+                "SMART_CLIENT_ID": "c",
+                "SMART_ALLOWED_ISSUERS": "http://127.0.0.1:1/fhir",
+            }
+        )
