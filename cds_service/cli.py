@@ -15,6 +15,7 @@ from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.config import ConfigError, Settings
 from cds_service.model import ModelCardError, load_model_card
 from cds_service.recalibration.commands import register as register_recalibration
+from cds_service.sandbox.commands import register as register_sandbox
 from cds_service.store import StoreError
 from cds_service.store.commands import register as register_store
 from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     register_recalibration(sub)
     register_store(sub)
+    register_sandbox(sub)
     return parser
 
 

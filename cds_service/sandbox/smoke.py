@@ -1,0 +1,704 @@
+"""Fire every hook for every synthetic patient, the way an EHR would (``hfs-cds smoke``).
+
+For each synthetic patient found on the FHIR server and each service in discovery, the smoke test
+
+* **prefetch**: runs the service's prefetch templates against the FHIR server (as the CDS Hooks
+  sandbox does) and sends the results, with ``fhirServer`` as EHRs always do;
+* **fetch**: sends no prefetch, only ``fhirServer`` (and ``fhirAuthorization`` with ``--token``),
+  so the service must query the FHIR server itself;
+
+and compares each answer with the assessment computed here by the same pipeline
+(:meth:`Assessor.assess`, exactly what ``hfs-cds score`` runs) over the same resources: no card
+when nothing applies; otherwise the status, the model version, the procedure, the tier and the
+risks at 3, 6 and 12 months to three decimals, or the reasons it was not scored. It also checks
+that the local assessment is what the patient's scenario was built to produce (a stale load, e.g.
+ablations that have aged beyond 12 months, shows up there). Every call carries a fresh JWT: the
+service refuses replayed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import quote, urlsplit
+
+import jwt
+import requests
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from cds_service.assessment import Assessment, Assessor, Status
+from cds_service.hooks.cards import EXTENSION_KEY
+from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError, next_link, outcome_text
+from cds_service.sandbox.synth import (
+    EXPECTED_TAG_SYSTEM,
+    KEY_PREFIX,
+    PATIENT_IDENTIFIER_SYSTEM,
+    SCENARIO_TAG_SYSTEM,
+    parse_expected_code,
+)
+
+Resource = dict[str, Any]
+Mode = Literal["prefetch", "fetch"]
+MODES: tuple[Mode, ...] = ("prefetch", "fetch")
+RISK_MONTHS = (3, 6, 12)
+#: Risks must agree to three decimals.
+RISK_TOLERANCE = 0.0005
+SMOKE_USER = "Practitioner/hfs-cds-smoke"
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+
+
+# -- JWTs -----------------------------------------------------------------------------------------
+
+
+class TokenSigner(Protocol):
+    """Signs one fresh JWT per call, ``aud`` = the endpoint URL (CDS Hooks "Trusting Clients")."""
+
+    def sign(self, audience: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class DevelopmentSigner:
+    """The development issuer (trusted only by a service in development mode)."""
+
+    alg: Literal["ES384", "RS384"] = "ES384"
+
+    def sign(self, audience: str) -> str:
+        from cds_service.security.trusted_issuers import mint_development_token
+
+        return mint_development_token(audience, alg=self.alg)
+
+
+@dataclass(frozen=True)
+class KeySigner:
+    """A real deployment's test client: a private JWK, the ``iss`` the service trusts."""
+
+    key: EllipticCurvePrivateKey | RSAPrivateKey
+    kid: str
+    iss: str
+    alg: str
+    jku: str | None = None
+    lifetime_seconds: int = 300
+
+    @classmethod
+    def from_file(cls, path: Path, iss: str, alg: str | None, jku: str | None) -> KeySigner:
+        """Read a private JWK (or a JWK Set holding one private key)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SandboxError(f"cannot read --jwt-key {path}: {exc.strerror}") from None
+        except ValueError:
+            raise SandboxError(f"--jwt-key {path} is not JSON") from None
+        keys = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
+        private = [k for k in keys or [] if isinstance(k, dict) and "d" in k]
+        if len(private) != 1:
+            raise SandboxError(
+                f"--jwt-key {path} must hold exactly one private JWK (found {len(private)})"
+            )
+        jwk = private[0]
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise SandboxError(f"--jwt-key {path}: the key has no 'kid'")
+        chosen = alg or jwk.get("alg") or ("ES384" if jwk.get("kty") == "EC" else "RS384")
+        try:
+            key = (ECAlgorithm if jwk.get("kty") == "EC" else RSAAlgorithm).from_jwk(jwk)
+        except Exception as exc:  # PyJWT raises several types for a malformed key
+            raise SandboxError(f"--jwt-key {path}: not a usable private key ({exc})") from None
+        if not isinstance(key, EllipticCurvePrivateKey | RSAPrivateKey):
+            raise SandboxError(f"--jwt-key {path}: not a private key")
+        return cls(key=key, kid=kid, iss=iss, alg=str(chosen), jku=jku)
+
+    def sign(self, audience: str) -> str:
+        now = int(datetime.now(UTC).timestamp())
+        claims = {
+            "iss": self.iss,
+            "aud": audience,
+            "iat": now,
+            "exp": now + self.lifetime_seconds,
+            "jti": str(uuid.uuid4()),
+        }
+        headers: dict[str, str] = {"kid": self.kid, "typ": "JWT"}
+        if self.jku:
+            headers["jku"] = self.jku
+        return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers)
+
+
+# -- what is on the FHIR server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FoundPatient:
+    """A synthetic patient as stored on the FHIR server."""
+
+    id: str
+    key: str
+    scenario: str
+    expected: str | None  # the expected-outcome tag (``scored``, ``not-scored:...``, ``no-card``)
+
+
+def find_synthetic_patients(
+    endpoint: FhirEndpoint, seed: int | None = None, max_pages: int = 50
+) -> list[FoundPatient]:
+    """Every Patient with a synthetic identifier (of one seed if given), sorted by key."""
+    system = quote(f"{PATIENT_IDENTIFIER_SYSTEM}|", safe="")
+    url: str | None = f"Patient?identifier={system}&_count=100"
+    prefix = f"{KEY_PREFIX}-{seed}-" if seed is not None else ""
+    found: dict[str, FoundPatient] = {}
+    for _ in range(max_pages):
+        if url is None:
+            break
+        answer = endpoint.request("GET", url)
+        if not answer.ok or not answer.body or answer.body.get("resourceType") != "Bundle":
+            raise SandboxError(
+                f"searching {endpoint.base}/Patient by identifier failed: HTTP {answer.status}, "
+                f"{answer.diagnostics()}"
+            )
+        for entry in answer.body.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+                continue
+            keys = [
+                i.get("value")
+                for i in resource.get("identifier") or []
+                if isinstance(i, dict) and i.get("system") == PATIENT_IDENTIFIER_SYSTEM
+            ]
+            key = next((k for k in keys if isinstance(k, str) and k.startswith(prefix)), None)
+            if key is None or not resource.get("id"):
+                continue
+            tags = _tags(resource)
+            found[key] = FoundPatient(
+                id=str(resource["id"]),
+                key=key,
+                scenario=tags.get(SCENARIO_TAG_SYSTEM, "(untagged)"),
+                expected=tags.get(EXPECTED_TAG_SYSTEM),
+            )
+        url = next_link(answer.body, endpoint.base)
+    return [found[k] for k in sorted(found)]
+
+
+def _tags(resource: Mapping[str, Any]) -> dict[str, str]:
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return {
+        str(t.get("system")): str(t.get("code"))
+        for t in tags or []
+        if isinstance(t, dict) and t.get("system") and t.get("code")
+    }
+
+
+def render_template(template: str, context: Mapping[str, Any]) -> str | None:
+    """Fill ``{{context.x}}`` and ``{{userPractitionerId}}``-style tokens; None if one is unknown
+    (the client then skips the template, as the CDS Hooks sandbox does)."""
+    user = str(context.get("userId", ""))
+    user_type, _, user_id = user.partition("/")
+    users = {f"user{user_type}Id": user_id} if user_id else {}
+    missing = False
+
+    def value(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        raw = context.get(name[8:]) if name.startswith("context.") else users.get(name)
+        if not isinstance(raw, str):
+            missing = True
+            return ""
+        return quote(raw, safe="")
+
+    rendered = _TOKEN.sub(value, template)
+    return None if missing else rendered
+
+
+def run_prefetch(endpoint: FhirEndpoint, template: str) -> Resource:
+    """One prefetch value: the search (all pages merged) or the resource read."""
+    answer = endpoint.request("GET", template)
+    if not answer.ok or answer.body is None:
+        raise SandboxError(
+            f"prefetch {template.split('?')[0]} failed: HTTP {answer.status}, "
+            f"{answer.diagnostics()}"
+        )
+    body = answer.body
+    if body.get("resourceType") != "Bundle":
+        return body
+    entries = [e for e in body.get("entry") or [] if isinstance(e, dict)]
+    url = next_link(body, endpoint.base)
+    pages = 1
+    while url is not None and pages < 20:
+        page = endpoint.request("GET", url)
+        if not page.ok or page.body is None:
+            raise SandboxError(f"prefetch page {pages + 1} failed: HTTP {page.status}")
+        entries += [e for e in page.body.get("entry") or [] if isinstance(e, dict)]
+        url, pages = next_link(page.body, endpoint.base), pages + 1
+    merged: Resource = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
+    if entries:
+        merged["entry"] = entries
+    return merged
+
+
+def prefetch_resources(prefetch: Mapping[str, Any]) -> list[Resource]:
+    """The resources of all prefetch values, each once (by type and id)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[Resource] = []
+    for value in prefetch.values():
+        if not isinstance(value, dict):
+            continue
+        items = (
+            [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+            if value.get("resourceType") == "Bundle"
+            else [value]
+        )
+        for resource in items:
+            if not isinstance(resource, dict) or resource.get("resourceType") == "OperationOutcome":
+                continue
+            key = (str(resource.get("resourceType")), str(resource.get("id")))
+            if key not in seen:
+                seen.add(key)
+                out.append(resource)
+    return out
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    hook: str
+    url: str
+    prefetch: dict[str, str]
+
+
+class CdsClient:
+    """Calls discovery and services with a fresh JWT each time."""
+
+    def __init__(self, discovery_url: str, signer: TokenSigner, timeout: float) -> None:
+        parts = urlsplit(discovery_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SandboxError(f"--service {discovery_url!r} is not an http(s) URL")
+        url = discovery_url.rstrip("/")
+        self.discovery_url = url if url.endswith("/cds-services") else f"{url}/cds-services"
+        self.signer = signer
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _send(self, method: str, url: str, body: Any = None) -> requests.Response:
+        headers = {
+            "Accept": "application/json",
+            "Authorization": f"Bearer {self.signer.sign(url)}",
+        }
+        try:
+            return self.session.request(
+                method, url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
+        except requests.Timeout:
+            raise SandboxError(
+                f"the CDS service did not answer {method} {url} within {self.timeout:g} s"
+            ) from None
+        except requests.ConnectionError:
+            raise SandboxError(
+                f"cannot reach the CDS service at {url}; check --service and that it runs"
+            ) from None
+
+    def discover(self) -> list[Service]:
+        response = self._send("GET", self.discovery_url)
+        if response.status_code == 401:
+            raise SandboxError(
+                f"discovery at {self.discovery_url} answered 401: the service does not trust the "
+                "JWT. A service in development mode (CDS_DEV_MODE=1) trusts the default signer; "
+                "otherwise pass --jwt-key and --iss of an issuer in its CDS_TRUSTED_ISSUERS_FILE, "
+                "and check that CDS_PUBLIC_BASE_URL matches the URL given here"
+            )
+        data = _json(response)
+        services = data.get("services") if isinstance(data, dict) else None
+        if response.status_code != 200 or not isinstance(services, list):
+            raise SandboxError(
+                f"discovery at {self.discovery_url} answered HTTP {response.status_code} without "
+                "a 'services' array: is this a CDS Hooks discovery URL?"
+            )
+        out = []
+        for entry in services:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                prefetch = entry.get("prefetch") if isinstance(entry.get("prefetch"), dict) else {}
+                out.append(
+                    Service(
+                        id=entry["id"],
+                        hook=str(entry.get("hook")),
+                        url=f"{self.discovery_url}/{quote(entry['id'], safe='')}",
+                        prefetch={str(k): str(v) for k, v in (prefetch or {}).items()},
+                    )
+                )
+        if not out:
+            raise SandboxError(f"discovery at {self.discovery_url} lists no services")
+        return out
+
+    def call(self, service: Service, body: Mapping[str, Any]) -> tuple[int, Any]:
+        response = self._send("POST", service.url, body)
+        return response.status_code, _json(response)
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def hook_context(hook: str, patient_id: str) -> dict[str, Any]:
+    """The context an EHR sends for each hook (required fields, realistic values)."""
+    context: dict[str, Any] = {"userId": SMOKE_USER, "patientId": patient_id}
+    if hook == "order-sign":
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "ServiceRequest",
+                        "id": "hfs-cds-smoke-follow-up",
+                        "status": "draft",
+                        "intent": "order",
+                        "code": {"text": "Facial nerve function review after RFA"},
+                        "subject": {"reference": f"Patient/{patient_id}"},
+                    }
+                }
+            ],
+        }
+    if hook == "encounter-discharge":
+        context["encounterId"] = "hfs-cds-smoke-encounter"
+    return context
+
+
+# -- comparing ------------------------------------------------------------------------------------
+
+
+def compare(expected: Assessment, status: int, answer: Any) -> list[str]:
+    """What differs between the service's answer and the locally computed assessment."""
+    if status != 200:
+        return [f"HTTP {status}: {outcome_text(answer)}"]
+    cards = answer.get("cards") if isinstance(answer, dict) else None
+    if not isinstance(cards, list):
+        return ["the answer has no 'cards' array"]
+    if expected.status is Status.NOT_APPLICABLE:
+        return [] if not cards else [f"{len(cards)} card(s) where no card was expected"]
+    if len(cards) != 1:
+        return [f"{len(cards)} cards where one {expected.status.value} card was expected"]
+    card = cards[0]
+    ext = (card.get("extension") or {}).get(EXTENSION_KEY) if isinstance(card, dict) else None
+    if not isinstance(ext, dict):
+        return [f"the card has no extension {EXTENSION_KEY!r}"]
+    problems: list[str] = []
+    model = ext.get("model") or {}
+    if model.get("sha256") != expected.model.sha256:
+        problems.append(
+            f"model card differs: the service runs {model.get('id')} {model.get('version')} "
+            f"(sha256 {str(model.get('sha256'))[:12]}…), smoke assesses with "
+            f"{expected.model.sha256[:12]}… (give smoke the service's CDS_MODEL_CARD)"
+        )
+    if ext.get("status") != expected.status.value:
+        problems.append(f"status {ext.get('status')} != expected {expected.status.value}")
+        return problems
+    ablation = expected.inputs.ablation
+    if ablation is not None and (ext.get("procedure") or {}).get("id") != ablation.provenance.id:
+        problems.append(
+            f"procedure {(ext.get('procedure') or {}).get('id')} != expected {ablation.provenance.id}"
+        )
+    if expected.status is Status.SCORED:
+        assert expected.tier is not None
+        if ext.get("tier") != expected.tier.id:
+            problems.append(f"tier {ext.get('tier')} != expected {expected.tier.id}")
+        if card.get("indicator") != expected.tier.indicator:
+            problems.append(
+                f"indicator {card.get('indicator')} != expected {expected.tier.indicator}"
+            )
+        got = {r.get("month"): r.get("risk") for r in ext.get("risks") or [] if isinstance(r, dict)}
+        for month in RISK_MONTHS:
+            want = expected.risk_at(month).risk
+            have = got.get(month)
+            if not isinstance(have, int | float) or abs(have - want) >= RISK_TOLERANCE:
+                problems.append(f"risk at {month} months {have} != expected {want:.3f}")
+    else:
+        have_reasons = sorted({str(p.get("reason")) for p in ext.get("problems") or []})
+        want_reasons = sorted({p.reason.value for p in expected.problems})
+        if have_reasons != want_reasons:
+            problems.append(f"reasons {have_reasons} != expected {want_reasons}")
+    return problems
+
+
+def scenario_problems(expected_code: str | None, assessment: Assessment) -> list[str]:
+    """Whether the local assessment is what the patient's scenario was built to give."""
+    if not expected_code:
+        return []
+    try:
+        status, reasons = parse_expected_code(expected_code)
+    except ValueError:
+        return [f"unknown expected-outcome tag {expected_code!r}"]
+    actual = {
+        Status.SCORED: "scored",
+        Status.NOT_SCORED: "not-scored",
+        Status.NOT_APPLICABLE: "no-card",
+    }[assessment.status]
+    got_reasons = frozenset(p.reason.value for p in assessment.problems)
+    if actual != status or (status == "not-scored" and got_reasons != reasons):
+        shown = actual + (f" ({', '.join(sorted(got_reasons))})" if got_reasons else "")
+        return [
+            f"the data on the server now assesses as {shown}, not the scenario's {expected_code} "
+            "(data loaded long ago ages: load it again)"
+        ]
+    return []
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One patient and service: what the card said, and each mode's verdict."""
+
+    patient: FoundPatient
+    hook: str
+    card: str = ""
+    risks: str = ""
+    verdicts: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SmokeResult:
+    fhir_base: str
+    discovery_url: str
+    modes: tuple[Mode, ...]
+    services: list[Service]
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"OK": 0, "MISMATCH": 0, "ERROR": 0}
+        for row in self.rows:
+            for verdict in row.verdicts.values():
+                out[verdict] += 1
+        return out
+
+    @property
+    def ok(self) -> bool:
+        counts = self.counts
+        return bool(self.rows) and counts["MISMATCH"] == 0 and counts["ERROR"] == 0
+
+    def render(self) -> str:
+        patients = {row.patient.key for row in self.rows}
+        header = [
+            "PATIENT",
+            "SCENARIO",
+            "HOOK",
+            "CARD",
+            "RISK 3/6/12 MO",
+            *map(str.upper, self.modes),
+        ]
+        table = [header] + [
+            [
+                row.patient.key,
+                row.patient.scenario,
+                _short_hook(row.hook),
+                row.card,
+                row.risks,
+                *(row.verdicts.get(m, "-") for m in self.modes),
+            ]
+            for row in self.rows
+        ]
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines = [
+            f"hfs-cds smoke: FHIR {self.fhir_base}, service {self.discovery_url}",
+            f"{len(patients)} synthetic patients x {len(self.services)} services x "
+            f"{len(self.modes)} modes ({', '.join(self.modes)})",
+            "",
+        ]
+        lines += [
+            "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            for r in table
+        ]
+        details = [
+            f"- {row.patient.key} ({row.patient.scenario}) {_short_hook(row.hook)}: {problem}"
+            for row in self.rows
+            for problem in row.problems
+        ]
+        if details:
+            lines += ["", "Problems:", *details]
+        scenarios = sorted({row.patient.scenario for row in self.rows})
+        counts = self.counts
+        lines += [
+            "",
+            f"Scenarios covered ({len(scenarios)}): {', '.join(scenarios)}",
+            f"Result: {sum(counts.values())} calls, {counts['OK']} OK, "
+            f"{counts['MISMATCH']} MISMATCH, {counts['ERROR']} ERROR",
+        ]
+        return "\n".join(lines)
+
+
+def _short_hook(hook: str) -> str:
+    """``org.example.hfs-cds.procedure-note-sign`` -> ``procedure-note-sign``."""
+    return hook.rsplit(".", 1)[-1] if "." in hook else hook
+
+
+def run_smoke(
+    endpoint: FhirEndpoint,
+    client: CdsClient,
+    assessor: Assessor,
+    *,
+    hooks: Sequence[str] = (),
+    modes: Sequence[Mode] = MODES,
+    seed: int | None = None,
+    patient_ids: Sequence[str] = (),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SmokeResult:
+    """Run the smoke test; setup problems raise :class:`SandboxError`, call problems become rows."""
+    services = client.discover()
+    if hooks:
+        # A hook may be named in full or by its last part (``procedure-note-sign``).
+        names = {s.hook: {s.hook, _short_hook(s.hook)} for s in services}
+        unknown = [h for h in hooks if not any(h in n for n in names.values())]
+        if unknown:
+            raise SandboxError(
+                f"the service offers no {', '.join(unknown)} hook (it offers "
+                f"{', '.join(sorted(names))})"
+            )
+        services = [s for s in services if names[s.hook] & set(hooks)]
+    patients = find_synthetic_patients(endpoint, seed)
+    if patient_ids:
+        patients = [p for p in patients if p.id in patient_ids or p.key in patient_ids]
+    if not patients:
+        raise SandboxError(
+            f"no synthetic patients on {endpoint.base}"
+            + (f" for seed {seed}" if seed is not None else "")
+            + ": load them first with `hfs-cds load --fhir ...`"
+        )
+    result = SmokeResult(endpoint.base, client.discovery_url, tuple(modes), services)
+    for patient in patients:
+        result.rows += _smoke_patient(endpoint, client, assessor, services, patient, modes, clock)
+    return result
+
+
+def _smoke_patient(
+    endpoint: FhirEndpoint,
+    client: CdsClient,
+    assessor: Assessor,
+    services: Iterable[Service],
+    patient: FoundPatient,
+    modes: Sequence[Mode],
+    clock: Callable[[], datetime],
+) -> list[Row]:
+    rows: list[Row] = []
+    fetched: dict[str, Resource] = {}  # rendered template -> value (services share templates)
+    for service in services:
+        row = Row(patient, service.hook)
+        rows.append(row)
+        context = hook_context(service.hook, patient.id)
+        try:
+            prefetch: dict[str, Any] = {}
+            for key, template in service.prefetch.items():
+                rendered = render_template(template, context)
+                if rendered is None:
+                    continue
+                if rendered not in fetched:
+                    fetched[rendered] = run_prefetch(endpoint, rendered)
+                prefetch[key] = fetched[rendered]
+        except SandboxError as exc:
+            row.problems.append(str(exc))
+            row.verdicts = dict.fromkeys(modes, "ERROR")
+            continue
+        expected = assessor.assess(prefetch_resources(prefetch), patient.id, as_of=clock())
+        drift = scenario_problems(patient.expected, expected)
+        row.problems += drift
+        for mode in modes:
+            body: dict[str, Any] = {
+                "hook": service.hook,
+                "hookInstance": str(uuid.uuid4()),
+                "fhirServer": endpoint.base,
+                "context": context,
+            }
+            if endpoint.token:
+                body["fhirAuthorization"] = {
+                    "access_token": endpoint.token,
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "patient/Procedure.read patient/Observation.read "
+                    "patient/Condition.read",
+                    "subject": "hfs-cds-smoke",
+                    "patient": patient.id,
+                }
+            if mode == "prefetch":
+                body["prefetch"] = prefetch
+            try:
+                status, answer = client.call(service, body)
+            except SandboxError as exc:
+                row.verdicts[mode] = "ERROR"
+                row.problems.append(f"{mode}: {exc}")
+                continue
+            differences = compare(expected, status, answer)
+            if status != 200:
+                row.verdicts[mode] = "ERROR"
+            elif differences or drift:
+                row.verdicts[mode] = "MISMATCH"
+            else:
+                row.verdicts[mode] = "OK"
+            row.problems += [f"{mode}: {d}" for d in differences]
+            if status == 200 and not row.card:
+                row.card, row.risks = _describe(answer)
+    return rows
+
+
+def _describe(answer: Any) -> tuple[str, str]:
+    """A short card summary and the risks at 3/6/12 months, for the table."""
+    cards = answer.get("cards") if isinstance(answer, dict) else None
+    if not cards:
+        return "(no card)", "-"
+    card = cards[0] if isinstance(cards[0], dict) else {}
+    summary = str(card.get("summary", ""))
+    for prefix in (
+        "Hemifacial spasm recurrence risk after RFA: ",
+        "HFS recurrence risk after RFA ",
+    ):
+        summary = summary.removeprefix(prefix)
+    summary = f"{card.get('indicator', '?')}: {summary}"
+    ext = (card.get("extension") or {}).get(EXTENSION_KEY) or {}
+    reasons = sorted(
+        {str(p.get("reason")) for p in ext.get("problems") or [] if isinstance(p, dict)}
+    )
+    if reasons:
+        summary += f" [{', '.join(reasons)}]"
+    risks = {r.get("month"): r.get("risk") for r in ext.get("risks") or [] if isinstance(r, dict)}
+    if not risks:
+        return summary, "-"
+    shown = [_percent(risks.get(m)) for m in RISK_MONTHS]
+    return summary, " / ".join(shown) + " %"
+
+
+def _percent(value: Any) -> str:
+    return f"{value * 100:.1f}" if isinstance(value, int | float) else "?"
+
+
+__all__ = [
+    "MODES",
+    "CdsClient",
+    "DevelopmentSigner",
+    "FoundPatient",
+    "KeySigner",
+    "Row",
+    "Service",
+    "SmokeResult",
+    "TokenSigner",
+    "compare",
+    "find_synthetic_patients",
+    "hook_context",
+    "prefetch_resources",
+    "render_template",
+    "run_prefetch",
+    "run_smoke",
+    "scenario_problems",
+]

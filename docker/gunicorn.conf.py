@@ -1,0 +1,139 @@
+"""gunicorn settings for the hfs-cds image (``gunicorn --config gunicorn.conf.py``).
+
+Everything comes from the environment, with the image's defaults:
+
+* ``HOST`` (0.0.0.0) and ``PORT`` (8080): where to listen;
+* ``WEB_CONCURRENCY`` (1) worker processes, ``GUNICORN_THREADS`` (8) threads each: a hook call may
+  wait up to ``CDS_FHIR_BUDGET_SECONDS`` on the EHR's FHIR server, so threads keep the worker free.
+  Keep one process: the service's JWT replay cache (``jti``) lives in the process, so a token
+  replayed to a sibling worker would be accepted;
+* ``GUNICORN_TIMEOUT`` (30 s) per request and ``GUNICORN_GRACEFUL_TIMEOUT`` (30 s) to finish
+  requests in flight on SIGTERM (``docker stop`` waits 10 s unless told ``--time 35``);
+* ``CDS_LOG_LEVEL`` (INFO).
+
+The app is loaded once in the master before the workers fork (``preload_app``): the model card and
+the trust list are read and checked once, and a bad one stops the container at start-up instead of
+failing each worker. Logs are JSON lines on stderr (the service's own formatter), access lines
+included, with the path but never the query string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_service.logging_setup import JsonFormatter
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+class AccessJsonFormatter(logging.Formatter):
+    """One JSON object per request: method, path without query, status, size, time, request id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        atoms: Mapping[str, Any] = record.args if isinstance(record.args, Mapping) else {}
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "method": atoms.get("m"),
+            "path": atoms.get("U"),  # PATH_INFO: the query string is never logged
+            "status": _number(atoms.get("s")),
+            "bytes": _number(atoms.get("B")),
+            "duration_ms": _number(atoms.get("M")),
+            "request_id": atoms.get("{x-request-id}o"),
+            "remote": atoms.get("h"),
+        }
+        return json.dumps({k: v for k, v in line.items() if v not in (None, "-")}, default=str)
+
+
+def _number(value: Any) -> Any:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _refuse_bad_configuration() -> None:
+    """Check the configuration as the app will (same code), before gunicorn starts.
+
+    A missing trust list, a bad model card or an unreachable database then ends start-up with one
+    JSON line naming the problem instead of a traceback from inside gunicorn.
+    """
+    from cds_service.config import ConfigError, Settings
+    from cds_service.model import ModelCardError
+    from cds_service.runtime import Runtime
+    from cds_service.store import StoreError
+    from fhir_mappings import ValueSetError
+
+    try:
+        Runtime.build(Settings.from_env(os.environ)).close()
+    except (ConfigError, ModelCardError, ValueSetError, StoreError) as exc:
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "CRITICAL",
+            "logger": "hfs_cds.startup",
+            "message": f"refusing to start: {exc}",
+        }
+        print(json.dumps(line), file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+
+
+_refuse_bad_configuration()
+
+wsgi_app = "cds_service.app:create_app()"
+bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{_int_env('PORT', 8080)}"]
+workers = _int_env("WEB_CONCURRENCY", 1)
+worker_class = "gthread"
+threads = _int_env("GUNICORN_THREADS", 8)
+preload_app = True
+timeout = _int_env("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = 5
+# Worker heartbeats on tmpfs (a container's /tmp may be a slow overlay or read-only).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn >= 25.1 opens a control socket under $HOME by default; the image user has no home.
+control_socket_disable = True
+
+_level = os.environ.get("CDS_LOG_LEVEL", "INFO").upper()
+loglevel = _level.lower()
+accesslog = "-"
+access_log_format = "%(m)s %(U)s %(s)s"  # message text only; AccessJsonFormatter writes the line
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": JsonFormatter},
+        "access": {"()": AccessJsonFormatter},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        },
+        "access": {
+            "class": "logging.StreamHandler",
+            "formatter": "access",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"level": _level, "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": _level, "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        # urllib3 logs full request URLs (FHIR searches carry patient ids) at DEBUG.
+        "urllib3": {"level": "WARNING"},
+    },
+}
