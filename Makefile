@@ -8,7 +8,10 @@ PORT ?= 8080
 FHIR_VENV ?= .venv-fhir
 SEKMET_VERSION ?= 0.1.1
 
-.PHONY: run test lint typecheck clean
+# The OAuth server for the SMART tests (oauth2-mock-server, pinned by the lock file).
+SMART_NODE := tests/smart/node_modules/.package-lock.json
+
+.PHONY: run test lint typecheck bench bench-smoke docker-lint system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +30,15 @@ $(FHIR_VENV)/.installed:
 	$(FHIR_VENV)/bin/python -m pip install --quiet sekmet-fhir==$(SEKMET_VERSION)
 	touch $@
 
+$(SMART_NODE): tests/smart/package.json tests/smart/package-lock.json
+	cd tests/smart && npm ci --no-audit --no-fund --loglevel=error
+
+# Debian packages the tests use: PostgreSQL (store), Chromium (SMART app), wrk (benchmark).
+system-packages:
+	bash scripts/ci-postgres.sh
+	bash scripts/ci-chromium.sh
+	bash scripts/ci-wrk.sh
+
 run: $(VENV)/.installed-run
 	CDS_DEV_MODE=$${CDS_DEV_MODE:-1} CDS_PUBLIC_BASE_URL=$${CDS_PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} \
 		$(BIN)/hfs-cds serve --host $(HOST) --port $(PORT)
@@ -37,11 +49,23 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-test $(FHIR_VENV)/.installed
-	bash scripts/ci-postgres.sh
+test: $(VENV)/.installed-test $(FHIR_VENV)/.installed $(SMART_NODE) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile
+	$(MAKE) --no-print-directory bench-smoke
 	$(BIN)/python -m pytest
 
+# The benchmark (issue 7): the image's gunicorn configuration on loopback, driven by wrk.
+bench: $(VENV)/.installed-test $(FHIR_VENV)/.installed system-packages
+	$(BIN)/python bench/run_bench.py
+
+# A few seconds per scenario, so the benchmark cannot rot; results in test-artifacts/bench/.
+bench-smoke: $(VENV)/.installed-test $(FHIR_VENV)/.installed
+	$(BIN)/python bench/run_bench.py --quick --out test-artifacts/bench
+
+docker-lint: $(VENV)/.installed-test
+	$(BIN)/hadolint docker/Dockerfile
+
 clean:
-	rm -rf $(VENV) $(FHIR_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FHIR_VENV) tests/smart/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
