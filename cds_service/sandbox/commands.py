@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, time
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,13 @@ def _synth_options(parser: argparse.ArgumentParser, *, defaults: bool = True) ->
         metavar="YYYY-MM-DD",
         help="date the data is relative to (default: today, UTC)",
     )
+    parser.add_argument(
+        "--outcomes-from",
+        metavar="CARD",
+        help="add follow-up outcomes (recurrence Conditions, last-contact Encounters) drawn from "
+        "this model card ('published' for the packaged one); patients beyond the named scenarios "
+        "then had their ablation 13-30 months ago, a cohort for 'hfs-cds fit'",
+    )
 
 
 def _fhir_options(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +192,22 @@ def _bundle_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raise SandboxError("--patients must be at least 1")
     value_sets = load_value_sets(_settings().valuesets_file or None)
     seed = args.seed if args.seed is not None else DEFAULT_SEED
-    return build_bundle(synthetic_patients(seed, patients, args.today, value_sets))
+    outcomes_from = getattr(args, "outcomes_from", None)
+    synthetic = synthetic_patients(
+        seed, patients, args.today, value_sets, past_cohort=bool(outcomes_from)
+    )
+    if not outcomes_from:
+        return build_bundle(synthetic)
+    from cds_service.model import ModelCardError, load_model_card
+    from cds_service.sandbox.outcomes import follow_up_entries
+
+    try:
+        card = load_model_card(None if outcomes_from == "published" else outcomes_from)
+    except ModelCardError as exc:
+        raise SandboxError(str(exc)) from None
+    as_of = datetime.combine(args.today, time(12), UTC) if args.today else datetime.now(UTC)
+    extras = follow_up_entries(card, synthetic, seed=seed, as_of=as_of, value_sets=value_sets)
+    return build_bundle(synthetic, extras)
 
 
 @_friendly("synth")

@@ -262,18 +262,20 @@ def synthetic_patients(
     count: int | None = None,
     today: date | None = None,
     value_sets: ValueSets | None = None,
+    past_cohort: bool = False,
 ) -> list[SyntheticPatient]:
     """``count`` patients (default: one per named scenario), dated relative to ``today``.
 
     The first patients cover :data:`SCENARIOS` in order; any beyond them are typical scorable
-    records with random durations, grades and codings.
+    records with random durations, grades and codings: recent ones, or with ``past_cohort``
+    ablations 13-30 months ago, whose follow-up outcomes can then be simulated.
     """
     count = len(SCENARIOS) if count is None else count
     if count < 0:
         raise ValueError("the patient count must not be negative")
     today = today or datetime.now(UTC).date()
     value_sets = value_sets or load_value_sets()
-    return [_make_patient(seed, i, today, value_sets) for i in range(count)]
+    return [_make_patient(seed, i, today, value_sets, past_cohort) for i in range(count)]
 
 
 # -- one patient ----------------------------------------------------------------------------------
@@ -800,16 +802,36 @@ TYPICAL_RANDOM: Final = Scenario(
 )
 
 
-def scenario_for(index: int) -> Scenario:
+#: Patients beyond the named scenarios for a recalibration cohort: treated long enough ago that
+#: their whole 12-month follow-up lies in the past (the service gives them no card).
+PAST_COHORT: Final = Scenario(
+    "past-cohort", "no-card", "ablation 13-30 months ago, for follow-up outcomes and recalibration"
+)
+
+
+def _past_cohort(b: _Builder) -> None:
+    b.scored_record(
+        days_ago=(400, 900),
+        minutes=(12, 95),
+        grade=b.rng.choice((1, 2, 2, 3)),
+        hb_status=b.rng.choice(("final", "final", "amended")),
+    )
+
+
+def scenario_for(index: int, past_cohort: bool = False) -> Scenario:
     """The scenario of patient ``index`` (stable whatever the patient count)."""
-    return SCENARIOS[index][0] if index < len(SCENARIOS) else TYPICAL_RANDOM
+    if index < len(SCENARIOS):
+        return SCENARIOS[index][0]
+    return PAST_COHORT if past_cohort else TYPICAL_RANDOM
 
 
 def patient_key(seed: int, index: int) -> str:
     return f"{KEY_PREFIX}-{seed}-{index:03d}"
 
 
-def _make_patient(seed: int, index: int, today: date, value_sets: ValueSets) -> SyntheticPatient:
+def _make_patient(
+    seed: int, index: int, today: date, value_sets: ValueSets, past_cohort: bool = False
+) -> SyntheticPatient:
     rng = random.Random(f"{KEY_PREFIX}:{seed}:{index}")
     offset = timedelta(minutes=rng.choice(_OFFSETS_MINUTES))
     builder = _Builder(
@@ -819,8 +841,11 @@ def _make_patient(seed: int, index: int, today: date, value_sets: ValueSets) -> 
         vs=value_sets,
         tz=timezone(offset) if offset else UTC,
     )
-    scenario = scenario_for(index)
-    build = SCENARIOS[index][1] if index < len(SCENARIOS) else _typical_random
+    scenario = scenario_for(index, past_cohort)
+    if index < len(SCENARIOS):
+        build = SCENARIOS[index][1]
+    else:
+        build = _past_cohort if past_cohort else _typical_random
     builder.patient(index, scenario)
     build(builder)
     return SyntheticPatient(
@@ -835,6 +860,7 @@ def _make_patient(seed: int, index: int, today: date, value_sets: ValueSets) -> 
 __all__ = [
     "DEFAULT_SEED",
     "EXPECTED_TAG_SYSTEM",
+    "PAST_COHORT",
     "PATIENT_IDENTIFIER_SYSTEM",
     "RECORD_IDENTIFIER_SYSTEM",
     "SCENARIOS",
