@@ -27,6 +27,23 @@ class Scenario:
     reference_x2: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Codings:
+    """A set of scenarios as arrays, for scoring them all in one vectorised pass."""
+
+    x1_binary: NDArray[np.bool_]
+    x2_ordinal: NDArray[np.bool_]
+    reference_x2: FloatArray
+
+    @classmethod
+    def of(cls, scenarios: tuple[Scenario, ...]) -> _Codings:
+        return cls(
+            np.array([s.x1_coding == "binary" for s in scenarios]),
+            np.array([s.x2_coding == "ordinal" for s in scenarios]),
+            np.array([s.reference_x2 for s in scenarios], dtype=np.float64),
+        )
+
+
 class RecurrenceModel:
     """Scores recurrence risk from operation minutes and House-Brackmann grade."""
 
@@ -42,6 +59,8 @@ class RecurrenceModel:
         )
         # The published coding (binary X1, ordinal X2, the card's reference patient) is the point estimate.
         self.point_scenario = Scenario("binary", "ordinal", card.reference_x2)
+        self._all_codings = _Codings.of((self.point_scenario, *self.scenarios))
+        self._scenario_codings = _Codings.of(self.scenarios)
 
     # -- building blocks -------------------------------------------------------------------------
 
@@ -93,7 +112,7 @@ class RecurrenceModel:
     ) -> FloatArray:
         """Risk under every scenario; the scenario axis comes first."""
         m, g = self._check_inputs(minutes, hb_grade)
-        lp = np.stack([self._lp(m, g, s) for s in self.scenarios])
+        lp = self._stacked_lp(m, g, self._scenario_codings)
         return self._risk(lp, lp.ndim - 1, months, conditional_after)
 
     def risk_with_range(
@@ -105,7 +124,7 @@ class RecurrenceModel:
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Point estimate, lowest and highest scenario risk, from one pass over all codings."""
         m, g = self._check_inputs(minutes, hb_grade)
-        lp = np.stack([self._lp(m, g, s) for s in (self.point_scenario, *self.scenarios)])
+        lp = self._stacked_lp(m, g, self._all_codings)
         risks = self._risk(lp, lp.ndim - 1, months, conditional_after)
         return risks[0], risks[1:].min(axis=0), risks[1:].max(axis=0)
 
@@ -142,6 +161,21 @@ class RecurrenceModel:
         lp: FloatArray = (
             card.operation_time.coefficient * x1_term + card.hb_grade.coefficient * x2_term
         )
+        return lp
+
+    def _stacked_lp(self, m: FloatArray, g: FloatArray, c: _Codings) -> FloatArray:
+        """``lp - lp_ref`` for several scenarios at once (scenario axis first); the same formula
+        as :meth:`_lp`, selected per scenario by masks, so a request pays for one numpy pass."""
+        card = self.card
+        shape = (-1,) + (1,) * m.ndim
+        x1_binary = (m > card.operation_time.cut_minutes) - card.reference_x1
+        x1_per_10 = (m - card.scenarios.x1_reference_minutes) / 10.0
+        x1 = np.where(c.x1_binary.reshape(shape), x1_binary, x1_per_10)
+        ref = c.reference_x2.reshape(shape)
+        x2 = np.where(
+            c.x2_ordinal.reshape(shape), g - ref, np.minimum(g, 2.0) - np.minimum(ref, 2.0)
+        )
+        lp: FloatArray = card.operation_time.coefficient * x1 + card.hb_grade.coefficient * x2
         return lp
 
     def _risk(
