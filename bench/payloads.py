@@ -118,19 +118,7 @@ def build_payloads(work: Path, fhir: FhirServerProcess, secured_base: str) -> Pa
         json.dumps(hook_body("patient-view", patient=PATIENT, prefetch={}, fhirServer=fhir.base))
     )
     seed = [fb.patient(id=PATIENT), *_typical()]
-    fhir.transaction(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "resource": r,
-                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                }
-                for r in seed
-            ],
-        }
-    )
+    fhir.put_all(seed)
     public, private = _keys()
     trust_file = work / "trust.json"
     trust_file.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": public}]}))

@@ -41,6 +41,22 @@ class FhirServerProcess:
         result: dict[str, Any] = response.json()
         return result
 
+    def put_all(self, resources: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store resources at their ids in one transaction (idempotent PUTs)."""
+        return self.transaction(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "resource": r,
+                        "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+                    }
+                    for r in resources
+                ],
+            }
+        )
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -59,8 +75,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_sekmet(data_dir: Path) -> Iterator[FhirServerProcess]:
-    """Start sekmet-fhir on a free port with ``data_dir`` as its store; stop it afterwards."""
+def running_sekmet(data_dir: Path, extra_settings: str = "") -> Iterator[FhirServerProcess]:
+    """Start sekmet-fhir on a free port with ``data_dir`` as its store; stop it afterwards.
+
+    ``extra_settings`` is appended to its settings.yaml (e.g. ``server_auth`` for a static token).
+    """
     if not SEKMET.exists():
         raise RuntimeError(
             f"sekmet-fhir is not installed at {SEKMET}; run `make test` (it installs .venv-fhir)"
@@ -70,7 +89,7 @@ def running_sekmet(data_dir: Path) -> Iterator[FhirServerProcess]:
     settings = data_dir / "settings.yaml"
     settings.write_text(
         f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\n"
-        f'data_dir: "{data_dir / "store"}"\nsimulator:\n  enabled: false\n'
+        f'data_dir: "{data_dir / "store"}"\nsimulator:\n  enabled: false\n' + extra_settings
     )
     log_path = data_dir / "sekmet.log"
     with log_path.open("wb") as log:

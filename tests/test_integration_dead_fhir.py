@@ -34,19 +34,7 @@ def own_server(tmp_path: Path) -> Iterator[FhirServerProcess]:
     """A sekmet-fhir process of this test's own, so it can be killed without harming others."""
     with running_sekmet(tmp_path) as server:
         resources = [fb.patient(id=PATIENT), *recent_patient(patient=PATIENT)]
-        server.transaction(
-            {
-                "resourceType": "Bundle",
-                "type": "transaction",
-                "entry": [
-                    {
-                        "resource": r,
-                        "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                    }
-                    for r in resources
-                ],
-            }
-        )
+        server.put_all(resources)
         yield server
 
 

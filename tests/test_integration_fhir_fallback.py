@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -18,24 +17,13 @@ pytestmark = pytest.mark.integration
 PATIENT = "it-fallback-1"
 
 
-def _transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in resources
-        ],
-    }
-
-
 @pytest.fixture(scope="module")
 def seeded(fhir_server: FhirServerProcess) -> FhirServerProcess:
     """The FHIR server holding one scorable patient (ids prefixed so other tests don't collide)."""
     resources = [fb.patient(id=PATIENT), *recent_patient(patient=PATIENT)]
     for r in resources[1:]:
         r["id"] = f"{r['id']}-{PATIENT}"
-    fhir_server.transaction(_transaction(resources))
+    fhir_server.put_all(resources)
     return fhir_server
 
 

@@ -32,7 +32,7 @@ from cds_service.sandbox.synth import (
     build_bundle,
     synthetic_patients,
 )
-from tests.fhir_server import SEKMET, FhirServerProcess, free_port
+from tests.fhir_server import FhirServerProcess, free_port, running_sekmet
 
 pytestmark = pytest.mark.integration
 
@@ -108,28 +108,9 @@ def running_service(workdir: Path, **settings: str) -> Iterator[str]:
 @contextmanager
 def running_sekmet_with_token(data_dir: Path, token: str) -> Iterator[FhirServerProcess]:
     """sekmet-fhir that requires ``Authorization: Bearer <token>`` (static token auth)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    settings = data_dir / "settings.yaml"
-    settings.write_text(
-        f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\n"
-        f'data_dir: "{data_dir / "store"}"\nsimulator:\n  enabled: false\n'
-        f"server_auth:\n  types: [bearer]\n  tokens: [{json.dumps(token)}]\n"
-    )
-    log = data_dir / "sekmet.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(SEKMET), "serve", "--config", str(settings)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir,
-        )
-    server = FhirServerProcess(base, process, log)
-    try:
-        _wait_for(f"{base}/metadata", process, log)
+    auth = f"server_auth:\n  types: [bearer]\n  tokens: [{json.dumps(token)}]\n"
+    with running_sekmet(data_dir, extra_settings=auth) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

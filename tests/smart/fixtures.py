@@ -112,19 +112,7 @@ def seed(fhir_server: FhirServerProcess) -> Seed:
         for resource in clinical:
             resource["id"] = f"{resource['id']}-{patient_id}"
         everything = [fb.patient(id=patient_id), *clinical]
-        fhir_server.transaction(
-            {
-                "resourceType": "Bundle",
-                "type": "transaction",
-                "entry": [
-                    {
-                        "resource": r,
-                        "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                    }
-                    for r in everything
-                ],
-            }
-        )
+        fhir_server.put_all(everything)
         return everything
 
     return load
