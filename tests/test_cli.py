@@ -110,11 +110,17 @@ def test_a_broken_model_card_is_reported_not_raised(
     assert code == 2 and "model card.covariates: missing" in err
 
 
-def test_dev_token_is_accepted_by_a_development_mode_app(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dev_token_is_accepted_by_a_development_mode_app(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "http://127.0.0.1:8080")
     code, out, _ = cli("dev-token")
     assert code == 0
-    app = create_app({"TESTING": True, "DEV_MODE": True, "PUBLIC_BASE_URL": "http://127.0.0.1:8080"})
-    response = app.test_client().get("/cds-services", headers={"Authorization": f"Bearer {out.strip()}"})
+    app = create_app(
+        {"TESTING": True, "DEV_MODE": True, "PUBLIC_BASE_URL": "http://127.0.0.1:8080"}
+    )
+    response = app.test_client().get(
+        "/cds-services", headers={"Authorization": f"Bearer {out.strip()}"}
+    )
     assert response.status_code == 200
     app.extensions["hfs_cds"].close()

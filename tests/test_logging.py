@@ -149,7 +149,6 @@ def test_log_lines_are_json_with_request_id_and_hook_instance(
 
 
 def test_hostile_request_ids_are_replaced(app: Flask) -> None:
-    response = app.test_client().get("/healthz", headers={"X-Request-ID": "x\" FAKE=1 {}" * 10})
-    assert (
-        "\n" not in response.headers["X-Request-ID"] and len(response.headers["X-Request-ID"]) == 32
-    )
+    response = app.test_client().get("/healthz", headers={"X-Request-ID": 'x" FAKE=1 {}' * 10})
+    replaced = response.headers["X-Request-ID"]
+    assert replaced.isalnum() and len(replaced) == 32  # a fresh uuid4 hex, not the caller's text
