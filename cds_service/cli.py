@@ -18,9 +18,7 @@ from cds_service.recalibration.commands import register as register_recalibratio
 from cds_service.sandbox.commands import register as register_sandbox
 from cds_service.store import StoreError
 from cds_service.store.commands import register as register_store
-from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle
-
-_ROMAN = ("", "I", "II", "III", "IV", "V", "VI")
+from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle, roman
 
 
 class CliError(Exception):
@@ -160,7 +158,7 @@ def render_text(a: Assessment) -> str:
     if a.hb_grade:
         hb = a.hb_grade
         lines.append(
-            f"House-Brackmann grade: {_ROMAN[hb.grade]} from {hb.provenance.reference}, "
+            f"House-Brackmann grade: {roman(hb.grade)} from {hb.provenance.reference}, "
             f"{hb.hours_after_procedure:.0f} h after the ablation"
         )
     if a.status is Status.NOT_SCORED:

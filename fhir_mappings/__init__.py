@@ -8,6 +8,7 @@ could not be derived, plus the facts that rule scoring out. Which codes count is
 """
 
 from .collect import resources_from_bundle
+from .formatting import grade_from_roman, roman
 from .patient import map_patient
 from .subjects import infer_patient_id
 from .types import (
@@ -40,8 +41,10 @@ __all__ = [
     "Resource",
     "ValueSetError",
     "ValueSets",
+    "grade_from_roman",
     "infer_patient_id",
     "load_value_sets",
     "map_patient",
     "resources_from_bundle",
+    "roman",
 ]

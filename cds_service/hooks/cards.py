@@ -15,7 +15,7 @@ from typing import Any
 
 from cds_service.assessment import Assessment, Status
 from cds_service.smart.context import app_context_for
-from fhir_mappings import Provenance, Reason
+from fhir_mappings import Provenance, Reason, roman
 
 #: Reverse-domain key of the machine-readable assessment in ``card.extension``.
 EXTENSION_KEY = "org.example.hfs-cds.assessment"
@@ -27,7 +27,6 @@ OVERRIDE_REASONS = (
     ("clinical-judgement", "Different plan on clinical judgement"),
 )
 _SUMMARY_LIMIT = 139
-_ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
 # Characters that carry inline markdown or HTML meaning; escaped in anything that came from the EHR.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|<>&~#])")
 
@@ -143,7 +142,7 @@ def _input_lines(a: Assessment) -> list[str]:
     if hb:
         window = "" if hb.within_primary_window else " (outside the preferred 72-hour window)"
         lines.append(
-            f"- House-Brackmann grade: **{_ROMAN[hb.grade]}** (X2 = {hb.grade}), recorded "
+            f"- House-Brackmann grade: **{roman(hb.grade)}** (X2 = {hb.grade}), recorded "
             f"{hb.hours_after_procedure:.0f} h after the ablation{window}, from {_ref(hb.provenance)}"
         )
     return lines

@@ -60,6 +60,7 @@ from fhir_mappings import (
     Problem,
     Reason,
     ValueSets,
+    grade_from_roman,
     map_patient,
 )
 from fhir_mappings.fhir_time import FhirTime, parse_fhir_time
@@ -81,7 +82,6 @@ _NOT_A_CONTACT = {
     "Procedure": frozenset({"preparation", "not-done", "entered-in-error"}),
 }
 _OUTCOME_REASONS = frozenset({Reason.RECURRENCE_RECORDED, Reason.LATER_TREATMENT})
-_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6}
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,8 +426,8 @@ def cohort_from_csv_text(
 def _csv_row(label: str, record: Mapping[str, str], card: ModelCard) -> CohortRow | Exclusion:
     minutes = _number(record["operation_minutes"])
     time = _number(record["time_months"])
-    grade_text = record["hb_grade"].upper()
-    grade = _ROMAN.get(grade_text) or _number(grade_text)
+    grade_text = record["hb_grade"]
+    grade = grade_from_roman(grade_text) or _number(grade_text)
     event = _number(record["event"])
     if minutes is None or time is None or grade is None or event is None:
         blank = [c for c in CSV_COLUMNS if _number(record[c]) is None and c != "hb_grade"]

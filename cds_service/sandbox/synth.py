@@ -34,7 +34,7 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
-from fhir_mappings import Reason, ValueSets, load_value_sets
+from fhir_mappings import Reason, ValueSets, load_value_sets, roman
 
 Resource = dict[str, Any]
 
@@ -61,7 +61,6 @@ _OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observatio
 _CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
 _CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 _CONDITION_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-_ROMAN: Final = ("I", "II", "III", "IV", "V", "VI")
 _HB_DISPLAY: Final = {
     "I": "Grade I - normal facial function",
     "II": "Grade II - mild dysfunction",
@@ -489,7 +488,7 @@ class _Builder:
         if integer:
             resource["valueInteger"] = grade
         else:
-            numeral = _ROMAN[grade - 1]
+            numeral = roman(grade)
             resource["valueCodeableConcept"] = {
                 "coding": [
                     {

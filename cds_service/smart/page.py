@@ -13,10 +13,10 @@ from cds_service.assessment import Assessment, Status
 from cds_service.model import RecurrenceModel, Tier
 from cds_service.smart.chart import Chart, Curve, build_chart, curve
 from cds_service.smart.context import CardProcedure
-from fhir_mappings import Provenance
+from fhir_mappings import Provenance, grade_from_roman, roman
 
-ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
-_FROM_ROMAN = {v: k for k, v in ROMAN.items()}
+#: Grade -> numeral for the templates (the shared code set of fhir_mappings).
+ROMAN = {grade: roman(grade) for grade in range(1, 7)}
 
 
 def pct(value: float) -> str:
@@ -77,8 +77,8 @@ def parse_what_if(
         return f"Operation time must be a number of minutes from {low:g} to {high:g}."
     if not low <= value <= high:
         return f"Operation time must be from {low:g} to {high:g} minutes."
-    text = (hb or "").strip().upper()
-    grade = _FROM_ROMAN.get(text) or (int(text) if text.isdigit() else None)
+    text = (hb or "").strip()
+    grade = grade_from_roman(text) or (int(text) if text.isdigit() else None)
     if grade is None or not g_low <= grade <= g_high:
         return (
             f"The model covers House-Brackmann grades {ROMAN[g_low]} to {ROMAN[g_high]} only "
