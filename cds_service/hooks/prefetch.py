@@ -17,6 +17,7 @@ from cds_service.hooks.errors import PrefetchUnavailable
 from cds_service.hooks.request import HookRequest
 from cds_service.hooks.services import CdsService
 from cds_service.security.fhir_client import FhirClient, FhirFetchError, Resource
+from fhir_mappings import resources_from_bundle
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
 
@@ -56,11 +57,7 @@ def _classify(value: Any, template: str) -> tuple[list[Resource] | None, str]:
         entries = value.get("entry") or []
         if not isinstance(entries, list):
             return None, "a Bundle with a malformed 'entry'"
-        return [
-            e["resource"]
-            for e in entries
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-        ], ""
+        return resources_from_bundle(value), ""
     if "?" not in template and kind == expected:
         return [value], ""  # a read template answered with the resource itself
     return (

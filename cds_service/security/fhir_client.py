@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from cds_service.security.net import is_loopback
+from fhir_mappings import resources_from_bundle
 
 Resource = dict[str, Any]
 
@@ -160,7 +161,7 @@ class FhirClient:
         pages: int,
         extra_bases: tuple[str, ...],
     ) -> list[Resource]:
-        resources = _entries(bundle)
+        resources = resources_from_bundle(bundle)
         next_url = _next_link(bundle)
         while next_url and pages < self.max_pages:
             same_server = next_url.startswith(base.rstrip("/") + "/")
@@ -169,7 +170,7 @@ class FhirClient:
             page = self._get(next_url, token, deadline)
             if page.get("resourceType") != "Bundle":
                 raise FhirFetchError("a 'next' page was not a Bundle")
-            resources.extend(_entries(page))
+            resources.extend(resources_from_bundle(page))
             next_url = _next_link(page)
             pages += 1
         return resources
@@ -207,17 +208,6 @@ class FhirClient:
         if body["resourceType"] == "OperationOutcome":
             raise FhirFetchError("the FHIR server answered with an OperationOutcome")
         return body
-
-
-def _entries(bundle: Resource) -> list[Resource]:
-    entries = bundle.get("entry")
-    if not isinstance(entries, list):
-        return []
-    return [
-        e["resource"]
-        for e in entries
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-    ]
 
 
 def _next_link(bundle: Resource) -> str | None:

@@ -92,7 +92,7 @@ class RecordReader:
         try:
             return self.client.fetch_all(fhir_base, queries, access_token)
         except FhirFetchError as exc:
-            status = _status_of(exc)
+            status = exc.status
             if status in (401, 403):
                 raise FhirUnauthorized(status) from exc
             if status in (404, 410):
@@ -108,10 +108,6 @@ def banner_of(patient_id: str, patient: Resource) -> PatientBanner:
         gender=_string(patient.get("gender")),
         identifier=_identifier(patient.get("identifier")),
     )
-
-
-def _status_of(error: FhirFetchError) -> int | None:
-    return error.status
 
 
 def _string(value: Any) -> str | None:
