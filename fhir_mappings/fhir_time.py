@@ -7,6 +7,7 @@ without a time neither gains nor loses hours by being pinned to midnight.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -56,10 +57,17 @@ def parse_fhir_time(value: object, reference: datetime | None = None) -> FhirTim
     """
     if not isinstance(value, str) or len(value) > 40:
         return None
+    zone = reference.tzinfo if reference is not None and reference.tzinfo is not None else UTC
+    return _parse(value, zone)
+
+
+# The rules read the same few dates of a patient many times per request (and the same patient
+# is assessed again on every chart open); FhirTime is immutable, so parses can be shared.
+@functools.lru_cache(maxsize=4096)
+def _parse(value: str, zone: tzinfo) -> FhirTime | None:
     match = _PATTERN.fullmatch(value)
     if match is None:
         return None
-    zone = reference.tzinfo if reference is not None and reference.tzinfo is not None else UTC
     try:
         return _span(value, match, zone)
     except (ValueError, OverflowError):  # e.g. month 13, 30 February, offset +25:00

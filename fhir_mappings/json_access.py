@@ -48,11 +48,15 @@ def iter_dicts(obj: JsonObject, key: str) -> Iterator[JsonObject]:
 
 def coding_pairs(concept: object) -> Iterator[tuple[str, str]]:
     """``(system, code)`` of each well-formed coding of a CodeableConcept, in document order."""
-    if isinstance(concept, dict):
-        for coding in iter_dicts(concept, "coding"):
-            system, code = get_str(coding, "system"), get_str(coding, "code")
-            if system is not None and code is not None:
-                yield system, code
+    # Written out rather than built on iter_dicts/get_str: every rule calls this on every
+    # resource it reads, so it is the mapping's innermost loop.
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if isinstance(codings, list):
+        for coding in codings:
+            if isinstance(coding, dict):
+                system, code = coding.get("system"), coding.get("code")
+                if isinstance(system, str) and system and isinstance(code, str) and code:
+                    yield system, code
 
 
 def token(value: object) -> str:
