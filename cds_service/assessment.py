@@ -230,19 +230,20 @@ class Assessor:
         assert isinstance(inputs.hb_grade, HouseBrackmannGrade)
         minutes, grade = inputs.operation_time.minutes, inputs.hb_grade.grade
         model = self.model
-        point, low, high = model.risk_with_range(minutes, grade, self._months)
+        horizon = self.card.horizon_months
+        with_conditional = CONDITIONAL_FROM_MONTHS <= months_since < horizon
+        # One pass: the months (horizon last), then the conditional column when it applies.
+        point, low, high = model.patient_risks(
+            minutes, grade, self._months, months_since if with_conditional else None
+        )
         risks = tuple(
             RiskPoint(float(self._months[i]), float(point[i]), float(low[i]), float(high[i]))
             for i in self._report_index
         )
-        horizon = self.card.horizon_months
         conditional = None
-        if CONDITIONAL_FROM_MONTHS <= months_since < horizon:
-            c_point, c_low, c_high = model.risk_with_range(
-                minutes, grade, horizon, conditional_after=months_since
-            )
+        if with_conditional:
             conditional = ConditionalRisk(
-                months_since, horizon, float(c_point), float(c_low), float(c_high)
+                months_since, horizon, float(point[-1]), float(low[-1]), float(high[-1])
             )
         return Assessment(
             Status.SCORED,

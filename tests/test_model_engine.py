@@ -187,3 +187,41 @@ def test_risk_with_range_equals_the_separate_calls(model: RecurrenceModel) -> No
     )
     lo, hi = model.scenario_range([25, 42], [2, 3], MONTHS, conditional_after=[1, 2])
     assert np.allclose(low, lo) and np.allclose(high, hi)
+
+
+@pytest.mark.parametrize(("minutes", "grade"), [(25, 1), (42, 2), (30.5, 3), (179, 2)])
+@pytest.mark.parametrize("since", [None, 0.0, 0.5, 4.2, 11.9])
+def test_patient_risks_equal_risk_with_range(
+    model: RecurrenceModel, minutes: float, grade: int, since: float | None
+) -> None:
+    # The one-patient fast path is the same formula: equal to the last bit, not just close.
+    point, low, high = model.patient_risks(minutes, grade, MONTHS, since)
+    expected = model.risk_with_range(minutes, grade, MONTHS)
+    n = len(MONTHS)
+    for got, want in zip((point, low, high), expected, strict=True):
+        assert np.array_equal(got[:n], want)
+    if since is None:
+        assert point.shape == (n,)
+    else:
+        conditional = model.risk_with_range(minutes, grade, 12, conditional_after=since)
+        for got, want in zip((point, low, high), conditional, strict=True):
+            assert got[n] == want
+
+
+@pytest.mark.parametrize(
+    ("minutes", "grade", "months", "since"),
+    [
+        ([25, 42], 2, MONTHS, None),  # several patients
+        (42, 2, [], None),
+        (42, 2, [0, 12], None),
+        (42, 2, MONTHS, 12.0),  # not before the last month
+        (42, 2, MONTHS, -1.0),
+        (0, 2, MONTHS, None),
+        (42, 7, MONTHS, None),
+    ],
+)
+def test_patient_risks_refuses_what_it_cannot_score(
+    model: RecurrenceModel, minutes: object, grade: int, months: list[float], since: float | None
+) -> None:
+    with pytest.raises(ValueError):
+        model.patient_risks(minutes, grade, months, since)  # type: ignore[arg-type]
