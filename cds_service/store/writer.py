@@ -210,12 +210,15 @@ class AuditWriter:
             if not stop:
                 assert isinstance(first, AuditRecord)
                 batch.append(first)
-                # Linger briefly so records arriving together share one transaction: one write
-                # per record would cost an fsync each and hold the GIL the request threads need.
-                deadline = time.monotonic() + self._linger
+                # Linger so records arriving together share one transaction: one write per
+                # record would cost an fsync each and hold the GIL the request threads need.
+                # Sleep rather than wait on the queue: a waiting thread is woken by every put,
+                # which costs each request a wake-up syscall and a GIL hand-off.
+                if self._linger and q.qsize() < self._batch_size - 1:  # no wait with a backlog
+                    time.sleep(self._linger)
                 while len(batch) < self._batch_size:
                     try:
-                        item = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                        item = q.get_nowait()
                     except queue.Empty:
                         break
                     if isinstance(item, _Stop):
