@@ -27,7 +27,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from cds_service.logging_setup import JsonFormatter
+import orjson
+
+from cds_service.logging_setup import JsonFormatter, skip_unused_record_fields
 
 
 def _int_env(name: str, default: int) -> int:
@@ -55,7 +57,8 @@ class AccessJsonFormatter(logging.Formatter):
             "request_id": atoms.get("{x-request-id}o"),
             "remote": atoms.get("h"),
         }
-        return json.dumps({k: v for k, v in line.items() if v not in (None, "-")}, default=str)
+        kept = {k: v for k, v in line.items() if v not in (None, "-")}
+        return orjson.dumps(kept, default=str).decode()
 
 
 def _number(value: Any) -> Any:
@@ -107,6 +110,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 _level = os.environ.get("CDS_LOG_LEVEL", "INFO").upper()
+skip_unused_record_fields()
 loglevel = _level.lower()
 accesslog = "-"
 access_log_format = "%(m)s %(U)s %(s)s"  # message text only; AccessJsonFormatter writes the line
