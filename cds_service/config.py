@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CDS_"
+#: The shared-state file's name in ``instance_path`` when ``CDS_SHARED_STATE_PATH`` is not set.
+DEFAULT_SHARED_STATE_FILE = "shared-state.sqlite3"
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,10 @@ class Settings:
     #: SQLite file in ``instance_path``, created and migrated at start-up.
     database_url: str = ""
     instance_path: str = "instance"
+    #: SQLite file holding what the worker processes of one instance share (the JWT replay cache,
+    #: the SMART sessions). Disposable: recreated when missing or outdated. Empty: a file in
+    #: ``instance_path`` (see :meth:`shared_state_file`).
+    shared_state_path: str = ""
     #: How long audit records and feedback are kept (``hfs-cds db purge`` deletes older rows).
     audit_retention_days: int = 400
     #: Largest accepted request body.
@@ -64,6 +71,12 @@ class Settings:
             if raw is not None and f.name != "flask":
                 values[f.name] = _parse(f.name, raw, f.type)
         return cls(**values)
+
+    def shared_state_file(self) -> Path:
+        """The shared-state SQLite file: ``shared_state_path``, else one in ``instance_path``."""
+        if self.shared_state_path:
+            return Path(self.shared_state_path).expanduser().absolute()
+        return Path(self.instance_path).expanduser().absolute() / DEFAULT_SHARED_STATE_FILE
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         """Apply ``create_app(config)`` keys: service settings by upper-case field name, the rest to Flask."""

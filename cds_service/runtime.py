@@ -12,14 +12,16 @@ from cds_service.config import ConfigError, Settings
 from cds_service.hooks.prefetch import FetchPolicy
 from cds_service.hooks.services import CdsService, build_services
 from cds_service.model import load_model_card
-from cds_service.security.ehr_auth import EhrAuthenticator
+from cds_service.security.ehr_auth import EhrAuthenticator, replay_ttl_needed
 from cds_service.security.fhir_client import FhirAllowlist, FhirClient
+from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import (
     TrustConfigError,
     TrustedIssuer,
     development_issuers,
     load_trusted_issuers,
 )
+from cds_service.shared_state import SharedState, SharedStateError
 from cds_service.store import (
     AuditWriter,
     Store,
@@ -39,6 +41,8 @@ class Runtime:
     discovery_json: str
     fhir_client: FhirClient
     fetch_policy: FetchPolicy
+    #: State every worker process of this instance shares (JWT replay cache, SMART sessions).
+    shared_state: SharedState
     authenticator: EhrAuthenticator | None  # None only when CDS_AUTH_REQUIRED is off
     store: Store
     audit: AuditWriter  # audit records are written off the request path
@@ -58,6 +62,7 @@ class Runtime:
             connect_timeout_seconds=settings.fhir_connect_timeout_seconds,
             max_pages=settings.fhir_max_pages,
         )
+        shared = _shared_state(settings)
         return cls(
             settings=settings,
             assessor=Assessor(card, value_sets),
@@ -65,7 +70,8 @@ class Runtime:
             discovery_json=json.dumps(discovery, separators=(",", ":")),
             fhir_client=client,
             fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
-            authenticator=_authenticator(settings),
+            shared_state=shared,
+            authenticator=_authenticator(settings, shared),
             store=(store := _store(settings)),
             audit=AuditWriter(store),
             clock=settings.flask.get("CLOCK") or _utc_now,
@@ -77,6 +83,7 @@ class Runtime:
             self.authenticator.close()
         self.audit.close(timeout=10.0)
         self.store.close()
+        self.shared_state.close()
 
 
 def _store(settings: Settings) -> Store:
@@ -94,8 +101,19 @@ def _store(settings: Settings) -> Store:
     return open_store(url)
 
 
-def _authenticator(settings: Settings) -> EhrAuthenticator | None:
-    """Trusted issuers from the file, plus the development issuers in development mode only."""
+def _shared_state(settings: Settings) -> SharedState:
+    """The instance's shared-state file, created (or recreated) here."""
+    try:
+        return SharedState(settings.shared_state_file())
+    except SharedStateError as exc:
+        raise ConfigError(f"CDS_SHARED_STATE_PATH: {exc}") from exc
+
+
+def _authenticator(settings: Settings, shared: SharedState) -> EhrAuthenticator | None:
+    """Trusted issuers from the file, plus the development issuers in development mode only.
+
+    The replay cache is the shared one, so a token replayed to a sibling worker is refused too.
+    """
     if not settings.auth_required:
         return None
     issuers: tuple[TrustedIssuer, ...] = ()
@@ -112,7 +130,11 @@ def _authenticator(settings: Settings) -> EhrAuthenticator | None:
             "EHR authentication is required (CDS_AUTH_REQUIRED) but no issuer is trusted: set "
             "CDS_TRUSTED_ISSUERS_FILE, or CDS_DEV_MODE=1 for local development"
         )
-    return EhrAuthenticator(issuers)
+    try:
+        replay = SharedReplayCache(shared, max_ttl_seconds=replay_ttl_needed())
+    except SharedStateError as exc:
+        raise ConfigError(f"CDS_SHARED_STATE_PATH: {exc}") from exc
+    return EhrAuthenticator(issuers, replay_cache=replay)
 
 
 def _utc_now() -> datetime:

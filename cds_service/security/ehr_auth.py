@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import jwt
 import requests
@@ -47,6 +47,10 @@ REQUIRED_CLAIMS: Final = ("iss", "aud", "exp", "iat", "jti")
 _COMPACT_JWS: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _MAX_TOKEN_CHARS: Final = 16 * 1024
 _MAX_ID_CHARS: Final = 256  # kid and jti: long enough for any real client, bounded for the cache
+
+#: Clock skew absorbed on ``exp``, ``nbf`` and ``iat``, and the longest accepted ``exp - iat``.
+DEFAULT_LEEWAY_SECONDS: Final = 60.0
+DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: Final = 3600.0
 
 
 class AuthenticationError(Exception):
@@ -242,14 +246,55 @@ class JwksCache:
 # --------------------------------------------------------------------------------------------
 
 
+def replay_ttl_needed(
+    leeway_seconds: float = DEFAULT_LEEWAY_SECONDS,
+    max_token_lifetime_seconds: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+) -> float:
+    """How long a ``jti`` must be remembered so no replay of an accepted token can pass.
+
+    An accepted token passes the exp check until exp + leeway, and exp <= iat + lifetime <=
+    now + leeway + lifetime.
+    """
+    return max_token_lifetime_seconds + 2 * leeway_seconds
+
+
+class ReplayGuard(Protocol):
+    """Remembers accepted ``(iss, jti)`` pairs and refuses them afterwards.
+
+    :class:`ReplayCache` (one process) and
+    :class:`~cds_service.security.shared_replay.SharedReplayCache` (all worker processes of an
+    instance) implement it.
+    """
+
+    @property
+    def max_ttl_seconds(self) -> float:
+        """No entry is kept longer than this."""
+        ...
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
+        """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise
+        ``AuthenticationError`` if it was seen (replay) or no more pairs can be kept (full)."""
+        ...
+
+
+def replayed(iss: str, jti: str) -> AuthenticationError:
+    """The refusal of a replay, worded the same by every cache."""
+    return AuthenticationError(f"replayed jti {_safe(jti)} from iss {_safe(iss)}")
+
+
+#: Why a new token is refused when the cache holds ``max_entries`` live pairs.
+REPLAY_CACHE_FULL: Final = "replay cache full; refusing new tokens"
+
+
 class ReplayCache:
     """Seen ``(iss, jti)`` pairs, each kept until the token it came from can no longer pass.
 
-    In memory and per process: with several worker processes a replay to another worker is not
-    caught (use a shared store there). Expired entries are pruned on every insert. If
-    ``max_entries`` live entries remain after pruning, new tokens are refused (fail closed) rather
-    than letting a flood of valid-but-unique tokens grow memory without bound; at the default of
-    100 000 that takes a client minting more than 27 tokens per second for an hour.
+    In memory, for one process (unit tests, library use); the service uses the
+    :class:`~cds_service.security.shared_replay.SharedReplayCache` its worker processes share.
+    Expired entries are pruned on every insert. If ``max_entries`` live entries remain after
+    pruning, new tokens are refused (fail closed) rather than letting a flood of valid-but-unique
+    tokens grow memory without bound; at the default of 100 000 that takes a client minting more
+    than 27 tokens per second for an hour.
     """
 
     def __init__(self, max_entries: int = 100_000, max_ttl_seconds: float = 3600.0) -> None:
@@ -270,9 +315,9 @@ class ReplayCache:
         with self._lock:
             self._prune(now)
             if key in self._expiry:
-                raise AuthenticationError(f"replayed jti {_safe(jti)} from iss {_safe(iss)}")
+                raise replayed(iss, jti)
             if len(self._expiry) >= self.max_entries:
-                raise AuthenticationError("replay cache full; refusing new tokens")
+                raise AuthenticationError(REPLAY_CACHE_FULL)
             self._expiry[key] = until
             heapq.heappush(self._heap, (until, iss, jti))
 
@@ -335,9 +380,9 @@ class EhrAuthenticator:
         self,
         issuers: Iterable[TrustedIssuer],
         jwks_cache: JwksCache | None = None,
-        replay_cache: ReplayCache | None = None,
-        leeway_seconds: float = 60,
-        max_token_lifetime_seconds: float = 3600,
+        replay_cache: ReplayGuard | None = None,
+        leeway_seconds: float = DEFAULT_LEEWAY_SECONDS,
+        max_token_lifetime_seconds: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
         clock: Clock = time.time,
     ) -> None:
         issuer_list = tuple(issuers)
@@ -352,9 +397,7 @@ class EhrAuthenticator:
             raise ValueError(f"jwks_cache has no keys for {missing}")
         self._leeway = float(leeway_seconds)
         self._max_lifetime = float(max_token_lifetime_seconds)
-        # An accepted token passes the exp check until exp + leeway, and exp <= iat + lifetime <=
-        # now + leeway + lifetime; its jti must be remembered at least that long.
-        needed_ttl = self._max_lifetime + 2 * self._leeway
+        needed_ttl = replay_ttl_needed(self._leeway, self._max_lifetime)
         if replay_cache is None:
             replay_cache = ReplayCache(max_ttl_seconds=needed_ttl)
         elif replay_cache.max_ttl_seconds < needed_ttl:
@@ -362,7 +405,7 @@ class EhrAuthenticator:
                 f"replay_cache.max_ttl_seconds must be at least {needed_ttl:g} "
                 "(max token lifetime + 2 x leeway), or replays could slip through"
             )
-        self._replay = replay_cache
+        self._replay: ReplayGuard = replay_cache
         self._clock = clock
 
     @property
@@ -511,5 +554,7 @@ __all__ = [
     "EhrAuthenticator",
     "JwksCache",
     "ReplayCache",
+    "ReplayGuard",
     "VerifiedClient",
+    "replay_ttl_needed",
 ]
