@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
 from cds_service.model import ModelCard, RecurrenceModel, Tier
 from fhir_mappings import (
     HouseBrackmannGrade,
@@ -181,7 +179,7 @@ class Assessor:
         )
         # Report months plus the horizon (the tier is read there), scored in one call.
         months = sorted({*card.report_months, card.horizon_months})
-        self._months = np.asarray(months, dtype=np.float64)
+        self._months = tuple(float(m) for m in months)
         self._horizon_index = months.index(card.horizon_months)
         self._report_index = [months.index(m) for m in card.report_months]
 
@@ -237,14 +235,11 @@ class Assessor:
             minutes, grade, self._months, months_since if with_conditional else None
         )
         risks = tuple(
-            RiskPoint(float(self._months[i]), float(point[i]), float(low[i]), float(high[i]))
-            for i in self._report_index
+            RiskPoint(self._months[i], point[i], low[i], high[i]) for i in self._report_index
         )
         conditional = None
         if with_conditional:
-            conditional = ConditionalRisk(
-                months_since, horizon, float(point[-1]), float(low[-1]), float(high[-1])
-            )
+            conditional = ConditionalRisk(months_since, horizon, point[-1], low[-1], high[-1])
         return Assessment(
             Status.SCORED,
             inputs=inputs,
@@ -253,8 +248,8 @@ class Assessor:
             months_since_procedure=months_since,
             risks=risks,
             conditional=conditional,
-            tier=(tier := model.tier(float(high[self._horizon_index]))),
-            tier_set_by_range=tier is not model.tier(float(point[self._horizon_index])),
+            tier=(tier := model.tier(high[self._horizon_index])),
+            tier_set_by_range=tier is not model.tier(point[self._horizon_index]),
             x1=model.coded_x1(minutes),
             x2=float(grade),
         )

@@ -194,18 +194,23 @@ def test_risk_with_range_equals_the_separate_calls(model: RecurrenceModel) -> No
 def test_patient_risks_equal_risk_with_range(
     model: RecurrenceModel, minutes: float, grade: int, since: float | None
 ) -> None:
-    # The one-patient fast path is the same formula: equal to the last bit, not just close.
+    # The one-patient path in plain floats is the same formula as the vectorised one.
     point, low, high = model.patient_risks(minutes, grade, MONTHS, since)
     expected = model.risk_with_range(minutes, grade, MONTHS)
     n = len(MONTHS)
     for got, want in zip((point, low, high), expected, strict=True):
-        assert np.array_equal(got[:n], want)
+        assert np.allclose(got[:n], want, rtol=1e-12, atol=0)
     if since is None:
-        assert point.shape == (n,)
+        assert len(point) == n
     else:
         conditional = model.risk_with_range(minutes, grade, 12, conditional_after=since)
         for got, want in zip((point, low, high), conditional, strict=True):
-            assert got[n] == want
+            assert got[n] == pytest.approx(float(want), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("month", [0.0, 0.5, 2.999, 3.0, 3.001, 7.25, 11.99, 12.0])
+def test_one_month_cumulative_hazard_is_np_interp(model: RecurrenceModel, month: float) -> None:
+    assert model._cumhaz_at(month) == model.baseline_cumulative_hazard(month)
 
 
 @pytest.mark.parametrize(

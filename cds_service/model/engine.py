@@ -7,7 +7,10 @@ axis is appended last, as in lifelines' ``predict_*`` methods.
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +63,9 @@ class RecurrenceModel:
         # The published coding (binary X1, ordinal X2, the card's reference patient) is the point estimate.
         self.point_scenario = Scenario("binary", "ordinal", card.reference_x2)
         self._all_codings = _Codings.of((self.point_scenario, *self.scenarios))
+        self._one_patient_scenarios = (self.point_scenario, *self.scenarios)
+        self._knot_month_list = [float(k) for k in self._knot_months]
+        self._knot_cumhaz_list = [float(h) for h in self._knot_cumhaz]
         self._scenario_codings = _Codings.of(self.scenarios)
 
     # -- building blocks -------------------------------------------------------------------------
@@ -132,31 +138,52 @@ class RecurrenceModel:
         self,
         minutes: float,
         hb_grade: float,
-        months: ArrayLike,
+        months: Sequence[float],
         conditional_from: float | None = None,
-    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    ) -> tuple[list[float], list[float], list[float]]:
         """One patient's point, lowest and highest risk at ``months``, and optionally one more
-        column: the risk by the last of ``months`` for a patient still recurrence-free at
+        entry: the risk by the last of ``months`` for a patient still recurrence-free at
         ``conditional_from`` (what :meth:`risk_with_range` gives with ``conditional_after``).
 
-        The same formula as :meth:`risk_with_range`, in one numpy pass: the service scores one
-        patient per request, where numpy's per-call overhead outweighs the arithmetic.
+        The same formula as :meth:`risk_with_range` (tests hold them equal to 1e-12) in plain
+        floats: the service scores one patient per request, and on arrays of one numpy's per-call
+        overhead cost a loaded worker more than the rest of the assessment.
         """
-        m, g = self._check_inputs(minutes, hb_grade)
-        if m.ndim or g.ndim:
-            raise ValueError("patient_risks scores one patient; use risk_with_range for many")
-        t = np.asarray(months, dtype=np.float64)
-        if t.ndim != 1 or not t.size or np.any(t <= 0):
+        try:
+            m, g = float(minutes), float(hb_grade)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "patient_risks scores one patient; use risk_with_range for many"
+            ) from None
+        lo, hi = self.card.hb_grade.model_grades
+        if not 0 < m < math.inf:  # NaN fails too
+            raise ValueError("operation minutes must be finite and positive")
+        if not (lo <= g <= hi and g == round(g)):
+            raise ValueError(f"House-Brackmann grade must be a whole number from {lo} to {hi}")
+        if not months or any(not t > 0 for t in months):
             raise ValueError("months must be a non-empty list of months greater than 0")
-        cumhaz = self.baseline_cumulative_hazard(t)
+        cumhaz = [self._cumhaz_at(t) for t in months]
         if conditional_from is not None:
-            if not 0 <= conditional_from < t[-1]:
+            if not 0 <= conditional_from < months[-1]:
                 raise ValueError("conditional_from must be >= 0 and before the last month")
-            since = self.baseline_cumulative_hazard(conditional_from)
-            cumhaz = np.append(cumhaz, cumhaz[-1] - since)
-        lp = self._stacked_lp(m, g, self._all_codings)
-        risks: FloatArray = -np.expm1(-np.exp(lp)[:, np.newaxis] * cumhaz)
-        return risks[0], risks[1:].min(axis=0), risks[1:].max(axis=0)
+            cumhaz.append(cumhaz[-1] - self._cumhaz_at(conditional_from))
+        rows = [
+            [-math.expm1(-rel * h) for h in cumhaz]
+            for rel in (math.exp(self._lp(m, g, s)) for s in self._one_patient_scenarios)  # type: ignore[arg-type]
+        ]
+        others = list(zip(*rows[1:], strict=True))
+        return rows[0], [min(c) for c in others], [max(c) for c in others]
+
+    def _cumhaz_at(self, t: float) -> float:
+        """``H_ref(t)`` for one month value: np.interp's formula, without an array."""
+        if not 0 <= t <= self.card.horizon_months:
+            raise ValueError(f"months must lie in [0, {self.card.horizon_months:g}]")
+        knots, cumhaz = self._knot_month_list, self._knot_cumhaz_list
+        j = bisect.bisect_right(knots, t) - 1
+        if j == len(knots) - 1 or knots[j] == t:
+            return cumhaz[j]
+        slope = (cumhaz[j + 1] - cumhaz[j]) / (knots[j + 1] - knots[j])
+        return slope * (t - knots[j]) + cumhaz[j]
 
     def scenario_range(
         self,
