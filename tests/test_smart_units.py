@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from flask import Flask
 from cds_service import create_app
 from cds_service.config import ConfigError
 from cds_service.model import RecurrenceModel
+from cds_service.shared_state import SharedState
 from cds_service.smart import RedactSmartQueries, init_smart, launch_url
 from cds_service.smart.chart import build_chart, curve
 from cds_service.smart.context import CardProcedure, app_context_for, card_procedure
@@ -29,8 +32,19 @@ from cds_service.smart.oauth import (
 )
 from cds_service.smart.page import WhatIfInput, parse_what_if
 from cds_service.smart.runtime import default_frame_ancestors
+from cds_service.smart.sealing import Sealer
 from cds_service.smart.settings import DEFAULT_SCOPES, SmartSettings
-from cds_service.smart.store import PendingAuthorization, SessionStore
+from cds_service.smart.shared_store import SharedSessionStore
+from cds_service.smart.store import (
+    MAX_LAUNCHES_PER_SESSION,
+    MAX_PENDING_PER_SESSION,
+    MAX_USED_STATES,
+    LaunchContext,
+    PendingAuthorization,
+    RefreshedTokens,
+    Sessions,
+    SessionStore,
+)
 from tests.smart.pages import Page
 from tests.smart.served import FakeClock
 
@@ -259,6 +273,24 @@ def test_the_card_link_app_context_round_trips() -> None:
 
 
 # -- the session store -------------------------------------------------------------------------------
+# Both stores behave the same: the in-memory one and the one every worker process shares
+# (its cross-process behaviour is in test_smart_shared_store.py).
+
+MakeStore = Callable[..., Sessions]
+
+
+@pytest.fixture(params=["memory", "shared"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """``make_store(clock, idle, **kwargs)``: the in-memory or the shared session store."""
+    shared = SharedState(tmp_path / "shared.sqlite3")
+
+    def make(clock: FakeClock, idle: timedelta, **kwargs: Any) -> Sessions:
+        if request.param == "memory":
+            return SessionStore(clock, idle, **kwargs)
+        return SharedSessionStore(shared, Sealer(), clock, idle, **kwargs)
+
+    yield make
+    shared.close()
 
 
 def _pending(state: str, created: datetime) -> PendingAuthorization:
@@ -267,9 +299,30 @@ def _pending(state: str, created: datetime) -> PendingAuthorization:
     )
 
 
-def test_a_state_works_once_and_only_in_its_own_session() -> None:
+def _launch(ref: str, created: datetime, **fields: Any) -> LaunchContext:
+    values: dict[str, Any] = {
+        "fhir_base": "https://e/fhir",
+        "token_endpoint": "https://e/token",
+        "access_token": "access-1",
+        "token_type": "Bearer",
+        "expires_at": created + timedelta(minutes=5),
+        "refresh_token": "refresh-1",
+        "scope": ("launch", "patient/*.rs"),
+        "patient_id": "p-1",
+        "encounter_id": None,
+        "need_patient_banner": True,
+        "app_context": '{"procedure": "Procedure/x"}',
+        "fhir_context": ("Procedure/y",),
+        "standalone": False,
+        "created": created,
+        **fields,
+    }
+    return LaunchContext(ref=ref, **values)
+
+
+def test_a_state_works_once_and_only_in_its_own_session(make_store: MakeStore) -> None:
     clock = FakeClock()
-    store = SessionStore(clock, timedelta(hours=1))
+    store = make_store(clock, timedelta(hours=1))
     mine, created = store.open(None)
     other, _ = store.open(None)
     assert created and mine != other
@@ -280,18 +333,18 @@ def test_a_state_works_once_and_only_in_its_own_session() -> None:
     assert store.take_pending(None, "s1") == "no-session"
 
 
-def test_a_stale_authorization_expires() -> None:
+def test_a_stale_authorization_expires(make_store: MakeStore) -> None:
     clock = FakeClock()
-    store = SessionStore(clock, timedelta(hours=1))
+    store = make_store(clock, timedelta(hours=1))
     cookie, _ = store.open(None)
     store.add_pending(cookie, _pending("s1", clock()))
     clock.advance(timedelta(minutes=11))
     assert store.take_pending(cookie, "s1") == "expired"
 
 
-def test_idle_sessions_end_and_unknown_cookies_are_never_adopted() -> None:
+def test_idle_sessions_end_and_unknown_cookies_are_never_adopted(make_store: MakeStore) -> None:
     clock = FakeClock()
-    store = SessionStore(clock, timedelta(minutes=30))
+    store = make_store(clock, timedelta(minutes=30))
     cookie, _ = store.open(None)
     assert store.open(cookie) == (cookie, False)
     clock.advance(timedelta(minutes=31))
@@ -300,6 +353,169 @@ def test_idle_sessions_end_and_unknown_cookies_are_never_adopted() -> None:
     assert created and fresh != cookie
     planted, created = store.open("attacker-chosen-value")
     assert created and planted != "attacker-chosen-value"
+
+
+def test_a_used_session_stays_alive(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(minutes=30))
+    cookie, _ = store.open(None)
+    for _ in range(3):
+        clock.advance(timedelta(minutes=20))
+        assert store.launch(cookie, "any") is None  # any use counts
+    assert store.exists(cookie)
+
+
+def test_a_pending_authorization_keeps_everything_the_callback_needs(
+    make_store: MakeStore,
+) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    pending = PendingAuthorization(
+        "s1", "verifier-" + "x" * 40, "https://e/fhir", "https://e/t", "https://a/cb", True, clock()
+    )
+    store.add_pending(cookie, pending)
+    assert store.take_pending(cookie, "s1") == pending
+
+
+def test_a_launch_belongs_to_its_session(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    mine, _ = store.open(None)
+    other, _ = store.open(None)
+    launch = _launch("r1", clock())
+    store.add_launch(mine, launch)
+    assert store.launch(other, "r1") is None
+    assert store.launch(None, "r1") is None
+    assert store.launch(mine, "r1") == launch
+    store.drop_launch(mine, "r1")
+    assert store.launch(mine, "r1") is None
+
+
+def test_per_session_maxima_drop_the_oldest(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    for i in range(MAX_PENDING_PER_SESSION + 1):
+        store.add_pending(cookie, _pending(f"p{i}", clock()))
+    assert store.take_pending(cookie, "p0") == "unknown"  # dropped, never used
+    assert isinstance(store.take_pending(cookie, "p1"), PendingAuthorization)
+    for i in range(MAX_LAUNCHES_PER_SESSION + 1):
+        store.add_launch(cookie, _launch(f"r{i}", clock()))
+    assert store.launch(cookie, "r0") is None
+    assert store.launch(cookie, "r1") is not None
+
+
+def test_used_states_are_remembered_up_to_a_bound(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    for i in range(MAX_USED_STATES + 1):
+        store.add_pending(cookie, _pending(f"u{i}", clock()))
+        store.take_pending(cookie, f"u{i}")
+    assert store.take_pending(cookie, "u1") == "used"
+    assert store.take_pending(cookie, "u0") == "unknown"  # forgotten: the oldest used
+
+
+def test_the_least_recently_used_session_goes_when_there_are_too_many(
+    make_store: MakeStore,
+) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1), max_sessions=3)
+    first, _ = store.open(None)
+    clock.advance(timedelta(minutes=1))
+    second, _ = store.open(None)
+    clock.advance(timedelta(minutes=1))
+    third, _ = store.open(None)
+    clock.advance(timedelta(minutes=1))
+    store.open(first)  # used again: now the second is the least recently used
+    clock.advance(timedelta(minutes=1))
+    fourth, _ = store.open(None)
+    assert [store.exists(c) for c in (first, second, third, fourth)] == [True, False, True, True]
+
+
+# -- token refresh (the store makes it happen once) --------------------------------------------------
+
+
+def _tokens(n: int) -> RefreshedTokens:
+    return RefreshedTokens(f"access-{n}", None, f"refresh-{n}", ("launch",))
+
+
+def test_a_refresh_replaces_the_tokens(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    store.add_launch(cookie, _launch("r1", clock()))
+    used: list[str] = []
+
+    def refresh(token: str) -> RefreshedTokens:
+        used.append(token)
+        return _tokens(2)
+
+    current = store.refresh_launch(cookie, "r1", "access-1", refresh)
+    assert current is not None and current.access_token == "access-2"
+    stored = store.launch(cookie, "r1")
+    assert stored is not None
+    assert (stored.access_token, stored.refresh_token, stored.scope) == (
+        "access-2",
+        "refresh-2",
+        ("launch",),
+    )
+    assert stored.expires_at is None and stored.patient_id == "p-1"
+    # Asked again with the old token: already refreshed, nothing is sent.
+    again = store.refresh_launch(cookie, "r1", "access-1", refresh)
+    assert again is not None and again.access_token == "access-2"
+    assert used == ["refresh-1"]
+
+
+def test_a_failed_refresh_forgets_the_refresh_token(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    store.add_launch(cookie, _launch("r1", clock()))
+
+    def refused(token: str) -> RefreshedTokens:
+        raise SmartError(Failure.TOKEN_FAILED, "invalid_grant")
+
+    with pytest.raises(SmartError):
+        store.refresh_launch(cookie, "r1", "access-1", refused)
+    stored = store.launch(cookie, "r1")
+    assert stored is not None and stored.refresh_token is None
+    assert store.refresh_launch(cookie, "r1", "access-1", refused) is None  # nothing to use
+    assert store.refresh_launch(cookie, "gone", "access-1", refused) is None
+
+
+def test_concurrent_refreshes_use_the_refresh_token_once(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock, timedelta(hours=1))
+    cookie, _ = store.open(None)
+    store.add_launch(cookie, _launch("r1", clock()))
+    started, release = threading.Event(), threading.Event()
+    used: list[str] = []
+
+    def slow_refresh(token: str) -> RefreshedTokens:
+        used.append(token)
+        started.set()
+        assert release.wait(timeout=30)
+        return _tokens(2)
+
+    results: list[str | None] = []
+
+    def ask() -> None:
+        current = store.refresh_launch(cookie, "r1", "access-1", slow_refresh)
+        results.append(current.access_token if current else None)
+
+    first = threading.Thread(target=ask)
+    first.start()
+    assert started.wait(timeout=30)
+    others = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    release.set()
+    for thread in [first, *others]:
+        thread.join(timeout=30)
+    assert used == ["refresh-1"]
+    assert results == ["access-2"] * 4
 
 
 # -- chart and what-if -------------------------------------------------------------------------------

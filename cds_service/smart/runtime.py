@@ -11,15 +11,17 @@ from cds_service.runtime import Runtime
 from cds_service.security.fhir_client import FhirAllowlist, FhirClient
 from cds_service.smart.oauth import OAuthClient
 from cds_service.smart.record import RecordReader
+from cds_service.smart.sealing import Sealer
 from cds_service.smart.settings import SmartSettings
-from cds_service.smart.store import SessionStore
+from cds_service.smart.shared_store import SharedSessionStore
+from cds_service.smart.store import Sessions
 
 
 @dataclass(frozen=True, slots=True)
 class SmartRuntime:
     settings: SmartSettings
     cds: Runtime  # the service's runtime: the one Assessor, the clock, the public base URL
-    store: SessionStore
+    store: Sessions  # shared by the instance's worker processes
     oauth: OAuthClient
     fhir_client: FhirClient  # allowlisted to the SMART FHIR bases only
     reader: RecordReader
@@ -42,7 +44,15 @@ class SmartRuntime:
         return cls(
             settings=settings,
             cds=cds,
-            store=SessionStore(cds.clock, timedelta(seconds=settings.session_idle_seconds)),
+            store=SharedSessionStore(
+                cds.shared_state,
+                # Made here, in memory only: with gunicorn's preload_app the master builds the
+                # app and every worker it forks inherits this key (see smart/sealing.py).
+                Sealer(),
+                cds.clock,
+                timedelta(seconds=settings.session_idle_seconds),
+                lease_seconds=refresh_lease_seconds(settings),
+            ),
             oauth=OAuthClient(
                 settings.client_id,
                 settings.client_secret,
@@ -58,6 +68,12 @@ class SmartRuntime:
     def close(self) -> None:
         self.fhir_client.close()
         self.oauth.close()
+
+
+def refresh_lease_seconds(settings: SmartSettings) -> float:
+    """How long a token refresh may hold its launch: longer than a token request can take
+    (connect and read timeouts, plus a margin), so a refresh token is never sent twice."""
+    return 2 * settings.http_timeout_seconds + 5.0
 
 
 def default_frame_ancestors(settings: SmartSettings) -> tuple[str, ...]:

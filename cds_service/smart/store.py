@@ -1,12 +1,14 @@
 """Server-side SMART sessions: what a browser may use, keyed by an opaque random cookie.
 
 The cookie holds only a random 256-bit id; tokens, PKCE verifiers, ``state`` values and the launch
-context stay in this process. One browser session holds the authorizations it started (``state`` →
+context stay on the server. One browser session holds the authorizations it started (``state`` →
 verifier, single use, ten minutes) and the launches it completed (a random reference → token and
 context), so two tabs with two patients do not mix. Sessions end after an idle period.
 
-The store is in memory, per process: run the app in one worker process (threads are fine), or
-behind sticky sessions, or replace :class:`SessionStore` with a shared one offering the same methods.
+:class:`Sessions` is what the app needs from a store. The app uses
+:class:`~cds_service.smart.shared_store.SharedSessionStore`, which every worker process of the
+instance shares; :class:`SessionStore` here is the same in the memory of one process (tests,
+library use).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 #: How long an authorization request may take (the EHR's login included).
 PENDING_TTL = timedelta(minutes=10)
@@ -66,8 +68,60 @@ class LaunchContext:
     fhir_context: tuple[str, ...]
     standalone: bool
     created: datetime
-    #: Serialises token refreshes of this launch (a refresh token is used only once).
+    #: Serialises token refreshes of this launch in :class:`SessionStore` (a refresh token is
+    #: used only once); the shared store uses a lease instead.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshedTokens:
+    """What a token refresh gave: the new access token and what came with it."""
+
+    access_token: str
+    expires_at: datetime | None
+    refresh_token: str | None  # None: the server sent none, keep the old one
+    scope: tuple[str, ...] | None  # None: the server did not say, keep the old one
+
+
+#: Uses a refresh token (once) and returns the new tokens; raises when the refresh failed.
+Refresh = Callable[[str], RefreshedTokens]
+
+
+class Sessions(Protocol):
+    """The session store the SMART views use (see the module docstring)."""
+
+    def open(self, cookie: str | None) -> tuple[str, bool]:
+        """The session for ``cookie``, or a new one: ``(cookie value, created)``."""
+        ...
+
+    def exists(self, cookie: str | None) -> bool: ...
+
+    def add_pending(self, cookie: str, pending: PendingAuthorization) -> None: ...
+
+    def take_pending(self, cookie: str | None, state: str) -> PendingAuthorization | StateRefusal:
+        """Consume ``state`` (single use): the pending request, or why it is refused."""
+        ...
+
+    def add_launch(self, cookie: str, launch: LaunchContext) -> None: ...
+
+    def launch(self, cookie: str | None, ref: str) -> LaunchContext | None:
+        """The launch ``ref`` if it belongs to this browser session (else None)."""
+        ...
+
+    def drop_launch(self, cookie: str | None, ref: str) -> None: ...
+
+    def refresh_launch(
+        self, cookie: str | None, ref: str, stale: str, refresh: Refresh
+    ) -> LaunchContext | None:
+        """The launch with a newer access token than ``stale``, or None if there is none to have.
+
+        If the stored token is still ``stale``, ``refresh`` is called with the refresh token,
+        once per expiry however many requests ask at the same moment: the others wait and get
+        its result. When ``refresh`` raises, the refresh token is forgotten (never reused) and
+        the exception propagates. None: the launch is gone, it has no refresh token, or another
+        request's refresh did not finish in time.
+        """
+        ...
 
 
 @dataclass(slots=True)
@@ -79,11 +133,17 @@ class BrowserSession:
 
 
 class SessionStore:
-    """Thread-safe in-memory sessions with idle expiry; every read is bounded in time and size."""
+    """Thread-safe in-memory sessions with idle expiry; every read is bounded in time and size.
 
-    def __init__(self, clock: Callable[[], datetime], idle: timedelta) -> None:
+    One process only: a sibling worker process would not see these sessions.
+    """
+
+    def __init__(
+        self, clock: Callable[[], datetime], idle: timedelta, max_sessions: int = MAX_SESSIONS
+    ) -> None:
         self._clock = clock
         self._idle = idle
+        self._max_sessions = max_sessions
         self._sessions: OrderedDict[str, BrowserSession] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -104,7 +164,7 @@ class SessionStore:
                 return cookie, False
             value = secrets.token_urlsafe(32)
             self._sessions[_key(value)] = BrowserSession(last_seen=now)
-            while len(self._sessions) > MAX_SESSIONS:
+            while len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
             return value, True
 
@@ -167,6 +227,26 @@ class SessionStore:
             if session is not None:
                 session.launches.pop(ref, None)
 
+    def refresh_launch(
+        self, cookie: str | None, ref: str, stale: str, refresh: Refresh
+    ) -> LaunchContext | None:
+        """See :meth:`Sessions.refresh_launch`; the launch's own lock serialises refreshes."""
+        context = self.launch(cookie, ref)
+        if context is None:
+            return None
+        with context.lock:
+            if context.access_token != stale:
+                return context  # refreshed by another request meanwhile
+            if not context.refresh_token:
+                return None
+            try:
+                tokens = refresh(context.refresh_token)
+            except BaseException:
+                context.refresh_token = None  # never reuse a refresh token that failed
+                raise
+            apply_refresh(context, tokens)
+            return context
+
     # -- internals -------------------------------------------------------------------------------
 
     def _expire(self, now: datetime) -> None:
@@ -176,6 +256,16 @@ class SessionStore:
             if session.last_seen is not None and now - session.last_seen <= self._idle:
                 break
             del self._sessions[key]
+
+
+def apply_refresh(context: LaunchContext, tokens: RefreshedTokens) -> None:
+    """Put the refreshed tokens into ``context``, keeping what the server did not replace."""
+    context.access_token = tokens.access_token
+    context.expires_at = tokens.expires_at
+    if tokens.refresh_token:
+        context.refresh_token = tokens.refresh_token
+    if tokens.scope is not None:
+        context.scope = tokens.scope
 
 
 def new_ref() -> str:

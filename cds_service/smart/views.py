@@ -46,7 +46,12 @@ from cds_service.smart.page import (
 )
 from cds_service.smart.record import FhirUnauthorized, PatientRecord
 from cds_service.smart.runtime import SmartRuntime
-from cds_service.smart.store import LaunchContext, PendingAuthorization, new_ref
+from cds_service.smart.store import (
+    LaunchContext,
+    PendingAuthorization,
+    RefreshedTokens,
+    new_ref,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,27 +334,27 @@ def _usable_token(context: LaunchContext) -> str:
 
 
 def _refresh(context: LaunchContext, stale: str) -> str:
-    """Refresh once per expiry even if several requests need it at the same moment."""
+    """Refresh once per expiry even if several requests, in any worker process, need it at the
+    same moment (the store serialises them; the others get the new token)."""
     smart = _smart()
-    with context.lock:
-        if context.access_token != stale:
-            return context.access_token  # another request refreshed it meanwhile
-        if not context.refresh_token:
-            raise SmartError(Failure.SESSION_EXPIRED, "no refresh token")
-        try:
-            token = smart.oauth.refresh(context.token_endpoint, context.refresh_token)
-        except SmartError as exc:
-            context.refresh_token = None  # never reuse a refresh token that failed
-            log.warning("SMART token refresh failed: %s", exc.failure.value)
-            raise SmartError(Failure.SESSION_EXPIRED, exc.detail) from exc
-        context.access_token = token.access_token
-        context.expires_at = _expires_at(smart.clock(), token)
-        if token.refresh_token:
-            context.refresh_token = token.refresh_token
-        if token.scope is not None:
-            context.scope = token.scope
+
+    def refresh(refresh_token: str) -> RefreshedTokens:
+        token = smart.oauth.refresh(context.token_endpoint, refresh_token)
         log.info("SMART access token refreshed")
-        return context.access_token
+        return RefreshedTokens(
+            token.access_token, _expires_at(smart.clock(), token), token.refresh_token, token.scope
+        )
+
+    try:
+        current = smart.store.refresh_launch(
+            request.cookies.get(COOKIE), context.ref, stale, refresh
+        )
+    except SmartError as exc:  # the store has forgotten the refresh token that failed
+        log.warning("SMART token refresh failed: %s", exc.failure.value)
+        raise SmartError(Failure.SESSION_EXPIRED, exc.detail) from exc
+    if current is None:
+        raise SmartError(Failure.SESSION_EXPIRED, "the access token could not be refreshed")
+    return current.access_token
 
 
 def _expires_at(now: datetime, token: TokenResponse) -> datetime | None:
