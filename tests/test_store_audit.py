@@ -374,26 +374,28 @@ def test_flush_times_out_while_the_database_hangs() -> None:
     writer.close()
 
 
-def test_after_a_fork_the_writer_starts_its_own_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_after_a_fork_the_writer_starts_its_own_thread() -> None:
     """A pre-forking server creates the app (and writer) before forking; workers must still audit."""
-    import cds_service.store.writer as module
-
     sink = GatedSink()
     writer = AuditWriter(sink)
     writer.submit(synthetic_record("parent", AS_OF))
     assert writer.flush(10)
-    parent_thread, parent_queue = writer._thread, writer._queue
-    real_pid = os.getpid()
-    monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)
-    writer.submit(synthetic_record("child", AS_OF))
-    assert writer.flush(10)
-    assert writer._thread is not parent_thread
-    assert sink.written == ["parent", "child"]
+    parent_thread = writer._thread
+    pid = os.fork()
+    if pid == 0:  # the child: a real fork, so the parent's writer thread does not exist here
+        code = 1
+        try:
+            fresh = writer._thread is None and writer.stats.queued == 0
+            writer.submit(synthetic_record("child", AS_OF))
+            written = writer.flush(10) and sink.written == ["parent", "child"]
+            code = 0 if fresh and written and writer._thread is not parent_thread else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert writer._thread is parent_thread and parent_thread is not None
+    assert parent_thread.is_alive() and sink.written == ["parent"]  # the parent is untouched
     assert writer.close()
-    assert parent_thread is not None  # in a real fork it would not exist; here, end it
-    parent_queue.put(module._Stop())
-    parent_thread.join(10)
-    assert not parent_thread.is_alive()
 
 
 def test_invalid_writer_settings_are_refused() -> None:

@@ -29,6 +29,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,6 +62,12 @@ class WriterStats:
     dropped_closed: int  # submitted after close()
     retries: int
     queued: int  # waiting or being written now
+
+
+def _reset_in_child(ref: weakref.ref[AuditWriter]) -> None:
+    writer = ref()
+    if writer is not None:
+        writer._after_fork_in_child()
 
 
 class _Stop:
@@ -106,6 +113,9 @@ class AuditWriter:
         self._submitted = self._written = self._retries = 0
         self._dropped_full = self._dropped_failed = self._dropped_closed = 0
         atexit.register(self._at_exit)
+        # A weak reference: the fork hook can never be unregistered and must not keep us alive.
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_in_child(me))
 
     # -- request side ----------------------------------------------------------------------------
 
@@ -189,14 +199,19 @@ class AuditWriter:
 
     # -- the writer thread -----------------------------------------------------------------------
 
+    def _after_fork_in_child(self) -> None:
+        """The parent's thread and queued records are not the child's: start afresh."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # the parent may have held it at the fork
+        self._idle = threading.Condition(self._lock)
+        self._queue = queue.Queue(maxsize=self._max_queue)
+        self._thread = None
+        self._pending = 0
+
     def _ensure_thread(self) -> None:
         """Start the thread on first use in this process (called with the lock held)."""
-        pid = os.getpid()
-        if pid != self._pid:  # forked: the parent's thread and queue contents are not ours
-            self._pid = pid
-            self._queue = queue.Queue(maxsize=self._max_queue)
-            self._thread = None
-            self._pending = 0
+        # No os.getpid() here: a fork is seen by _after_fork_in_child, and a syscall per hook
+        # call showed in the profile.
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="hfs-cds-audit", daemon=True)
             self._thread.start()
