@@ -11,6 +11,9 @@ Everything comes from the environment, with the image's defaults:
   requests in flight on SIGTERM (``docker stop`` waits 10 s unless told ``--time 35``);
 * ``CDS_LOG_LEVEL`` (INFO).
 
+One access line per request; a hook call's line also names the service, the assessment status,
+the number of cards and the hookInstance.
+
 The app is loaded once in the master before the workers fork (``preload_app``): the model card and
 the trust list are read and checked once, and a bad one stops the container at start-up instead of
 failing each worker. Logs are JSON lines on stderr (the service's own formatter), access lines
@@ -57,6 +60,10 @@ class AccessJsonFormatter(logging.Formatter):
             "request_id": atoms.get("{x-request-id}o"),
             "remote": atoms.get("h"),
         }
+        # A hook call's outcome (service, status, cards, hookInstance), left in the WSGI environ.
+        outcome = atoms.get("{hfs_cds.outcome}e")
+        if isinstance(outcome, Mapping):
+            line.update(outcome)
         kept = {k: v for k, v in line.items() if v not in (None, "-")}
         return orjson.dumps(kept, default=str).decode()
 
@@ -98,6 +105,10 @@ _refuse_bad_configuration()
 wsgi_app = "cds_service.app:create_app()"
 bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{_int_env('PORT', 8080)}"]
 workers = _int_env("WEB_CONCURRENCY", 1)
+# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections over the
+# workers. On one shared socket the first idle worker accepts a whole burst, and EHRs keep their
+# connections open: one worker could serve them all while the others idle.
+reuse_port = True
 worker_class = "gthread"
 threads = _int_env("GUNICORN_THREADS", 8)
 preload_app = True

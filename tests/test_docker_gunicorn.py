@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -161,6 +162,23 @@ def test_a_hook_call_through_gunicorn_gets_the_card(served: Served) -> None:
     assert response.status_code == 200
     (card,) = response.json()["cards"]
     assert "by 12 months" in card["summary"]
+    # One access line per call, carrying the hook's outcome.
+    access = _access_line_of(served, response.headers["X-Request-ID"])
+    assert access["path"] == "/cds-services/hfs-rfa-recurrence-patient-view"
+    assert access["service"] == "hfs-rfa-recurrence-patient-view"
+    assert access["status"] == 200 and access["assessment"] == "scored" and access["cards"] == 1
+    assert access["hook_instance"] == body["hookInstance"]
+
+
+def _access_line_of(served: Served, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in served.log.read_text().splitlines():
+            if request_id in line and '"gunicorn.access"' in line:
+                parsed: dict[str, Any] = json.loads(line)
+                return parsed
+        time.sleep(0.05)
+    raise AssertionError("no access line for the request")
 
 
 def test_logs_are_json_lines_with_paths_but_no_query_strings(served: Served) -> None:
