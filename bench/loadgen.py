@@ -23,6 +23,8 @@ class LoadResult:
     errors: int  # socket errors, timeouts and non-2xx answers
     p50_ms: float
     p99_ms: float
+    #: CPU seconds the server's workers used per request (user + system), set by the caller.
+    server_cpu_us: float | None = None
 
     @property
     def rps(self) -> float:

@@ -93,11 +93,12 @@ def _keys() -> tuple[dict[str, Any], dict[str, Any]]:
     """One ES384 and one RS384 key: (public JWKS, private keys by algorithm)."""
     es = ec.generate_private_key(ec.SECP384R1())
     rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = []
-    for alg, key, algo in (("ES384", es, ECAlgorithm), ("RS384", rs, RSAAlgorithm)):
-        jwk = algo.to_jwk(key.public_key(), as_dict=True)
+    public = [
+        ECAlgorithm.to_jwk(es.public_key(), as_dict=True),
+        RSAAlgorithm.to_jwk(rs.public_key(), as_dict=True),
+    ]
+    for jwk, alg in zip(public, ("ES384", "RS384"), strict=True):
         jwk.update({"kid": f"bench-{alg.lower()}", "alg": alg, "use": "sig"})
-        public.append(jwk)
     return {"keys": public}, {"ES384": es, "RS384": rs}
 
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +76,8 @@ class Row:
     rounds: list[LoadResult] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.rounds)
+        values: list[float] = [getattr(r, attr) for r in self.rounds]
+        return statistics.median(values)
 
 
 @contextmanager
@@ -107,23 +108,68 @@ def gunicorn(env: dict[str, str], port: int) -> Iterator[tuple[subprocess.Popen[
             if time.monotonic() > deadline:
                 raise RuntimeError("gunicorn did not answer within 30 s")
             time.sleep(0.02)
-        yield process, time.perf_counter() - started
+        first_answer = time.perf_counter() - started
+        _wait_for_all_workers(process.pid)
+        yield process, first_answer
     finally:
         process.terminate()
         process.wait(timeout=15)
 
 
-def worker_rss_mb(master_pid: int) -> list[float]:
-    """RSS of each gunicorn worker (children of the master), from /proc."""
-    sizes = []
+def _wait_for_all_workers(master_pid: int, settle: float = 0.5, limit: float = 15.0) -> None:
+    """Return once the worker count has been steady for ``settle`` seconds.
+
+    The first answer can come from the first worker to boot. wrk opens its connections once and
+    keeps them, so starting the load before every worker listens would pin them all on one.
+    """
+    deadline = time.monotonic() + limit
+    seen, steady_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = len(worker_pids(master_pid))
+        if count != seen:
+            seen, steady_since = count, time.monotonic()
+        elif count and time.monotonic() - steady_since >= settle:
+            return
+        time.sleep(0.05)
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The gunicorn workers: children of the master, from /proc."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[1]) != master_pid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == master_pid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def workers_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the given processes so far, from /proc/<pid>/stat.
+
+    CPU per request is the benchmark's noise-resistant figure: a busy machine lowers the
+    requests per second of every scenario, but hardly what each request costs the worker.
+    """
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def worker_rss_mb(master_pid: int) -> list[float]:
+    """RSS of each gunicorn worker, from /proc."""
+    sizes = []
+    for pid in worker_pids(master_pid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     sizes.append(int(line.split()[1]) / 1024)
         except (OSError, IndexError, ValueError):
@@ -199,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "CDS_DEV_MODE": "1",  # only to reach the loopback http FHIR server in S5
             "CDS_FHIR_ALLOWLIST": fhir.base,
             "CDS_FHIR_FETCH_WITHOUT_TOKEN": "1",
+            "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port_open}",  # set in production too
         }
         secured_env = {
             **common,
@@ -241,6 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ):
             results["start_s"] = start_s
             ports = {"open": port_open, "secured": port_secured}
+            servers = {"open": open_proc, "secured": secured_proc}
             for round_index in range(rounds):
                 for s in scenarios:
                     if s.tokens and not payloads.token_files[s.tokens].exists():
@@ -250,10 +298,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     body = payloads.files[s.body] if s.body else None
                     tokens = payloads.token_files[s.tokens] if s.tokens else None
                     conns = s.connections or connections
+                    workers = worker_pids(servers[s.server].pid)
+                    cpu_before = workers_cpu_seconds(workers)
                     if use_wrk:
                         result = wrk_load(url, body, tokens, duration, conns, threads=min(2, conns))
                     else:
                         result = python_load(url, body, tokens, duration, conns)
+                    if result.requests:
+                        used = workers_cpu_seconds(workers) - cpu_before
+                        result.server_cpu_us = used / result.requests * 1e6
                     rows[s.id].rounds.append(result)
                     if s.tokens:  # every token is spent; mint a fresh pool for the next round
                         payloads.token_files[s.tokens].unlink()
@@ -280,6 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "p50_ms": row.median("p50_ms"),
             "p99_ms": row.median("p99_ms"),
+            "server_cpu_us": _median_or_none(r.server_cpu_us for r in row.rounds),
             "errors": sum(r.errors for r in row.rounds),
             "rounds": [asdict(r) for r in row.rounds],
         }
@@ -288,6 +342,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["targets"] = check_targets(results)
     shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def _median_or_none(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def check_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -322,17 +381,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"Run {results['date']} on {results['machine']}; load: {results['load_generator']}, "
         f"{results['connections']} connections, {results['duration_s']} s x {results['rounds']} rounds.",
         "",
-        "| Scenario | req/s | ratio to S0 | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| Scenario | req/s | ratio to S0 | p50 ms | p99 ms | errors | worker CPU us/req |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in results["scenarios"]:
+        cpu = s.get("server_cpu_us")
         lines.append(
             f"| {s['id']} {s['title']} | {s['rps']:.0f} | {s['ratio_to_s0']:.2f} | {s['p50_ms']:.2f} | "
-            f"{s['p99_ms']:.2f} | {s['errors']} |"
+            f"{s['p99_ms']:.2f} | {s['errors']} | {'' if cpu is None else f'{cpu:.0f}'} |"
         )
     ip = results["in_process"]
     lines += [
-        f"| S6 assess() in process | | | {ip['us_per_patient'] / 1000:.3f} | | |",
+        f"| S6 assess() in process | | | {ip['us_per_patient'] / 1000:.3f} | | | |",
         "",
         f"Vectorised model: {ip['patient_horizons_per_s']:.3g} patient-horizons/s "
         f"({ip['n']:,} patients x 3). "
