@@ -34,10 +34,6 @@ _META = (
     "(part TEXT PRIMARY KEY, fingerprint INTEGER NOT NULL) WITHOUT ROWID"
 )
 
-# Connections inherited through fork: kept referenced so the child never closes (finalises) them,
-# which could disturb the parent's locks; the child opens its own instead.
-_inherited: list[sqlite3.Connection] = []
-
 
 class SharedStateError(Exception):
     """The shared-state file cannot be created or opened."""
@@ -47,6 +43,25 @@ class _Connection(sqlite3.Connection):
     """A connection that remembers the process that opened it (and can be weakly referenced)."""
 
     owner_pid: int
+
+
+class _ThreadConnection:
+    """A thread's connection, closed explicitly when the thread is gone (its ``threading.local``
+    is cleared): servers that start a thread per request do not leave connections to the GC."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        if self.conn.owner_pid == os.getpid():
+            self.conn.close()
+
+
+# Connections inherited through fork: kept referenced so the child never closes (finalises) them,
+# which could disturb the parent's locks; the child opens its own instead.
+_inherited: list[_ThreadConnection] = []
 
 
 class SharedState:
@@ -72,15 +87,14 @@ class SharedState:
     def connection(self) -> sqlite3.Connection:
         """This thread's connection in this process (autocommit; use :meth:`write` for several
         statements that must commit together)."""
-        conn: _Connection | None = getattr(self._local, "conn", None)
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
         pid = os.getpid()
-        if conn is not None and conn.owner_pid == pid:
-            return conn
-        if conn is not None:
-            _inherited.append(conn)  # opened before a fork: never used or closed here
+        if held is not None and held.conn.owner_pid == pid:
+            return held.conn
+        if held is not None:
+            _inherited.append(held)  # opened before a fork: never used or closed here
         conn = self._connect()
-        conn.owner_pid = pid
-        self._local.conn = conn
+        self._local.held = _ThreadConnection(conn)
         with self._lock:
             self._opened.add(conn)
         return conn
@@ -108,7 +122,7 @@ class SharedState:
                 self._opened.discard(conn)
         for conn in mine:
             conn.close()
-        self._local.conn = None
+        self._local.held = None
 
     # -- schema ----------------------------------------------------------------------------------
 

@@ -114,6 +114,16 @@ def test_each_thread_has_its_own_connection(shared: SharedState) -> None:
     assert theirs and theirs[0] is not mine
 
 
+def test_a_threads_connection_is_closed_when_the_thread_ends(shared: SharedState) -> None:
+    """Servers that start a thread per request (``hfs-cds serve``) do not pile up connections."""
+    theirs: list[sqlite3.Connection] = []
+    thread = threading.Thread(target=lambda: theirs.append(shared.connection()))
+    thread.start()
+    thread.join()
+    with pytest.raises(sqlite3.ProgrammingError):
+        theirs[0].execute("SELECT 1")
+
+
 def test_a_write_transaction_commits_or_rolls_back(shared: SharedState) -> None:
     shared.ensure_schema("demo", ["CREATE TABLE demo_rows (x INTEGER)"])
     with shared.write() as conn:
