@@ -3,10 +3,13 @@
 Everything comes from the environment, with the image's defaults:
 
 * ``HOST`` (0.0.0.0) and ``PORT`` (8080): where to listen;
-* ``WEB_CONCURRENCY`` (1) worker processes, ``GUNICORN_THREADS`` (8) threads each: a hook call may
-  wait up to ``CDS_FHIR_BUDGET_SECONDS`` on the EHR's FHIR server, so threads keep the worker free.
-  Keep one process: the service's JWT replay cache (``jti``) lives in the process, so a token
-  replayed to a sibling worker would be accepted;
+* ``WEB_CONCURRENCY`` (2) worker processes, ``GUNICORN_THREADS`` (4) threads each. Scoring is
+  CPU-bound and one process is held by Python's GIL, so processes give throughput (one per core);
+  a hook call may wait up to ``CDS_FHIR_BUDGET_SECONDS`` on the EHR's FHIR server, so a few
+  threads keep a worker free meanwhile (more threads only add GIL hand-offs: the benchmark's worker
+  CPU per hook call doubled at eight). The workers share the JWT replay cache and the SMART
+  sessions through ``CDS_SHARED_STATE_PATH`` (a SQLite file; see :mod:`cds_service.shared_state`);
+  the SMART sessions' sealing key is made once in the master, hence ``preload_app`` below;
 * ``GUNICORN_TIMEOUT`` (30 s) per request and ``GUNICORN_GRACEFUL_TIMEOUT`` (30 s) to finish
   requests in flight on SIGTERM (``docker stop`` waits 10 s unless told ``--time 35``);
 * ``CDS_LOG_LEVEL`` (INFO).
@@ -104,13 +107,13 @@ _refuse_bad_configuration()
 
 wsgi_app = "cds_service.app:create_app()"
 bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{_int_env('PORT', 8080)}"]
-workers = _int_env("WEB_CONCURRENCY", 1)
+workers = _int_env("WEB_CONCURRENCY", 2)
 # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections over the
 # workers. On one shared socket the first idle worker accepts a whole burst, and EHRs keep their
 # connections open: one worker could serve them all while the others idle.
 reuse_port = True
 worker_class = "gthread"
-threads = _int_env("GUNICORN_THREADS", 8)
+threads = _int_env("GUNICORN_THREADS", 4)
 preload_app = True
 timeout = _int_env("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)

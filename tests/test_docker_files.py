@@ -143,7 +143,8 @@ def test_the_image_sets_no_trust_or_development_defaults() -> None:
     ):
         assert name not in env
     assert "dev_keys" not in text and "curl" not in text.replace("no curl", "")
-    assert env["WEB_CONCURRENCY"] == "1"  # the JWT replay cache is per process
+    # Several workers are safe: they share the replay cache and SMART sessions (shared_state).
+    assert env["WEB_CONCURRENCY"] == "2" and env["GUNICORN_THREADS"] == "4"
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
