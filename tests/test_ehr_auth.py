@@ -317,6 +317,42 @@ def test_stripped_signature_is_rejected(auth: EhrAuthenticator) -> None:
     reason(auth, bearer(f"{head}.{body}."))
 
 
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+@pytest.mark.parametrize(
+    "signature",
+    ["A", "AAAAA", "AAAA" * 2, "AAAA" * 300],  # impossible base64 length, too short, too long
+)
+def test_signature_of_the_wrong_shape_is_a_401_not_an_error(
+    auth: EhrAuthenticator, alg: str, signature: str
+) -> None:
+    head, body, _ = mint(signing_key(alg), claims(SERVICE, ISS)).split(".")
+    reason(auth, bearer(f"{head}.{body}.{signature}"))
+
+
+@pytest.mark.parametrize("payload", [[1, 2], "text", 42, None])
+def test_payload_that_is_not_a_json_object_is_rejected(
+    auth: EhrAuthenticator, payload: Any
+) -> None:
+    head, _, sig = token().split(".")
+    body = b64url(json.dumps(payload).encode())
+    assert "malformed JWT payload" in reason(auth, bearer(f"{head}.{body}.{sig}"))
+
+
+def test_unencoded_payload_option_is_rejected(auth: EhrAuthenticator) -> None:
+    # RFC 7797 b64=false changes what is signed; it is not supported, with or without crit.
+    signed = mint(signing_key("ES384"), claims(SERVICE, ISS), {"b64": False})
+    assert "b64" in reason(auth, bearer(signed))
+
+
+def test_required_claims_are_checked_only_after_the_signature(auth: EhrAuthenticator) -> None:
+    unsigned_garbage = replace_payload(token(), {"iss": ISS})
+    assert "bad signature" in reason(auth, bearer(unsigned_garbage))
+    signed_without_jti = {k: v for k, v in claims(SERVICE, ISS).items() if k != "jti"}
+    assert reason(auth, bearer(mint(signing_key("ES384"), signed_without_jti))) == (
+        "missing claim jti"
+    )
+
+
 @pytest.mark.parametrize("typ", ["jwt", "JWT", None])
 def test_typ_jwt_or_absent_is_accepted(auth: EhrAuthenticator, typ: str | None) -> None:
     auth.authenticate(
