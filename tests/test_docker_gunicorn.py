@@ -5,8 +5,11 @@ strings, and refuse to start without a trust list."""
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -209,3 +212,27 @@ def test_without_a_trust_list_the_image_refuses_to_start(tmp_path: Path) -> None
     assert "refusing to start" in line["message"]
     assert "CDS_TRUSTED_ISSUERS_FILE" in line["message"]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_master_freezes_the_preloaded_heap_before_forking(tmp_path: Path) -> None:
+    """pre_fork moves the app's objects to the permanent generation (gc.freeze)."""
+    _trust(tmp_path)
+    env = image_environment(
+        tmp_path / "volume",
+        CDS_TRUSTED_ISSUERS_FILE=str(tmp_path / "trusted-issuers.json"),
+    )
+    # Loading the config also sets the logging module's switches; put them back afterwards.
+    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved = {name: getattr(logging, name) for name in switches}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            config = runpy.run_path(str(DOCKER / "gunicorn.conf.py"))
+        gc.unfreeze()
+        config["pre_fork"](None, None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        for name, value in saved.items():
+            setattr(logging, name, value)
