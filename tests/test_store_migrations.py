@@ -157,6 +157,26 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_the_embedded_database_is_created_readable_by_the_service_only(tmp_path: Path) -> None:
+    # It holds FHIR patient ids; -wal and -shm take the database file's mode.
+    path = tmp_path / "new" / "hfs-cds.sqlite3"
+    engine = open_engine(f"sqlite:///{path}", create_directory=True)
+    upgrade(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            assert file.stat().st_mode & 0o777 == 0o600, file
+    engine.dispose()
+
+
+def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "hfs-cds.sqlite3"
+    path.touch(mode=0o640)
+    path.chmod(0o640)
+    open_engine(f"sqlite:///{path}", create_directory=True).dispose()
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 # -- URLs and settings ---------------------------------------------------------------------------
 
 

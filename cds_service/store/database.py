@@ -11,6 +11,7 @@ here creates tables implicitly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -97,7 +98,7 @@ def open_engine(url: str | URL, *, create_directory: bool = False) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         assert parsed.database is not None
         if create_directory:
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database).expanduser())
         engine = create_engine(
             parsed,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
@@ -124,6 +125,17 @@ def _json_text(value: Any) -> str:
 # The JSON columns (risks, inputs, ...) are encoded by the audit writer's thread while request
 # threads wait for the GIL: orjson does it several times faster than the json module.
 _JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file (and its folder) readable by the service's user only.
+
+    The audit records hold FHIR patient ids; SQLite gives its -wal and -shm files the database
+    file's mode. An existing file keeps the mode its operator gave it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _configure_sqlite(engine: Engine) -> None:
