@@ -44,6 +44,7 @@ from cds_service.assessment import Assessor  # noqa: E402
 from cds_service.model import load_model_card  # noqa: E402
 from fhir_mappings import load_value_sets  # noqa: E402
 from tests.fhir_server import free_port, running_sekmet  # noqa: E402
+from tests.processes import child_pids  # noqa: E402
 
 GUNICORN_CONFIG = REPO / "docker" / "gunicorn.conf.py"
 TARGETS = {
@@ -125,7 +126,7 @@ def _wait_for_all_workers(master_pid: int, settle: float = 0.5, limit: float = 1
     deadline = time.monotonic() + limit
     seen, steady_since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        count = len(worker_pids(master_pid))
+        count = len(child_pids(master_pid))
         if count != seen:
             seen, steady_since = count, time.monotonic()
         elif count and time.monotonic() - steady_since >= settle:
@@ -133,22 +134,7 @@ def _wait_for_all_workers(master_pid: int, settle: float = 0.5, limit: float = 1
         time.sleep(0.05)
 
 
-def worker_pids(master_pid: int) -> list[int]:
-    """The gunicorn workers: children of the master, from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(stat[1]) == master_pid:
-            pids.append(int(entry.name))
-    return pids
-
-
-def workers_cpu_seconds(pids: list[int]) -> float:
+def workers_cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU time of the given processes so far, from /proc/<pid>/stat.
 
     CPU per request is the benchmark's noise-resistant figure: a busy machine lowers the
@@ -167,7 +153,7 @@ def workers_cpu_seconds(pids: list[int]) -> float:
 def worker_rss_mb(master_pid: int) -> list[float]:
     """RSS of each gunicorn worker, from /proc."""
     sizes = []
-    for pid in worker_pids(master_pid):
+    for pid in child_pids(master_pid):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -298,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     body = payloads.files[s.body] if s.body else None
                     tokens = payloads.token_files[s.tokens] if s.tokens else None
                     conns = s.connections or connections
-                    workers = worker_pids(servers[s.server].pid)
+                    workers = child_pids(servers[s.server].pid)
                     cpu_before = workers_cpu_seconds(workers)
                     if use_wrk:
                         result = wrk_load(url, body, tokens, duration, conns, threads=min(2, conns))

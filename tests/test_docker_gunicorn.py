@@ -74,7 +74,7 @@ def image_environment(data: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-def _trust(tmp: Path) -> KeySigner:
+def mounted_trust_list(tmp: Path) -> KeySigner:
     """A trust list naming a test EHR's public key (as a site mounts it); its signer."""
     key = ec.generate_private_key(ec.SECP384R1())
     public = json.loads(ECAlgorithm.to_jwk(key.public_key()))
@@ -89,7 +89,7 @@ def _trust(tmp: Path) -> KeySigner:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """gunicorn as the image runs it, on a free loopback port; stopped (SIGTERM) at the end."""
     tmp = tmp_path_factory.mktemp("gunicorn")
-    signer = _trust(tmp)
+    signer = mounted_trust_list(tmp)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = image_environment(
@@ -216,7 +216,7 @@ def test_without_a_trust_list_the_image_refuses_to_start(tmp_path: Path) -> None
 
 def test_the_master_freezes_the_preloaded_heap_before_forking(tmp_path: Path) -> None:
     """pre_fork moves the app's objects to the permanent generation (gc.freeze)."""
-    _trust(tmp_path)
+    mounted_trust_list(tmp_path)
     env = image_environment(
         tmp_path / "volume",
         CDS_TRUSTED_ISSUERS_FILE=str(tmp_path / "trusted-issuers.json"),

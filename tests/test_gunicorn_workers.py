@@ -11,7 +11,6 @@ changed to say which process answered.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import subprocess
 import time
@@ -27,15 +26,13 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 
-from cds_service.sandbox.smoke import KeySigner
 from tests.fhir_server import free_port
+from tests.processes import child_pids
 from tests.smart.pages import Page
 from tests.smart.served import Seed
 from tests.smart.shim import EhrShim
-from tests.test_docker_gunicorn import image_command, image_environment
+from tests.test_docker_gunicorn import image_command, image_environment, mounted_trust_list
 
 pytest_plugins = ("tests.smart.fixtures",)
 pytestmark = [
@@ -43,7 +40,6 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc"),
 ]
 
-ISSUER = "https://ehr.test.example/cds-client"
 START_TIMEOUT_SECONDS = 30.0
 TIMEOUT = 10
 #: Bursts of the same request, sent in parallel over fresh connections, until both workers served.
@@ -52,17 +48,6 @@ BURST = 16
 
 
 # -- which worker served a connection ----------------------------------------------------------------
-
-
-def child_pids(parent: int) -> set[int]:
-    """Processes whose parent is ``parent`` (from ``/proc/<pid>/stat``)."""
-    children = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)"
-            if int(fields[1]) == parent:
-                children.add(int(stat.parent.name))
-    return children
 
 
 def serving_worker(conn: http.client.HTTPConnection, workers: set[int]) -> int:
@@ -159,17 +144,6 @@ def two_workers(tmp: Path, **settings: str) -> Iterator[Gunicorn]:
         assert process.wait(timeout=40) == 0, log.read_text()  # a graceful stop
 
 
-def _trust(tmp: Path) -> KeySigner:
-    """A trust list naming a test EHR's public key, as a site mounts it; its signer."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    public = json.loads(ECAlgorithm.to_jwk(key.public_key()))
-    public.update(kid="ehr-workers-1", alg="ES384", use="sig")
-    (tmp / "trusted-issuers.json").write_text(
-        json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": [public]}}]})
-    )
-    return KeySigner(key=key, kid="ehr-workers-1", iss=ISSUER, alg="ES384")
-
-
 def in_parallel(count: int, call: Callable[[], Answer]) -> list[Answer]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(lambda _: call(), range(count)))
@@ -179,7 +153,7 @@ def in_parallel(count: int, call: Callable[[], Answer]) -> list[Answer]:
 
 
 def test_a_token_works_once_whichever_worker_receives_it(tmp_path: Path) -> None:
-    signer = _trust(tmp_path)
+    signer = mounted_trust_list(tmp_path)
     with two_workers(
         tmp_path, CDS_TRUSTED_ISSUERS_FILE=str(tmp_path / "trusted-issuers.json")
     ) as server:
