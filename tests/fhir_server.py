@@ -19,6 +19,8 @@ from typing import Any
 
 import requests
 
+from tests.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 SEKMET = Path(os.environ.get("SEKMET_BIN", REPO / ".venv-fhir" / "bin" / "sekmet"))
 START_TIMEOUT_SECONDS = 30.0
@@ -58,13 +60,7 @@ class FhirServerProcess:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def free_port() -> int:

@@ -1,7 +1,9 @@
-"""Finding a server's worker processes (Linux ``/proc``), for the gunicorn tests and the benchmark."""
+"""Server processes in tests and the benchmark: finding a server's workers (Linux ``/proc``),
+stopping a server."""
 
 from __future__ import annotations
 
+import subprocess
 from contextlib import suppress
 from pathlib import Path
 
@@ -15,3 +17,14 @@ def child_pids(parent: int) -> set[int]:
             if int(fields[1]) == parent:
                 children.add(int(stat.parent.name))
     return children
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)

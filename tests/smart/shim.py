@@ -23,6 +23,8 @@ from urllib.parse import urlencode
 
 import requests
 
+from tests.processes import stop_process
+
 SHIM_DIR = Path(__file__).resolve().parent
 SCRIPT = SHIM_DIR / "ehr_shim.mjs"
 MOCK_PACKAGE = SHIM_DIR / "node_modules" / "oauth2-mock-server" / "package.json"
@@ -124,13 +126,7 @@ class EhrShim:
         return f"http://{host}:{self.ehr_port}/ehr?{query}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         if self.process.stdout:
             self.process.stdout.close()
 
