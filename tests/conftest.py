@@ -16,9 +16,9 @@ from flask.testing import FlaskClient
 
 from cds_service import create_app
 from cds_service.assessment import Assessor
-from cds_service.cli import main as cli_main
 from cds_service.model import RecurrenceModel, load_model_card
 from fhir_mappings import load_value_sets
+from tests.cli_runner import run_cli
 from tests.fhir_server import FhirServerProcess, running_sekmet
 from tests.hook_calls import HookCaller
 
@@ -69,7 +69,7 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
     """Run ``hfs-cds`` in-process: ``code, out, err = cli("score", path)``."""
 
     def run(*args: str) -> tuple[int, str, str]:
-        code = cli_main(list(args))
+        code = run_cli(*args)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

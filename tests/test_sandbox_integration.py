@@ -7,7 +7,6 @@ The smoke table of the main run is saved to ``test-artifacts/smoke-table.txt``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 import requests
 
 from cds_service.model.card import DEFAULT_MODEL_CARD
-from cds_service.sandbox.commands import register
 from cds_service.sandbox.fhir_http import FhirEndpoint
 from cds_service.sandbox.loader import LoadReport, load_bundle
 from cds_service.sandbox.synth import (
@@ -32,6 +30,7 @@ from cds_service.sandbox.synth import (
     build_bundle,
     synthetic_patients,
 )
+from tests.cli_runner import run_cli
 from tests.fhir_server import FhirServerProcess, free_port, running_sekmet
 
 pytestmark = pytest.mark.integration
@@ -42,15 +41,6 @@ SMOKE_TABLE = REPO / "test-artifacts" / "smoke-table.txt"
 SEED = 4242
 HOOKS = ("patient-view", "order-sign", "encounter-discharge", "procedure-note-sign")
 START_TIMEOUT_SECONDS = 30.0
-
-
-def run_cli(*argv: str) -> int:
-    """Run one sandbox subcommand through an argparse parser built like ``hfs-cds``'s."""
-    parser = argparse.ArgumentParser(prog="hfs-cds")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(list(argv))
-    code: int = args.run(args)
-    return code
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -7,7 +7,6 @@ or too slowly. The happy path through a real transaction is in ``test_sandbox_in
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import threading
@@ -23,23 +22,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from cds_service.sandbox.commands import register
 from cds_service.sandbox.fhir_http import FhirEndpoint
 from cds_service.sandbox.loader import load_bundle
 from cds_service.sandbox.synth import build_bundle, iter_references, synthetic_patients
+from tests.cli_runner import run_cli
 from tests.fhir_server import free_port
 
 Resource = dict[str, Any]
 TODAY = date(2026, 11, 20)
-
-
-def run_cli(*argv: str) -> int:
-    """Run one sandbox subcommand through an argparse parser built like ``hfs-cds``'s."""
-    parser = argparse.ArgumentParser(prog="hfs-cds")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(list(argv))
-    code: int = args.run(args)
-    return code
 
 
 def synthetic_bundle(count: int = 6, today: date = TODAY) -> Resource:

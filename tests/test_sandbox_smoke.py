@@ -6,7 +6,6 @@ The whole smoke test against a real FHIR server and a real service process is in
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from datetime import UTC, date, datetime
@@ -20,7 +19,6 @@ from jwt.algorithms import ECAlgorithm
 
 from cds_service.assessment import Assessment, Assessor
 from cds_service.hooks.cards import EXTENSION_KEY, CardContext, build_cards
-from cds_service.sandbox.commands import register
 from cds_service.sandbox.smoke import (
     FoundPatient,
     KeySigner,
@@ -33,19 +31,11 @@ from cds_service.sandbox.smoke import (
     scenario_problems,
 )
 from cds_service.sandbox.synth import build_bundle, stored_resources, synthetic_patients
+from tests.cli_runner import run_cli
 from tests.fhir_server import free_port
 
 TODAY = date(2026, 11, 20)
 NOON = datetime(2026, 11, 20, 12, tzinfo=UTC)
-
-
-def run_cli(*argv: str) -> int:
-    """Run one sandbox subcommand through an argparse parser built like ``hfs-cds``'s."""
-    parser = argparse.ArgumentParser(prog="hfs-cds")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(list(argv))
-    code: int = args.run(args)
-    return code
 
 
 def assessed(assessor: Assessor, scenario_index: int) -> Assessment:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -12,7 +11,6 @@ from typing import Any
 import pytest
 
 from cds_service.assessment import Assessor, Status
-from cds_service.sandbox.commands import register
 from cds_service.sandbox.synth import (
     EXPECTED_TAG_SYSTEM,
     PATIENT_IDENTIFIER_SYSTEM,
@@ -29,6 +27,7 @@ from cds_service.sandbox.synth import (
 )
 from fhir_mappings import Reason
 from tests.cds_invariants import assert_valid_fhir_r4
+from tests.cli_runner import run_cli
 
 TODAY = date(2026, 11, 20)
 #: 17 named scenarios plus a few random typical patients.
@@ -45,15 +44,6 @@ def patients() -> list[SyntheticPatient]:
 @pytest.fixture(scope="module")
 def bundle(patients: list[SyntheticPatient]) -> dict[str, Any]:
     return build_bundle(patients)
-
-
-def run_cli(*argv: str) -> int:
-    """Run one sandbox subcommand through an argparse parser built like ``hfs-cds``'s."""
-    parser = argparse.ArgumentParser(prog="hfs-cds")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(list(argv))
-    code: int = args.run(args)
-    return code
 
 
 def _all_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
