@@ -67,7 +67,8 @@ class AccessJsonFormatter(logging.Formatter):
         # A hook call's outcome (service, status, cards, hookInstance), left in the WSGI environ.
         outcome = atoms.get("{hfs_cds.outcome}e")
         if isinstance(outcome, Mapping):
-            line.update(outcome)
+            # "status" on this line is the HTTP status; the hook's is the assessment's status.
+            line.update({("assessment" if k == "status" else k): v for k, v in outcome.items()})
         kept = {k: v for k, v in line.items() if v not in (None, "-")}
         return orjson.dumps(kept, default=str).decode()
 

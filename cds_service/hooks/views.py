@@ -112,15 +112,15 @@ def call_service(service_id: str) -> Response:
                 tenant=tenant,
             )
         )
-    outcome = {"service": service.id, "status": assessment.status.value, "cards": len(cards)}
-    # Under gunicorn the access line carries the outcome (one line per call: a second line cost
-    # a measurable share of a loaded worker); other servers see it at DEBUG.
-    request.environ[OUTCOME_ENVIRON_KEY] = {
+    outcome = {
         "service": service.id,
-        "assessment": assessment.status.value,  # "status" is the HTTP status on that line
+        "status": assessment.status.value,
         "cards": len(cards),
         "hook_instance": g.hook_instance,
     }
+    # Under gunicorn the access line carries the outcome (one line per call: a second line cost
+    # a measurable share of a loaded worker); other servers see it at DEBUG.
+    request.environ[OUTCOME_ENVIRON_KEY] = outcome
     log.debug("hook answered", extra=outcome)
     return Response(orjson.dumps({"cards": cards}), mimetype="application/json")
 
