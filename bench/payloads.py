@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.hooks.services import build_prefetch
 from fhir_mappings import load_value_sets
 from tests import fhir_builders as fb
 from tests.fhir_server import FhirServerProcess
 from tests.hook_calls import hook_body, prefetch_for, recent_patient
+from tests.jwt_factory import SigningKey, claims, generate_key, jwks, mint
 
 SERVICE_ID = "hfs-rfa-recurrence-patient-view"
 ISS = "https://bench-ehr.example.org"
@@ -33,24 +29,16 @@ class Payloads:
     trust_file: Path
     fhir_queries: list[str]
     audience: str
-    private_keys: dict[str, Any]
+    keys: dict[str, SigningKey]  # by algorithm
 
     def mint_tokens(self, count: int) -> None:
         """``count`` single-use JWTs per algorithm (the service refuses a replayed jti)."""
-        now = int(time.time())
-        for alg, key in self.private_keys.items():
-            path = self.token_files[alg.lower()]
-            headers = {"kid": f"bench-{alg.lower()}"}
-            with path.open("w") as out:
+        now = time.time()
+        for alg, key in self.keys.items():
+            with self.token_files[alg.lower()].open("w") as out:
                 for _ in range(count):
-                    claims = {
-                        "iss": ISS,
-                        "aud": self.audience,
-                        "iat": now,
-                        "exp": now + 3000,
-                        "jti": str(uuid.uuid4()),
-                    }
-                    out.write(jwt.encode(claims, key, algorithm=alg, headers=headers) + "\n")
+                    token = mint(key, claims(self.audience, ISS, now=now, lifetime=3000))
+                    out.write(token + "\n")
 
 
 def _typical() -> list[dict[str, Any]]:
@@ -89,19 +77,6 @@ def _heavy() -> list[dict[str, Any]]:
     return resources
 
 
-def _keys() -> tuple[dict[str, Any], dict[str, Any]]:
-    """One ES384 and one RS384 key: (public JWKS, private keys by algorithm)."""
-    es = ec.generate_private_key(ec.SECP384R1())
-    rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = [
-        ECAlgorithm.to_jwk(es.public_key(), as_dict=True),
-        RSAAlgorithm.to_jwk(rs.public_key(), as_dict=True),
-    ]
-    for jwk, alg in zip(public, ("ES384", "RS384"), strict=True):
-        jwk.update({"kid": f"bench-{alg.lower()}", "alg": alg, "use": "sig"})
-    return {"keys": public}, {"ES384": es, "RS384": rs}
-
-
 def build_payloads(work: Path, fhir: FhirServerProcess, secured_base: str) -> Payloads:
     hook_path = f"/cds-services/{SERVICE_ID}"
     files = {
@@ -120,14 +95,14 @@ def build_payloads(work: Path, fhir: FhirServerProcess, secured_base: str) -> Pa
     )
     seed = [fb.patient(id=PATIENT), *_typical()]
     fhir.put_all(seed)
-    public, private = _keys()
+    keys = {alg: generate_key(alg, kid=f"bench-{alg.lower()}") for alg in ("ES384", "RS384")}
     trust_file = work / "trust.json"
-    trust_file.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": public}]}))
+    trust_file.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": jwks(*keys.values())}]}))
     token_files = {alg: work / f"tokens-{alg}.txt" for alg in ("rs384", "es384")}
     queries = [
         t.replace("{{context.patientId}}", PATIENT)
         for t in build_prefetch(load_value_sets()).values()
     ]
     return Payloads(
-        hook_path, files, token_files, trust_file, queries, secured_base + hook_path, private
+        hook_path, files, token_files, trust_file, queries, secured_base + hook_path, keys
     )
