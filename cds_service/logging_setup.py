@@ -59,8 +59,8 @@ def skip_unused_record_fields() -> None:
     """Stop the logging module gathering what no line here prints: caller frame, thread,
     process and multiprocessing names (the logging HOWTO's "Optimization" settings).
 
-    Looking up the caller walks the stack on every call; at two lines per hook call that was a
-    measurable share of a worker's CPU under load.
+    Looking up the caller walks the stack on every log call, a measurable share of a worker's
+    CPU under load.
     """
     logging._srcfile = None  # the documented switch for findCaller
     logging.logThreads = False
