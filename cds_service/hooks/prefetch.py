@@ -16,8 +16,8 @@ from urllib.parse import quote
 from cds_service.hooks.errors import PrefetchUnavailable
 from cds_service.hooks.request import HookRequest
 from cds_service.hooks.services import CdsService
-from cds_service.security.fhir_client import FhirClient, FhirFetchError, Resource
-from fhir_mappings import resources_from_bundle
+from cds_service.security.fhir_client import FhirClient, FhirFetchError
+from fhir_mappings import Resource, resources_from_bundle
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
 

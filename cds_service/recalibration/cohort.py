@@ -39,13 +39,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from cds_service.assessment import Assessor
 from cds_service.model import ModelCard
+from cds_service.model.engine import FloatArray
 from cds_service.recalibration.errors import CohortError
 from cds_service.recalibration.sources import (
     SourceData,
@@ -59,15 +59,13 @@ from fhir_mappings import (
     OperationTime,
     Problem,
     Reason,
+    Resource,
     ValueSets,
     grade_from_roman,
     map_patient,
 )
 from fhir_mappings.fhir_time import FhirTime, parse_fhir_time
 from fhir_mappings.resource_dates import observation_time, procedure_end
-
-Resource = dict[str, Any]
-FloatArray = NDArray[np.float64]
 
 CSV_COLUMNS = ("operation_minutes", "hb_grade", "time_months", "event")
 #: Reasons the cohort rules add to the mapping's :class:`fhir_mappings.Reason` codes.

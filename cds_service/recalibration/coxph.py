@@ -33,9 +33,9 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cds_service.model.engine import FloatArray
 from cds_service.recalibration.errors import CohortError, ConvergenceError, SeparationError
 
-FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
 
 

@@ -33,15 +33,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from cds_service.model import ModelCard
+from cds_service.model.engine import FloatArray
 from cds_service.recalibration.cohort import Cohort
 from cds_service.recalibration.coxph import CoxPH, breslow
 from cds_service.recalibration.errors import CohortError
 
 FitMode = Literal["baseline", "full"]
-FloatArray = NDArray[np.float64]
 
 COVARIATE_NAMES = ("operation time over the cut (X1)", "House-Brackmann grade (X2)")
 

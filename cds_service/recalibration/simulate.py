@@ -27,12 +27,12 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cds_service.model import ModelCard, RecurrenceModel
+from cds_service.model.engine import FloatArray
 from cds_service.recalibration.cohort import (
     Cohort,
     CohortRow,
@@ -43,14 +43,12 @@ from cds_service.recalibration.cohort import (
 from fhir_mappings import (
     HouseBrackmannGrade,
     OperationTime,
+    Resource,
     ValueSets,
     infer_patient_id,
     load_value_sets,
     map_patient,
 )
-
-Resource = dict[str, Any]
-FloatArray = NDArray[np.float64]
 
 RECURRENCE_SYSTEM = "https://hfs-cds.example.org/fhir/CodeSystem/hfs-rfa"
 RECURRENCE_CODE = "hfs-recurrence"

@@ -24,15 +24,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from cds_service.recalibration.errors import SourceError
-from fhir_mappings import ValueSets
+from fhir_mappings import Resource, ValueSets
 
-Resource = dict[str, Any]
 SourceKind = Literal["fhir", "ndjson", "csv", "simulated"]
 
 #: Resource types the cohort rules read for each patient.

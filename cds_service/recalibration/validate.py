@@ -32,11 +32,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cds_service.model import ModelCard, RecurrenceModel
+from cds_service.model.engine import FloatArray
 from cds_service.recalibration.cohort import Cohort
 from cds_service.recalibration.coxph import CoxPH
 from cds_service.recalibration.errors import CohortError, RecalibrationError
 
-FloatArray = NDArray[np.float64]
 Z95 = 1.959963984540054
 TERTILES = 3
 

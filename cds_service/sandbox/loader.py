@@ -33,8 +33,8 @@ from cds_service.sandbox.fhir_http import (
     wait_for_metadata,
 )
 from cds_service.sandbox.synth import iter_references
+from fhir_mappings import Resource
 
-Resource = dict[str, Any]
 Mode = Literal["auto", "transaction", "batch", "per-resource"]
 MODES: tuple[Mode, ...] = ("auto", "transaction", "batch", "per-resource")
 Outcome = Literal["created", "updated", "unchanged", "failed"]

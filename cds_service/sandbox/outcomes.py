@@ -12,14 +12,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from cds_service.model import ModelCard
 from cds_service.recalibration.simulate import simulate_follow_up
 from cds_service.sandbox.synth import SyntheticPatient, full_url, iter_references
-from fhir_mappings import ValueSets
-
-Resource = dict[str, Any]
+from fhir_mappings import Resource, ValueSets
 
 
 def follow_up_entries(

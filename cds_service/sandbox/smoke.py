@@ -44,8 +44,8 @@ from cds_service.sandbox.synth import (
     SCENARIO_TAG_SYSTEM,
     parse_expected_code,
 )
+from fhir_mappings import Resource
 
-Resource = dict[str, Any]
 Mode = Literal["prefetch", "fetch"]
 MODES: tuple[Mode, ...] = ("prefetch", "fetch")
 RISK_MONTHS = (3, 6, 12)

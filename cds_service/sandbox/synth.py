@@ -34,9 +34,7 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
-from fhir_mappings import Reason, ValueSets, load_value_sets, roman
-
-Resource = dict[str, Any]
+from fhir_mappings import Reason, Resource, ValueSets, load_value_sets, roman
 
 #: Business identifier systems of the synthetic data (never real patients).
 PATIENT_IDENTIFIER_SYSTEM: Final = "https://hfs-cds.example.org/fhir/sid/synthetic-patient"

@@ -14,7 +14,6 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import orjson
@@ -22,9 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from cds_service.security.net import is_loopback
-from fhir_mappings import resources_from_bundle
-
-Resource = dict[str, Any]
+from fhir_mappings import Resource, resources_from_bundle
 
 _FHIR_JSON = "application/fhir+json"
 

@@ -17,8 +17,9 @@ from urllib.parse import quote
 from cds_service.assessment import Assessment, Assessor
 from cds_service.hooks.prefetch import render_template
 from cds_service.hooks.services import build_prefetch
-from cds_service.security.fhir_client import FhirClient, FhirFetchError, Resource
+from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from cds_service.smart.errors import Failure, SmartError
+from fhir_mappings import Resource
 
 
 class FhirUnauthorized(Exception):
