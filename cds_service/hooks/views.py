@@ -55,11 +55,6 @@ def authenticate_ehr() -> Response | None:
     return None
 
 
-def _host_url_unless_configured(runtime: Runtime) -> str | None:
-    # request.host_url re-derives and IRI-decodes the URL: not worth it when it goes unused.
-    return None if runtime.settings.public_base_url else request.host_url
-
-
 def _endpoint_audience() -> str:
     """The URL the EHR called, from the configured public base (a proxy may rewrite request.url)."""
     base = _runtime().settings.public_base_url or request.host_url
@@ -96,7 +91,7 @@ def call_service(service_id: str) -> Response:
             patient_id=hook_request.patient_id,
             user_id=context.get("userId"),
             encounter_id=context.get("encounterId"),
-            app_launch_url=launch_url(current_app, _host_url_unless_configured(runtime)),
+            app_launch_url=launch_url(current_app, lambda: request.host_url),
         ),
     )
     issuer, tenant = (ehr.iss, ehr.tenant) if ehr else (None, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from cds_service.smart.context import app_context_for
@@ -55,15 +55,18 @@ def init_smart(app: Flask, settings: Settings, environ: Mapping[str, str] | None
     _redact_request_log()
 
 
-def launch_url(app: Flask, host_url: str | None = None) -> str | None:
+def launch_url(app: Flask, host_url: str | Callable[[], str] | None = None) -> str | None:
     """The absolute launch URL for a card's ``smart`` link, or None when the app is not set up.
 
-    The base is ``CDS_PUBLIC_BASE_URL``, else ``host_url`` (the request's, behind no proxy).
+    The base is ``CDS_PUBLIC_BASE_URL``, else ``host_url`` (the request's, behind no proxy). A
+    callable is only called without a public base URL: deriving ``request.host_url`` is not free
+    on the hook's hot path.
     """
     smart: SmartRuntime | None = app.extensions.get(EXTENSION)
     if smart is None or not smart.settings.enabled:
         return None
-    base = (smart.cds.settings.public_base_url or host_url or "").rstrip("/")
+    base = smart.cds.settings.public_base_url or (host_url() if callable(host_url) else host_url)
+    base = (base or "").rstrip("/")
     return base + LAUNCH_PATH if base else None
 
 
