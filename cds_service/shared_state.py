@@ -26,6 +26,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Final
 
+from cds_service.sqlite_wal import switch_to_wal
+
 #: How long a statement waits for another process's write lock before failing.
 BUSY_TIMEOUT_SECONDS: Final = 5.0
 _PART = re.compile(r"[a-z][a-z0-9]*")
@@ -183,7 +185,9 @@ class SharedState:
         os.chmod(self.path, 0o600)  # also when an older file was looser; -wal/-shm follow it
         try:
             self._initialise()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise  # e.g. busy: another process is using the file, never delete it then
             # Not a database (or damaged): the state is disposable, start again with a new file.
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -192,8 +196,7 @@ class SharedState:
 
     def _initialise(self) -> None:
         with closing(self._connect()) as conn:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
+            if switch_to_wal(conn, self._busy_timeout).lower() != "wal":
                 raise SharedStateError(f"{self.path}: WAL mode is not available")
             conn.execute(_META)
 

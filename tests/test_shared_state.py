@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cds_service import create_app
+from cds_service import shared_state as shared_state_module
 from cds_service.config import ConfigError, Settings
 from cds_service.shared_state import SharedState, SharedStateError
 
@@ -146,3 +147,25 @@ def test_a_directory_in_the_way_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "state.sqlite3").mkdir()
     with pytest.raises(SharedStateError, match="cannot use"):
         SharedState(tmp_path / "state.sqlite3")
+
+
+def test_a_file_busy_in_another_process_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a file that is not a database (or is damaged) is replaced; "busy" means another
+    process is using it, and deleting it then would lose that process's state."""
+    path = tmp_path / "state.sqlite3"
+    SharedState(path).ensure_schema("demo", ["CREATE TABLE demo_rows (x INTEGER)"])
+
+    def busy(db: object, timeout_seconds: float) -> str:
+        error = sqlite3.OperationalError("database is locked")
+        error.sqlite_errorcode = sqlite3.SQLITE_BUSY
+        raise error
+
+    monkeypatch.setattr(shared_state_module, "switch_to_wal", busy)
+    with pytest.raises(SharedStateError, match="locked"):
+        SharedState(path)
+    monkeypatch.undo()
+    reopened = SharedState(path)
+    tables = reopened.connection().execute("SELECT name FROM sqlite_master").fetchall()
+    assert ("demo_rows",) in tables

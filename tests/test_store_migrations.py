@@ -13,6 +13,7 @@ from sqlalchemy import inspect, select
 
 import tests.postgres
 from cds_service.config import ConfigError
+from cds_service.sqlite_wal import switch_to_wal
 from cds_service.store import (
     HEAD,
     SchemaNotInitialised,
@@ -27,7 +28,7 @@ from cds_service.store import (
 )
 from cds_service.store import database_url as configured_url
 from cds_service.store import migrations as migrations_module
-from cds_service.store.database import _switch_to_wal, normalise_url
+from cds_service.store.database import normalise_url
 from cds_service.store.migrations import MIGRATIONS, current_version
 from cds_service.store.schema import metadata, schema_version
 
@@ -163,7 +164,7 @@ def test_the_wal_switch_is_retried_while_sqlite_answers_busy() -> None:
             return ("wal",)
 
     cursor = Cursor()
-    assert _switch_to_wal(cursor) == "wal"  # type: ignore[arg-type]
+    assert switch_to_wal(cursor, 5.0) == "wal"  # type: ignore[arg-type]
     assert cursor.calls == 3
 
     class Broken(Cursor):
@@ -173,7 +174,7 @@ def test_the_wal_switch_is_retried_while_sqlite_answers_busy() -> None:
             raise error
 
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
-        _switch_to_wal(Broken())  # type: ignore[arg-type]
+        switch_to_wal(Broken(), 5.0)  # type: ignore[arg-type]
 
 
 def test_upgrade_to_an_unknown_version_is_refused(tmp_path: Path) -> None:

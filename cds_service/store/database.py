@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
-import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
 from cds_service.feedback import FeedbackEntry
+from cds_service.sqlite_wal import switch_to_wal
 from cds_service.store.audit import AuditRecord
 from cds_service.store.errors import (
     SchemaNotInitialised,
@@ -140,23 +139,6 @@ def _create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _switch_to_wal(cursor: sqlite3.Cursor) -> str:
-    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
-
-    The first switch of a new file needs an exclusive lock and SQLite answers SQLITE_BUSY at once,
-    without its busy handler, when several processes open the new database together (replicas
-    or workers running the migrations at start-up).
-    """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
-    while True:
-        try:
-            return str(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -165,7 +147,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            mode = _switch_to_wal(cursor)
+            mode = switch_to_wal(cursor, SQLITE_BUSY_TIMEOUT)
             if mode.lower() != "wal":
                 raise UnsupportedDatabase(
                     "SQLite could not switch the database to WAL mode (is it on a network "
