@@ -617,6 +617,34 @@ def test_init_smart_is_idempotent_and_gives_the_launch_url() -> None:
         app.extensions["hfs_cds"].close()
 
 
+@pytest.mark.parametrize("public_base", ["https://cds.example", ""])
+def test_the_request_host_is_derived_only_without_a_public_base_url(public_base: str) -> None:
+    app = create_app(
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "PUBLIC_BASE_URL": public_base,
+            "SMART_CLIENT_ID": "c",
+            "SMART_ALLOWED_ISSUERS": "https://ehr.example/fhir",
+        }
+    )
+    asked: list[bool] = []
+
+    def host_url() -> str:
+        asked.append(True)
+        return "http://10.0.0.5:8080/"
+
+    try:
+        url = launch_url(app, host_url)
+    finally:
+        app.extensions["hfs_cds_smart"].close()
+        app.extensions["hfs_cds"].close()
+    if public_base:
+        assert (url, asked) == ("https://cds.example/smart/launch", [])
+    else:
+        assert (url, asked) == ("http://10.0.0.5:8080/smart/launch", [True])
+
+
 def test_an_unreachable_ehr_is_a_clear_page() -> None:
     from tests.fhir_server import free_port
 
