@@ -25,6 +25,8 @@ class LoadResult:
     p99_ms: float
     #: CPU seconds the server's workers used per request (user + system), set by the caller.
     server_cpu_us: float | None = None
+    #: The largest share of that CPU one worker used (1.0: one worker served every connection).
+    busiest_worker_share: float | None = None
 
     @property
     def rps(self) -> float:
