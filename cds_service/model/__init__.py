@@ -1,6 +1,7 @@
 """The risk model: the model card (data) and the Cox engine that scores it."""
 
 from cds_service.model.card import (
+    Alerting,
     ModelCard,
     ModelCardError,
     Tier,
@@ -10,6 +11,7 @@ from cds_service.model.card import (
 from cds_service.model.engine import RecurrenceModel, Scenario
 
 __all__ = [
+    "Alerting",
     "ModelCard",
     "ModelCardError",
     "RecurrenceModel",

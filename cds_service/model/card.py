@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 DEFAULT_MODEL_CARD = "fei-2022-hfs-rfa.json"
+DEFAULT_CAVEAT = "Informational only; see assumptions and limitations."
 
 X1Coding = Literal["binary", "per_10_minutes"]
 X2Coding = Literal["ordinal", "binary"]
@@ -73,7 +74,18 @@ class Tier:
     min_risk_12m: float
     indicator: Indicator
     follow_up_months: tuple[float, ...]
-    advice: str
+    advice: str  # what to do, never a treatment plan and never a schedule (that is computed)
+    risk_sentence: str  # how the risk reads; only the highest tier may call recurrence "likely"
+
+
+@dataclass(frozen=True, slots=True)
+class Alerting:
+    """When the service speaks up (clinical-presentation.md §4); site-configurable."""
+
+    #: After a clinician acted on a card, patient-view stays silent this long for the same inputs.
+    suppress_after_feedback_days: float = 30.0
+    #: order-sign, encounter-discharge and note-sign answer only this soon after the ablation.
+    post_ablation_window_days: float = 7.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,15 @@ class ModelCard:
     assumptions: tuple[str, ...]
     limitations: tuple[str, ...]
     sha256: str  # of the file's bytes, so an audit can name exactly which card scored
+    #: True only once local clinical governance approved the tiers: only then is the follow-up
+    #: suggestion marked recommended.
+    tiers_approved: bool = False
+    alerting: Alerting = Alerting()
+    #: The one caveat line every card shows.
+    caveat: str = DEFAULT_CAVEAT
+    #: Covariance of (operation-time, HB-grade) coefficients from a local fit; None for the
+    #: published card (the paper gives no standard errors, so no confidence interval exists).
+    covariance: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def label(self) -> str:
@@ -198,6 +219,9 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
                         ),
                         follow_up_months=tuple(t.nums("follow_up_months")),
                         advice=t.text("advice"),
+                        risk_sentence=t.optional_text(
+                            "risk_sentence", f"{t.text('label')} estimated risk."
+                        ),
                     )
                     for t in r.objs("tiers")
                 ),
@@ -208,9 +232,68 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
         assumptions=tuple(r.texts("assumptions")),
         limitations=tuple(r.texts("limitations")),
         sha256=sha256,
+        tiers_approved=_tiers_approved(r),
+        alerting=_alerting(r),
+        caveat=r.optional_text("caveat", DEFAULT_CAVEAT),
+        covariance=_covariance(r.obj("fit")),
     )
     _check_consistency(card)
     return card
+
+
+def _tiers_approved(r: _Reader) -> bool:
+    if "governance" not in r.data:
+        return False
+    value = r.obj("governance").data.get("tiers_approved", False)
+    if not isinstance(value, bool):
+        raise ModelCardError("model card.governance.tiers_approved: expected true or false")
+    return value
+
+
+def _alerting(r: _Reader) -> Alerting:
+    if "alerting" not in r.data:
+        return Alerting()
+    a = r.obj("alerting")
+    default = Alerting()
+    out = Alerting(
+        suppress_after_feedback_days=a.optional_num(
+            "suppress_after_feedback_days", default.suppress_after_feedback_days
+        ),
+        post_ablation_window_days=a.optional_num(
+            "post_ablation_window_days", default.post_ablation_window_days
+        ),
+    )
+    if out.suppress_after_feedback_days < 0 or out.post_ablation_window_days <= 0:
+        raise ModelCardError(
+            "alerting: suppress_after_feedback_days must be >= 0 and post_ablation_window_days > 0"
+        )
+    return out
+
+
+def _covariance(fit: _Reader) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The 2x2 coefficient covariance a local fit wrote, checked to be a covariance matrix."""
+    value = fit.data.get("covariance")
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(
+            isinstance(row, list)
+            and len(row) == 2
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in row
+            )
+            for row in value
+        )
+    )
+    if not ok:
+        raise ModelCardError("model card.fit.covariance: expected a 2x2 array of finite numbers")
+    (a, b), (c, d) = value
+    if a < 0 or d < 0 or abs(b - c) > 1e-9 * max(1.0, abs(b)) or a * d - b * c < -1e-12:
+        raise ModelCardError("model card.fit.covariance: not a symmetric positive semi-definite matrix")
+    return (float(a), float(b)), (float(c), float(d))
 
 
 def _check_consistency(card: ModelCard) -> None:
@@ -240,6 +323,12 @@ def _check_consistency(card: ModelCard) -> None:
         )
     if not card.tiers or card.tiers[-1].min_risk_12m != 0.0:
         raise ModelCardError("tiers: the lowest tier must start at min_risk_12m 0")
+    for tier in card.tiers:
+        if not 0.0 <= tier.min_risk_12m < 1.0:
+            raise ModelCardError(
+                f"tiers[{tier.id}].min_risk_12m: {tier.min_risk_12m:g} is not a probability "
+                "from 0 to below 1 (write 0.7 for 70%)"
+            )
     if "per_10_minutes" in card.scenarios.x1_codings and math.isnan(
         card.scenarios.x1_reference_minutes
     ):
@@ -290,6 +379,12 @@ class _Reader:
         ):
             raise ModelCardError(f"{self.path}.{key}: expected a finite number")
         return float(value)
+
+    def optional_text(self, key: str, default: str) -> str:
+        return self.text(key) if key in self.data else default
+
+    def optional_num(self, key: str, default: float) -> float:
+        return self.num(key) if key in self.data else default
 
     def _array(self, key: str) -> list[Any]:
         value = self._get(key)
