@@ -39,6 +39,8 @@ class CardContext:
     user_id: str | None = None
     encounter_id: str | None = None
     app_launch_url: str | None = None  # the SMART app's launch URL, when the app is set up
+    #: A matching follow-up order is already active or drafted: no follow-up suggestion then.
+    follow_up_ordered: bool = False
 
 
 def build_cards(assessment: Assessment, ctx: CardContext) -> list[dict[str, Any]]:
@@ -77,7 +79,7 @@ def _risk_card(a: Assessment, ctx: CardContext) -> dict[str, Any]:
         f"{upper} ({a.tier.label.lower()} tier)"
     )
     card = _base_card(a, summary[:_SUMMARY_LIMIT], a.tier.indicator, _risk_detail(a))
-    suggestion = _follow_up_suggestion(a, ctx)
+    suggestion = None if ctx.follow_up_ordered else _follow_up_suggestion(a, ctx)
     if suggestion:
         card["suggestions"] = [suggestion]
         card["selectionBehavior"] = "at-most-one"
