@@ -48,8 +48,20 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
-def encounter(id: str, end: datetime, patient: str = "p1", status: str = "finished") -> Resource:
-    return {
+HFS_FOLLOW_UP = {"system": fb.PROJECT, "code": "hfs-follow-up"}
+HFS_DIAGNOSIS = {"system": "http://snomed.info/sct", "code": "13753008"}
+
+
+def encounter(
+    id: str,
+    end: datetime,
+    patient: str = "p1",
+    status: str = "finished",
+    hfs: bool = True,
+    **extra: Any,
+) -> Resource:
+    """An ambulatory Encounter; ``hfs`` types it as an HFS follow-up (an assessment)."""
+    resource: Resource = {
         "resourceType": "Encounter",
         "id": id,
         "status": status,
@@ -57,6 +69,10 @@ def encounter(id: str, end: datetime, patient: str = "p1", status: str = "finish
         "subject": {"reference": f"Patient/{patient}"},
         "period": {"start": iso(end - timedelta(minutes=15)), "end": iso(end)},
     }
+    if hfs:
+        resource["type"] = [{"coding": [HFS_FOLLOW_UP]}]
+    resource.update(extra)
+    return resource
 
 
 def base_patients(
@@ -127,14 +143,50 @@ def test_censored_at_the_last_encounter() -> None:
     }
 
 
-def test_last_contact_is_the_latest_encounter_observation_or_procedure() -> None:
+def test_censored_at_the_last_hfs_assessment_not_at_any_contact() -> None:
+    """A later blood pressure, an unrelated visit or procedure do not extend follow-up."""
     late_obs = fb.observation(
         id="bp1",
         coding=("http://loinc.org", "85354-9", "Blood pressure"),
         effective=iso(END + timedelta(days=150)),
     )
-    cohort = extract(*fb.typical_patient(), encounter("e1", END + timedelta(days=100)), late_obs)
-    assert_outcome(cohort, 150 / 30.4375, 0, "Observation/bp1")
+    other_visit = encounter("gp", END + timedelta(days=170), hfs=False)
+    other_procedure = fb.procedure(
+        id="x1",
+        codings=[("http://snomed.info/sct", "80146002", "Appendectomy")],
+        start=iso(END + timedelta(days=179)),
+        end=iso(END + timedelta(days=180)),
+    )
+    cohort = extract(
+        *fb.typical_patient(),
+        encounter("e1", END + timedelta(days=100)),
+        late_obs,
+        other_visit,
+        other_procedure,
+    )
+    assert_outcome(cohort, 100 / 30.4375, 0, "Encounter/e1")
+
+
+def test_an_hb_grade_a_follow_up_observation_or_an_hfs_reason_is_an_assessment() -> None:
+    later_hb = fb.hb_observation(id="hb9", effective=iso(END + timedelta(days=120)))
+    cohort = extract(*fb.typical_patient(), encounter("e1", END + timedelta(days=100)), later_hb)
+    assert_outcome(cohort, 120 / 30.4375, 0, "Observation/hb9")
+    visit = encounter(
+        "r1", END + timedelta(days=130), hfs=False, reasonCode=[{"coding": [HFS_DIAGNOSIS]}]
+    )
+    cohort = extract(*fb.typical_patient(), later_hb, visit)
+    assert_outcome(cohort, 130 / 30.4375, 0, "Encounter/r1")
+    scored = fb.observation(
+        id="sev", coding=(fb.PROJECT, "hfs-follow-up", "x"), effective=iso(END + timedelta(days=140))
+    )
+    absent = fb.observation(
+        id="absent",
+        coding=(fb.PROJECT, "hfs-follow-up", "x"),
+        effective=iso(END + timedelta(days=160)),
+        dataAbsentReason={"text": "did not attend"},
+    )
+    cohort = extract(*fb.typical_patient(), visit, scored, absent)
+    assert_outcome(cohort, 140 / 30.4375, 0, "Observation/sev")
 
 
 def test_planned_or_cancelled_encounters_conditions_and_future_dates_are_not_contacts() -> None:

@@ -132,7 +132,7 @@ def test_the_card_loads_unchanged_and_records_the_fit(
     card = load_model_card(baseline_card)
     assert card.sha256 == hashlib.sha256(raw).hexdigest()
     assert card.id == "fei-2022-hfs-rfa-recurrence-local"
-    assert card.version == "1.0.0+local.baseline.20260601"
+    assert card.version == f"{PUBLISHED.version}+local.baseline.20260601"
     fit = card.fit
     assert fit["mode"] == "baseline" and fit["fitted_at"] == "2026-06-01T12:00:00Z"
     assert fit["cohort"]["patients"] == 1200

@@ -16,12 +16,14 @@ From FHIR resources (a FHIR server or a Bulk Data export), per patient:
   "no"), a later treatment such as microvascular decompression (``later-treatment``), or a repeat
   ablation. The time is that record's date (onset, else recorded date; effective time; procedure
   end); a date without a time counts from the start of that day.
-* **Censoring** (event = 0) at the last contact: the latest date after the ablation among the
-  patient's Encounters (period end, else start; not planned, cancelled or entered-in-error),
-  Observations (effective time, else issued; not cancelled or entered-in-error) and Procedures
-  (end; not preparation, not-done or entered-in-error). Conditions do not count: their dates say
-  when a problem started, not that the patient was seen. A patient with no contact after the
-  ablation is left out (no follow-up). Dates after ``as_of`` (default: now) are ignored.
+* **Censoring** (event = 0) at the last *HFS-specific assessment* (:mod:`.definitions`): the
+  latest date after the ablation among final House-Brackmann grades, Observations in the HFS
+  follow-up value set (final, amended or corrected; no dataAbsentReason) and Encounters (not
+  planned, cancelled or entered-in-error; period end, else start) whose type, service type or
+  reason is in that value set or whose reason is a hemifacial spasm diagnosis. Any other contact
+  (an unrelated visit, a lab, a procedure) says nothing about the spasm and does not extend
+  follow-up. A patient with no assessment after the ablation is left out (no follow-up). Dates
+  after ``as_of`` (default: now) are ignored.
 * **Window** (optional ``since``/``until``): patients whose index ablation ended outside these
   dates (in the ablation's own time zone) are left out, so a site can fit on one era.
 
@@ -46,6 +48,13 @@ from numpy.typing import ArrayLike
 from cds_service.assessment import Assessor
 from cds_service.model import ModelCard
 from cds_service.model.engine import FloatArray
+from cds_service.recalibration.definitions import (
+    CSV_DEFINITIONS,
+    SIMULATED_DEFINITIONS,
+    Definitions,
+    FollowUpRules,
+    follow_up_rules,
+)
 from cds_service.recalibration.errors import CohortError
 from cds_service.recalibration.sources import (
     SourceData,
@@ -74,11 +83,8 @@ OUTSIDE_WINDOW = "outside-date-range"
 INVALID_ROW = "invalid-row"
 MAPPING_EXCLUSION = "not-scorable"
 
-_NOT_A_CONTACT = {
-    "Encounter": frozenset({"planned", "cancelled", "entered-in-error"}),
-    "Observation": frozenset({"cancelled", "entered-in-error"}),
-    "Procedure": frozenset({"preparation", "not-done", "entered-in-error"}),
-}
+_NOT_AN_ENCOUNTER = frozenset({"planned", "cancelled", "entered-in-error"})
+_FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
 _OUTCOME_REASONS = frozenset({Reason.RECURRENCE_RECORDED, Reason.LATER_TREATMENT})
 
 
@@ -117,6 +123,14 @@ class Cohort:
     #: Patients in the source with no ablation Procedure at all (not candidates, only counted).
     not_candidates: int = 0
     notes: tuple[str, ...] = field(default=())
+    #: Outcome and censoring rules the rows were built with (None: the source kind's default).
+    rules: Definitions | None = None
+
+    @property
+    def definitions(self) -> Definitions:
+        if self.rules is not None:
+            return self.rules
+        return SIMULATED_DEFINITIONS if self.source == "simulated" else CSV_DEFINITIONS
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,6 +217,7 @@ def cohort_from_source(
     as_of: datetime | None = None,
     since: date | None = None,
     until: date | None = None,
+    follow_up: FollowUpRules | None = None,
 ) -> Cohort:
     """Build the cohort from resources read by one of the FHIR readers."""
     return cohort_from_resources(
@@ -212,6 +227,7 @@ def cohort_from_source(
         as_of=as_of,
         since=since,
         until=until,
+        follow_up=follow_up,
         source=data.kind,
         location=data.location,
         sha256=data.sha256,
@@ -229,9 +245,11 @@ def cohort_from_resources(
     source: SourceKind = "fhir",
     location: str = "",
     sha256: str = "",
+    follow_up: FollowUpRules | None = None,
 ) -> Cohort:
     """One row per patient with an ablation Procedure; every other candidate left out with why."""
     now = as_of or datetime.now(UTC)
+    rules = follow_up or follow_up_rules(value_sets)
     params = mapping_parameters(card, value_sets)
     by_patient: dict[str, list[Resource]] = {}
     patients: set[str] = set()
@@ -251,13 +269,19 @@ def cohort_from_resources(
         if not any(_is_ablation(r, value_sets) for r in mine):
             not_candidates += 1
             continue
-        outcome = _patient_row(pid, mine, card, params, value_sets, now, (since, until))
+        outcome = _patient_row(pid, mine, card, params, rules, now, (since, until))
         if isinstance(outcome, CohortRow):
             rows.append(outcome)
         else:
             excluded.append(outcome)
     return Cohort(
-        tuple(rows), tuple(excluded), source, location, sha256, not_candidates=not_candidates
+        tuple(rows),
+        tuple(excluded),
+        source,
+        location,
+        sha256,
+        not_candidates=not_candidates,
+        rules=rules.definitions(),
     )
 
 
@@ -273,10 +297,11 @@ def _patient_row(
     resources: list[Resource],
     card: ModelCard,
     params: MappingParameters,
-    value_sets: ValueSets,
+    rules: FollowUpRules,
     as_of: datetime,
     window: tuple[date | None, date | None] = (None, None),
 ) -> CohortRow | Exclusion:
+    value_sets = rules.value_sets
     # The first completed ablation is the index; later ones are repeat procedures (outcomes).
     completed = [
         (r, found[0])
@@ -333,12 +358,13 @@ def _patient_row(
         when, what = min(events)
         event = 1
     else:
-        contact = _last_contact(resources, end, as_of)
+        contact = _last_assessment(resources, end, as_of, rules)
         if contact is None:
             return Exclusion(
                 pid,
                 NO_FOLLOW_UP,
-                f"no Encounter, Observation or Procedure dated after the ablation "
+                f"no HFS-specific assessment (House-Brackmann grade, or an Encounter or "
+                f"Observation in the HFS follow-up value set) dated after the ablation "
                 f"{ablation.provenance.reference} ended: the follow-up time is unknown",
             )
         when, what = contact
@@ -356,28 +382,54 @@ def _patient_row(
     )
 
 
-def _last_contact(
-    resources: Sequence[Resource], end: datetime, as_of: datetime
+def _last_assessment(
+    resources: Sequence[Resource], end: datetime, as_of: datetime, rules: FollowUpRules
 ) -> tuple[datetime, str] | None:
     best: tuple[datetime, str] | None = None
     for resource in resources:
         rtype = resource.get("resourceType")
-        if rtype not in _NOT_A_CONTACT or resource.get("status") in _NOT_A_CONTACT[rtype]:
+        if not _is_assessment(resource, rules):
             continue
-        time = _contact_time(resource, rtype, end)
+        time = _assessment_time(resource, end)
         if time is None or not end < time.earliest <= as_of:
             continue
         if best is None or time.earliest > best[0]:
-            best = (time.earliest, _plain(rtype, resource.get("id")))
+            best = (time.earliest, _plain(str(rtype), resource.get("id")))
     return best
 
 
-def _contact_time(resource: Resource, rtype: str, end: datetime) -> FhirTime | None:
+def _is_assessment(resource: Resource, rules: FollowUpRules) -> bool:
+    """An HFS-specific assessment: HB grade, or a follow-up coded Observation or Encounter."""
+    rtype = resource.get("resourceType")
+    sets = rules.value_sets
     if rtype == "Observation":
+        if resource.get("status") not in _FINAL_OBSERVATION or "dataAbsentReason" in resource:
+            return False
+        code = resource.get("code")
+        return (
+            sets.hb_grade_observation.match(code) is not None
+            or rules.follow_up.match(code) is not None
+        )
+    if rtype == "Encounter":
+        if resource.get("status") in _NOT_AN_ENCOUNTER:
+            return False
+        concepts = [*_concepts(resource.get("type")), *_concepts(resource.get("serviceType"))]
+        reasons = _concepts(resource.get("reasonCode"))
+        return any(rules.follow_up.match(c) is not None for c in [*concepts, *reasons]) or any(
+            sets.hemifacial_spasm_condition.match(c) is not None for c in reasons
+        )
+    return False
+
+
+def _concepts(value: object) -> list[object]:
+    if isinstance(value, list):
+        return list(value)
+    return [value] if isinstance(value, dict) else []
+
+
+def _assessment_time(resource: Resource, end: datetime) -> FhirTime | None:
+    if resource.get("resourceType") == "Observation":
         return observation_time(resource, end)
-    if rtype == "Procedure":
-        found = procedure_end(resource, end)
-        return found[0] if found is not None else None
     period = resource.get("period")
     if not isinstance(period, dict):
         return None

@@ -12,10 +12,10 @@ The time is the recurrence if it comes first, else the last contact (censored).
 * a recurrence is a **Condition** coded ``hfs-rfa|hfs-recurrence`` with ``onsetDateTime`` (and
   ``recordedDate``) at the recurrence, confirmed and active, linked to the Encounter at which it
   was diagnosed;
-* every patient gets an ambulatory follow-up **Encounter** (``finished``, SNOMED 390906007
-  "Follow-up encounter") whose ``period.end`` is the last contact (or the recurrence visit). An
-  Encounter is what a real record shows for "last seen"; the cohort extraction reads its period
-  end as the last contact.
+* every patient gets an ambulatory HFS follow-up **Encounter** (``finished``, typed SNOMED
+  390906007 "Follow-up encounter" and the project's ``hfs-rfa|hfs-follow-up``, reason hemifacial
+  spasm) whose ``period.end`` is the last assessment (or the recurrence visit). The cohort
+  extraction censors at the last HFS-specific assessment, which this Encounter is.
 
 Instants are written to the second, in the time zone of the ablation, and the cohort table is
 computed from the written instants, so extracting the resources gives back the same table.
@@ -56,6 +56,17 @@ FOLLOW_UP_CODING = {
     "system": "http://snomed.info/sct",
     "code": "390906007",
     "display": "Follow-up encounter",
+}
+#: In the packaged ``hfs_follow_up`` value set: what makes the visit an HFS assessment.
+HFS_FOLLOW_UP_CODING = {
+    "system": RECURRENCE_SYSTEM,
+    "code": "hfs-follow-up",
+    "display": "Hemifacial spasm follow-up assessment after radiofrequency ablation",
+}
+HFS_REASON_CODING = {
+    "system": "http://snomed.info/sct",
+    "code": "13753008",
+    "display": "Hemifacial spasm",
 }
 _ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 _CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -249,7 +260,13 @@ def _encounter(rid: str, pid: str, when: datetime) -> Resource:
         "id": rid,
         "status": "finished",
         "class": {"system": _ACT_CODE, "code": "AMB", "display": "ambulatory"},
-        "type": [{"coding": [FOLLOW_UP_CODING], "text": "Follow-up after facial nerve RFA"}],
+        "type": [
+            {
+                "coding": [FOLLOW_UP_CODING, HFS_FOLLOW_UP_CODING],
+                "text": "Follow-up after facial nerve RFA",
+            }
+        ],
+        "reasonCode": [{"coding": [HFS_REASON_CODING]}],
         "subject": {"reference": f"Patient/{pid}"},
         "period": {"start": _iso(when - timedelta(minutes=20)), "end": _iso(when)},
     }
