@@ -1,8 +1,11 @@
 """CDS cards from an :class:`~cds_service.assessment.Assessment` (the CDS Hooks answer).
 
-Not to be confused with the *model* card (``cds_service.model.ModelCard``). Cards follow CDS Hooks
-2.0 §4: ``summary`` under 140 characters, GitHub-flavoured markdown ``detail`` with no raw HTML, a
-``uuid`` so the EHR can send feedback, and no ``null`` or empty members anywhere.
+Not to be confused with the *model* card (``cds_service.model.ModelCard``). The card lays out the
+presentation layer's :class:`~cds_service.presentation.Statement` and formats no risk itself. It
+follows CDS Hooks 2.0 §4 (``summary`` under 140 characters, GitHub-flavoured markdown ``detail``
+with no raw HTML, a ``uuid`` for feedback, no ``null`` or empty members) and
+clinical-presentation.md §3: a short detail (about 700 characters), the full assumptions and
+limitations one link away on the public model-card page.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from cds_service.assessment import Assessment, Status
+from cds_service.presentation import Statement, present
 from cds_service.smart.context import app_context_for
-from fhir_mappings import Provenance, Reason, roman
+from fhir_mappings import Provenance, roman
 
 #: Reverse-domain key of the machine-readable assessment in ``card.extension``.
 EXTENSION_KEY = "org.example.hfs-cds.assessment"
@@ -26,9 +29,11 @@ OVERRIDE_REASONS = (
     ("not-applicable", "Does not apply to this patient"),
     ("clinical-judgement", "Different plan on clinical judgement"),
 )
-_SUMMARY_LIMIT = 139
-# Characters that carry inline markdown or HTML meaning; escaped in anything that came from the EHR.
+# Characters that carry inline markdown or HTML meaning; escaped in text outside code spans.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|<>&~#])")
+# Absolute URLs (code systems, often with "|code"): shown as code spans, never escaped, because
+# EHR renderers auto-link bare URLs and a backslash inside one makes a broken link.
+_URL = re.compile(r"https?://[^\s`]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,45 +46,23 @@ class CardContext:
     app_launch_url: str | None = None  # the SMART app's launch URL, when the app is set up
     #: A matching follow-up order is already active or drafted: no follow-up suggestion then.
     follow_up_ordered: bool = False
+    #: The service's public model-card page (PHI-free, no sign-in), linked from every card.
+    model_card_url: str | None = None
 
 
 def build_cards(assessment: Assessment, ctx: CardContext) -> list[dict[str, Any]]:
     """Zero or one card: nothing when no ablation is in the horizon, else a risk or an info card."""
     if assessment.status is Status.NOT_APPLICABLE:
         return []
-    card = (
-        _risk_card(assessment, ctx)
-        if assessment.status is Status.SCORED
-        else _not_scored_card(assessment)
-    )
-    if ctx.app_launch_url and assessment.inputs.ablation is not None:
-        # The EHR adds iss and launch; appContext names the procedure the card is about.
-        card["links"].insert(
-            0,
-            {
-                "label": "Open the recurrence-risk app (curve, what-if)",
-                "url": ctx.app_launch_url,
-                "type": "smart",
-                "appContext": app_context_for(assessment.inputs.ablation.provenance.reference),
-            },
-        )
-    return [card]
+    statement = present(assessment)
+    if assessment.status is Status.SCORED:
+        return [_risk_card(assessment, statement, ctx)]
+    return [_not_scored_card(assessment, statement, ctx)]
 
 
-# -- scored ------------------------------------------------------------------------------------------
-
-
-def _risk_card(a: Assessment, ctx: CardContext) -> dict[str, Any]:
-    assert a.tier is not None
-    horizon = a.model.horizon_months
-    risk_h = a.risk_at(horizon)
-    upper = f", up to {_pct(risk_h.high)} under other codings" if a.tier_set_by_range else ""
-    summary = (
-        f"Hemifacial spasm recurrence risk after RFA: {_pct(risk_h.risk)} by {horizon:g} months"
-        f"{upper} ({a.tier.label.lower()} tier)"
-    )
-    card = _base_card(a, summary[:_SUMMARY_LIMIT], a.tier.indicator, _risk_detail(a))
-    suggestion = None if ctx.follow_up_ordered else _follow_up_suggestion(a, ctx)
+def _risk_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str, Any]:
+    card = _base_card(a, st, _risk_detail(st), ctx)
+    suggestion = None if ctx.follow_up_ordered else _follow_up_suggestion(st, ctx)
     if suggestion:
         card["suggestions"] = [suggestion]
         card["selectionBehavior"] = "at-most-one"
@@ -90,79 +73,60 @@ def _risk_card(a: Assessment, ctx: CardContext) -> dict[str, Any]:
     return card
 
 
-def _risk_detail(a: Assessment) -> str:
-    assert a.tier is not None and a.inputs.ablation is not None
-    ablation = a.inputs.ablation
-    risk_h = a.risk_at(a.model.horizon_months)
+def _risk_detail(st: Statement) -> str:
+    """At most ~700 characters: risks, tier and next review, inputs, one caveat line."""
+    a = st.assessment
+    assert st.estimate_tier is not None and st.horizon is not None
+    header = " | ".join(f"{r.month:g} months" for r in st.risks)
     lines = [
-        f"**Estimated risk of recurrence after the ablation that ended "
-        f"{ablation.ended_at.date().isoformat()}** ({_ref(ablation.provenance)})",
-        "",
-        "| By | Risk | Range under the coding assumptions |",
-        "|---|---|---|",
+        f"| By | {header} |",
+        "|---" * (len(st.risks) + 1) + "|",
+        "| Risk | " + " | ".join(f"**{r.text}**" for r in st.risks) + " |",
+        "| Range over codings | " + " | ".join(r.range_text for r in st.risks) + " |",
     ]
-    for p in a.risks:
-        lines.append(f"| {p.month:g} months | {_pct(p.risk)} | {_pct(p.low)} to {_pct(p.high)} |")
-    if a.conditional:
-        c = a.conditional
-        lines += [
-            "",
-            f"If still free of spasm today ({c.from_month:.1f} months after the ablation), the risk "
-            f"of recurrence by {c.to_month:g} months is **{_pct(c.risk)}** "
-            f"(range {_pct(c.low)} to {_pct(c.high)}).",
-        ]
-    lines += [
-        "",
-        f"**{a.tier.label} tier.** {a.tier.advice}"
-        + (
-            f" (The tier follows the upper end of the range, {_pct(risk_h.high)}, because "
-            "under-calling risk is the harmful error.)"
-            if a.tier_set_by_range
-            else ""
-        ),
-        "",
-        "**Inputs**",
-        "",
-        *_input_lines(a),
-        "",
-        *_assumptions_and_limitations(a),
-    ]
+    if any(r.ci_text for r in st.risks):
+        lines.append("| 95% CI | " + " | ".join(r.ci_text or "" for r in st.risks) + " |")
+    if st.conditional:
+        lines += ["", st.conditional.sentence]
+    lines += ["", f"**{st.tier_text}.** {st.risk_sentence}"]
+    if st.coding_note and not st.schedule_basis:
+        lines.append(st.coding_note)  # with a schedule basis, the summary gives the range
+    schedule = f"**{st.schedule_text}**"
+    if st.schedule_basis:
+        schedule += f" ({st.schedule_basis}.)"
+    lines += ["", schedule, "", *_input_lines(a), "", st.caveat]
     return "\n".join(lines)
 
 
 def _input_lines(a: Assessment) -> list[str]:
+    """One line per input with the resource it came from."""
     lines = []
     ot, hb = a.operation_time, a.hb_grade
     cut = a.model.operation_time.cut_minutes
     if ot:
         side = "over" if ot.minutes > cut else "not over"
-        how = "start and end times of" if ot.source == "performedPeriod" else "duration recorded in"
         lines.append(
-            f"- Operation time: **{ot.minutes:.0f} min** ({side} {cut:g} min, X1 = {a.x1:g}), from the "
-            f"{how} {_ref(ot.provenance)}"
+            f"- Operation time **{ot.minutes:.0f} min** ({side} {cut:g}): {_ref(ot.provenance)}"
         )
     if hb:
-        window = "" if hb.within_primary_window else " (outside the preferred 72-hour window)"
+        window = "" if hb.within_primary_window else ", outside the preferred 72 h"
         lines.append(
-            f"- House-Brackmann grade: **{roman(hb.grade)}** (X2 = {hb.grade}), recorded "
-            f"{hb.hours_after_procedure:.0f} h after the ablation{window}, from {_ref(hb.provenance)}"
+            f"- HB grade **{roman(hb.grade)}** "
+            f"({hb.hours_after_procedure:.0f} h after{window}): {_ref(hb.provenance)}"
         )
     return lines
 
 
-def _follow_up_suggestion(a: Assessment, ctx: CardContext) -> dict[str, Any] | None:
-    """A draft ServiceRequest for the tier's reviews still ahead of the patient."""
-    assert a.tier is not None and a.inputs.ablation is not None
-    end = a.inputs.ablation.ended_at
-    days = a.model.days_per_month
-    upcoming = [
-        (m, (end + timedelta(days=m * days)).date())
-        for m in a.tier.follow_up_months
-        if end + timedelta(days=m * days) > a.as_of
-    ]
-    if not upcoming:
+def _follow_up_suggestion(st: Statement, ctx: CardContext) -> dict[str, Any] | None:
+    """A draft ServiceRequest for the schedule's reviews still ahead of the patient.
+
+    Recommended only when the model card says local governance approved its tiers.
+    """
+    a = st.assessment
+    assert st.schedule_tier is not None and a.inputs.ablation is not None
+    if not st.reviews_ahead:
         return None
-    months = ", ".join(f"{m:g}" for m, _ in upcoming)
+    months = ", ".join(f"{r.month:g}" for r in st.reviews_ahead)
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
@@ -178,14 +142,14 @@ def _follow_up_suggestion(a: Assessment, ctx: CardContext) -> dict[str, Any] | N
             "text": "Hemifacial spasm review after radiofrequency ablation",
         },
         "subject": {"reference": f"Patient/{ctx.patient_id}"},
-        "occurrenceTiming": {"event": [d.isoformat() for _, d in upcoming]},
+        "occurrenceTiming": {"event": [r.on.isoformat() for r in st.reviews_ahead]},
         "reasonReference": [{"reference": _plain_ref(a.inputs.ablation.provenance)}],
         "note": [
             {
                 "text": (
-                    f"Reviews at {months} months after the ablation ({a.tier.label.lower()} "
-                    f"recurrence-risk tier, model {a.model.id} {a.model.version}). "
-                    "Record the House-Brackmann grade at each visit."
+                    f"Reviews at {months} months after the ablation "
+                    f"({st.schedule_tier.label.lower()}-risk schedule, model {a.model.id} "
+                    f"{a.model.version}). Record the House-Brackmann grade at each visit."
                 )
             }
         ],
@@ -197,7 +161,7 @@ def _follow_up_suggestion(a: Assessment, ctx: CardContext) -> dict[str, Any] | N
     return {
         "label": f"Order follow-up reviews at {months} months"[:80],
         "uuid": str(uuid.uuid4()),
-        "isRecommended": True,
+        "isRecommended": a.model.tiers_approved,
         "actions": [
             {
                 "type": "create",
@@ -211,71 +175,67 @@ def _follow_up_suggestion(a: Assessment, ctx: CardContext) -> dict[str, Any] | N
 # -- not scored --------------------------------------------------------------------------------------
 
 
-def _not_scored_card(a: Assessment) -> dict[str, Any]:
-    problems = a.problems
-    first = problems[0]
-    headline = {
-        Reason.HB_OUTSIDE_MODEL: "House-Brackmann grade is outside the model's range",
-        Reason.REPEAT_PROCEDURE: "this is a repeat ablation",
-        Reason.RECURRENCE_RECORDED: "a recurrence is already recorded",
-        Reason.LATER_TREATMENT: "a later treatment is recorded",
-        Reason.PROCEDURE_NOT_COMPLETED: "the ablation is not recorded as completed",
-    }.get(first.reason, "inputs are missing or invalid")
-    summary = f"HFS recurrence risk after RFA not calculated: {headline}"[:_SUMMARY_LIMIT]
-    indicator = "warning" if any(p.reason is Reason.HB_OUTSIDE_MODEL for p in problems) else "info"
+def _not_scored_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str, Any]:
     lines = ["**The recurrence risk could not be calculated.**", ""]
-    for p in problems:
+    for p in st.problems:
         lines += [f"- {_md(p.message)} **To fix:** {_md(p.action)}"]
     derived = _input_lines(a)
     if derived:
         lines += ["", "**Inputs found**", "", *derived]
-    lines += ["", *_assumptions_and_limitations(a)]
-    return _base_card(a, summary, indicator, "\n".join(lines))
+    lines += ["", st.caveat]
+    return _base_card(a, st, "\n".join(lines), ctx)
 
 
 # -- shared ------------------------------------------------------------------------------------------
 
 
-def _base_card(a: Assessment, summary: str, indicator: str, detail: str) -> dict[str, Any]:
+def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> dict[str, Any]:
     model = a.model
+    links: list[dict[str, Any]] = []
+    if ctx.app_launch_url and a.inputs.ablation is not None:
+        # The EHR adds iss and launch; appContext names the inputs and the figure the card showed.
+        links.append(
+            {
+                "label": "Open the recurrence-risk app (curve, what-if)",
+                "url": ctx.app_launch_url,
+                "type": "smart",
+                "appContext": app_context_for(
+                    a.inputs.ablation.provenance.reference,
+                    hb_grade=a.hb_grade.provenance.reference if a.hb_grade else None,
+                    operation_time=(
+                        a.operation_time.provenance.reference if a.operation_time else None
+                    ),
+                    risk_12m=st.horizon.risk if st.horizon else None,
+                ),
+            }
+        )
+    if ctx.model_card_url:
+        links.append(
+            {
+                "label": "Model card: assumptions and limitations",
+                "url": ctx.model_card_url,
+                "type": "absolute",
+            }
+        )
+    links.append(
+        {
+            "label": "Fei et al., Pain Physician 2022 (PubMed)",
+            "url": model.citation.url,
+            "type": "absolute",
+        }
+    )
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": summary,
-        "indicator": indicator,
+        "summary": st.summary,
+        "indicator": st.indicator,
         "detail": detail,
         "source": {
             "label": f"HFS-RFA recurrence model (Fei et al. 2022), {model.version}",
             "url": model.citation.url,
         },
-        "links": [
-            {
-                "label": "Fei et al., Pain Physician 2022 (PubMed)",
-                "url": model.citation.url,
-                "type": "absolute",
-            }
-        ],
+        "links": links,
         "extension": {EXTENSION_KEY: a.to_json()},
     }
-
-
-def _assumptions_and_limitations(a: Assessment) -> list[str]:
-    model = a.model
-    return [
-        "**Assumptions** (the paper did not publish these; see the model card)",
-        "",
-        *[f"- {text}" for text in model.assumptions],
-        "",
-        "**Limitations**",
-        "",
-        *[f"- {text}" for text in model.limitations],
-        "",
-        f"Model {model.id} version {model.version}. {model.citation.text} "
-        f"PMID {model.citation.pmid}. Informational only.",
-    ]
-
-
-def _pct(value: float) -> str:
-    return f"{value * 100:.0f}%"
 
 
 def _plain_ref(p: Provenance) -> str:
@@ -283,11 +243,18 @@ def _plain_ref(p: Provenance) -> str:
 
 
 def _ref(p: Provenance) -> str:
-    """A provenance reference for markdown: escaped, since ids and dates come from the EHR."""
-    text = f"`{p.reference.replace('`', '')}`"
-    return f"{text} ({_md(p.recorded)})" if p.recorded else text
+    """A provenance reference as a code span (ids are FHIR ids; backticks cannot occur)."""
+    return f"`{p.reference.replace('`', '')}`"
 
 
 def _md(text: str) -> str:
-    """Escape markdown and HTML so EHR-supplied strings render as plain text."""
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    """Markdown for our messages, which quote resource ids and code systems: URLs become code spans
+    (never auto-linked, never escaped), everything else is escaped so it renders as plain text."""
+    out, last = [], 0
+    for match in _URL.finditer(text):
+        out.append(_MD_SPECIAL.sub(r"\\\1", text[last : match.start()]))
+        url = match.group(0).rstrip(".,;:)")
+        out.append(f"`{url}`")
+        last = match.start() + len(url)
+    out.append(_MD_SPECIAL.sub(r"\\\1", text[last:]))
+    return "".join(out)

@@ -1,7 +1,13 @@
 """``appContext``: how a CDS card tells the app which procedure it was about.
 
-The card's ``smart`` link carries ``appContext`` = ``{"procedure": "Procedure/<id>/_history/<v>"}``
-(a JSON string, CDS Hooks 2.0 §link). The app reads it when the EHR passes it on with the token,
+The card's ``smart`` link carries ``appContext`` (a JSON string, CDS Hooks 2.0 §link) naming every
+input the card used, with versions, and the 12-month figure it showed::
+
+    {"procedure": "Procedure/<id>/_history/<v>", "hbGrade": "Observation/<id>/_history/<v>",
+     "operationTime": "Procedure/<id>/_history/<v>", "risk12m": 0.6057}
+
+so the app can say what changed when the record moved on (clinical-presentation.md §5). The app
+reads it when the EHR passes it on with the token,
 and also accepts a bare ``Procedure/<id>[/_history/<v>]`` or a Procedure in ``fhirContext``. It is
 optional: the page is computed from FHIR either way. No imports beyond the standard library, so
 the card builder can use :func:`app_context_for` without loading the app.
@@ -19,9 +25,22 @@ _PROCEDURE_REF = re.compile(
 )
 
 
-def app_context_for(procedure_reference: str) -> str:
-    """The ``appContext`` string for a card about ``Procedure/<id>[/_history/<v>]``."""
-    return json.dumps({"procedure": procedure_reference}, separators=(",", ":"))
+def app_context_for(
+    procedure: str,
+    hb_grade: str | None = None,
+    operation_time: str | None = None,
+    risk_12m: float | None = None,
+) -> str:
+    """The ``appContext`` string for a card about ``Procedure/<id>[/_history/<v>]``, naming the
+    HB-grade and operation-time sources and the 12-month risk the card showed, when it had them."""
+    out: dict[str, Any] = {"procedure": procedure}
+    if hb_grade:
+        out["hbGrade"] = hb_grade
+    if operation_time:
+        out["operationTime"] = operation_time
+    if risk_12m is not None:
+        out["risk12m"] = round(risk_12m, 4)
+    return json.dumps(out, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,28 @@
+"""How a risk is written for people: whole percentages, never "0%" or "100%".
+
+A 99-patient model cannot claim certainty, so values below 5% read "<5%" and above 95% read
+">95%" on every surface (clinical-presentation.md §1). Machine-readable output keeps the fractions.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: Below this a risk reads "<5%"; above ``1 - FLOOR`` it reads ">95%".
+FLOOR = 0.05
+
+
+def percent(value: float) -> str:
+    """``0.1526`` → ``"15%"``; ``0.012`` → ``"<5%"``; ``0.996`` → ``">95%"``."""
+    if value < FLOOR:
+        return f"<{FLOOR * 100:.0f}%"
+    if value > 1.0 - FLOOR:
+        return f">{(1.0 - FLOOR) * 100:.0f}%"
+    # Half up, not Python's half-to-even, so 0.125 reads 13% wherever it is shown.
+    return f"{math.floor(value * 100 + 0.5):.0f}%"
+
+
+def percent_range(low: float, high: float) -> str:
+    """``"<5% to 15%"``; a range that reads the same at both ends is written once."""
+    lo, hi = percent(low), percent(high)
+    return lo if lo == hi else f"{lo} to {hi}"
