@@ -56,11 +56,34 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--alg", choices=("ES384", "RS384"), default="ES384")
     token.set_defaults(run=_dev_token)
 
-    score = sub.add_parser("score", help="assess one patient from a FHIR Bundle JSON file")
+    score = sub.add_parser(
+        "score",
+        help="assess one patient from a FHIR Bundle JSON file",
+        epilog=(
+            "Exit status: 0 when the assessment was printed; 1 with --format fhir when the "
+            "patient is not scored or not applicable (the reason goes to stderr: there is no "
+            "RiskAssessment to print); 2 for a bad command line or input file."
+        ),
+    )
     score.add_argument("bundle", type=Path, help="FHIR R4 Bundle (or a JSON array of resources)")
     score.add_argument("--patient", help="patient id (default: inferred from the bundle)")
     score.add_argument("--at", help="assess as of this ISO 8601 date-time (default: now)")
-    score.add_argument("--json", action="store_true", help="print the assessment as JSON")
+    score.add_argument(
+        "--format",
+        choices=("text", "json", "fhir"),
+        default="text",
+        help="text: a report (default); json: the assessment (as in the card extension); "
+        "fhir: a FHIR R4 RiskAssessment, for a scored patient only",
+    )
+    # Kept for existing scripts and docs; the first action's default ("text") applies.
+    score.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        default=argparse.SUPPRESS,
+        help="the same as --format json",
+    )
     score.set_defaults(run=_score)
 
     register_recalibration(sub)
@@ -102,7 +125,23 @@ def _score(args: argparse.Namespace) -> int:
         load_value_sets(settings.valuesets_file or None),
     )
     assessment = assessor.assess(resources, args.patient, as_of=as_of)
-    if args.json:
+    if args.format == "fhir":
+        from cds_service.presentation import present
+        from cds_service.presentation.risk_assessment import risk_assessment
+
+        statement = present(assessment)
+        if not statement.scored:
+            # No resource to print: a RiskAssessment without a prediction would read as "no risk".
+            print(f"hfs-cds: no RiskAssessment: {statement.headline}", file=sys.stderr)
+            for p in statement.problems:
+                print(f"  - {p.message} To fix: {p.action}", file=sys.stderr)
+            return 1
+        try:
+            resource = risk_assessment(statement, assessment.inputs.patient_id)
+        except ValueError as exc:  # no patient id anywhere: the subject is required
+            raise CliError(f"{exc}; give --patient") from exc
+        print(json.dumps(resource, indent=2))
+    elif args.format == "json":
         print(json.dumps(assessment.to_json(), indent=2))
     else:
         print(render_text(assessment))
