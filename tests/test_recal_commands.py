@@ -109,8 +109,9 @@ def test_validate_writes_the_side_by_side_report(
     assert run("fit", "--mode", "baseline", "--csv", str(cohort_csv), "--out", str(card))[0] == 0
     html = tmp_path / "report.html"
     code, stdout, stderr = run(
-        "validate", "--model", str(card), "--cohort", str(cohort_csv), "--html", str(html)
-    )
+        "validate", "--model", str(card), "--cohort", str(cohort_csv), "--html", str(html),
+        "--bootstrap", "20",
+    )  # fmt: skip
     assert code == 0, stderr
     assert stdout.count("C-index") == 2  # the published card and the refit
     assert "(published)" in stdout and "(baseline)" in stdout
@@ -119,7 +120,9 @@ def test_validate_writes_the_side_by_side_report(
 
 
 def test_validate_the_published_card_alone(run: Run, cohort_csv: Path) -> None:
-    code, stdout, _ = run("validate", "--model", str(PUBLISHED_FILE), "--csv", str(cohort_csv))
+    code, stdout, _ = run(
+        "validate", "--model", str(PUBLISHED_FILE), "--csv", str(cohort_csv), "--bootstrap", "20"
+    )
     assert code == 0 and stdout.count("C-index") == 1
 
 

@@ -3,8 +3,13 @@
 The new card keeps everything the fit did not change (coding, cut, HB window, reference patient,
 horizon, scenarios, tiers, citation) and records what it did in ``fit``: mode, cohort size and
 recurrences, patients left out by reason, date range, follow-up, the input's source and SHA-256,
-the source card, and in ``full`` mode the estimates with standard errors, confidence intervals and
-the likelihood-ratio test. No patient identifier is written.
+the source card, the outcome and censoring definitions the cohort was built with, and in ``slope``
+and ``full`` mode the estimates with standard errors, confidence intervals, the likelihood-ratio
+test and the 2x2 coefficient covariance (``fit.covariance``, rows and columns in
+``fit.covariance_order``; rank one ``var(slope) b b^T`` in slope mode) so a presentation layer can
+show a delta-method interval. A top-level ``caveat`` says in one sentence what the card is; other
+top-level fields of the source card are copied through unchanged. No patient identifier is
+written.
 
 :func:`write_card` validates the card with the same parser the service uses before writing it
 (atomically), so the file it leaves behind always loads with ``load_model_card`` unchanged and
@@ -73,9 +78,41 @@ def build_card(
 
     # Coefficients
     names = ("operation_time", "hb_grade")
-    published = (card.operation_time.coefficient, card.hb_grade.coefficient)
+    published = rec.source_params
     coefficients: dict[str, Any] = {}
-    if rec.mode == "full":
+    slope_record: dict[str, Any] = {}
+    if rec.mode == "slope":
+        cox = rec.cox
+        assert cox is not None
+        slope, slope_se = float(cox.params_[0]), float(cox.standard_errors_[0])
+        for j, name in enumerate(names):
+            estimate = rec.params[j]
+            se = slope_se * abs(published[j])
+            lo, hi = sorted(float(v) * published[j] for v in cox.confidence_intervals_[0])
+            data["covariates"][name]["coefficient"] = _num(estimate)
+            data["covariates"][name]["basis"] = (
+                f"coefficient: source card {published[j]:g} times the calibration slope "
+                f"{slope:.4g} fitted on {who} by Efron partial likelihood; coding and cut "
+                "unchanged from the source card"
+            )
+            coefficients[name] = {
+                "estimate": _num(estimate),
+                "se": _num(se),
+                "ci95": [_num(lo), _num(hi)],
+                "hazard_ratio": _num(math.exp(estimate)),
+                "hazard_ratio_ci95": [_num(math.exp(lo)), _num(math.exp(hi))],
+                "source_card_coefficient": published[j],
+            }
+        s_lo, s_hi = (float(v) for v in cox.confidence_intervals_[0])
+        slope_record |= {
+            "estimate": _num(slope),
+            "se": _num(slope_se),
+            "ci95": [_num(s_lo), _num(s_hi)],
+            "z": _num(float(cox.z_[0])),
+            "p": _num(float(cox.p_values_[0])),
+            "covariate": "source card linear predictor x @ b (no offset)",
+        }
+    elif rec.mode == "full":
         cox = rec.cox
         assert cox is not None
         for j, name in enumerate(names):
@@ -99,6 +136,11 @@ def build_card(
     else:
         for j, name in enumerate(names):
             coefficients[name] = {"estimate": published[j], "source": "source card (kept)"}
+    fitted = {
+        "baseline": "source card",
+        "slope": "calibration slope on the source card's linear predictor",
+        "full": "locally fitted",
+    }[rec.mode]
 
     # Baseline
     knots_text = (
@@ -118,7 +160,7 @@ def build_card(
         "knots": [{"month": _month(m), "survival": s} for m, s in rec.knots],
         "basis": (
             f"Breslow estimate on {who}, with the "
-            f"{'locally fitted' if rec.mode == 'full' else 'source card'} coefficients, for the "
+            f"{fitted} coefficients, for the "
             f"reference patient (X1 = {card.reference_x1:g}, X2 = {card.reference_x2:g}); "
             f"{knots_text} up to {card.horizon_months:g} months{extension}; linear cumulative "
             "hazard between knots"
@@ -129,11 +171,13 @@ def build_card(
     fit: dict[str, Any] = {
         "mode": rec.mode,
         "source": "local-cohort",
-        "note": (
-            "Baseline hazard re-estimated on local patients; coefficients kept from the source card."
-            if rec.mode == "baseline"
-            else "Coefficients and baseline hazard fitted on local patients."
-        ),
+        "note": {
+            "baseline": "Baseline hazard re-estimated on local patients; coefficients kept from "
+            "the source card.",
+            "slope": "Recalibration in the large and slope: one coefficient on the source card's "
+            "linear predictor and the baseline hazard fitted on local patients.",
+            "full": "Coefficients and baseline hazard fitted on local patients.",
+        }[rec.mode],
         "fitted_at": when.isoformat().replace("+00:00", "Z"),
         "software": f"hfs-cds {__version__} (cds_service.recalibration)",
         "source_card": {"id": card.id, "version": card.version, "sha256": card.sha256},
@@ -148,6 +192,12 @@ def build_card(
             "at_risk_at_horizon": rec.at_risk_at_horizon,
             "administrative_censoring_months": card.horizon_months,
         },
+        "definitions": {
+            **cohort.definitions.as_json(),
+            "administrative_censoring": f"Follow-up beyond {card.horizon_months:g} months is "
+            "censored there.",
+            "time_origin": f"End of the index ablation; a month is {card.days_per_month:g} days.",
+        },
         "baseline": {
             "estimator": "breslow",
             "reference_patient": {"x1": card.reference_x1, "x2": card.reference_x2},
@@ -161,10 +211,13 @@ def build_card(
         fit["cohort"]["date_range"] = dates
     if rec.extrapolated_after_months is not None:
         fit["baseline"]["extrapolated_after_months"] = _num(rec.extrapolated_after_months)
-    if rec.mode == "full":
+    if rec.mode in ("slope", "full"):
         cox = rec.cox
-        assert cox is not None
+        covariance = rec.covariance
+        assert cox is not None and covariance is not None
         lr = cox.log_likelihood_ratio_test_
+        if rec.mode == "slope":
+            fit["slope"] = slope_record
         fit.update(
             {
                 "ties": "efron",
@@ -176,21 +229,28 @@ def build_card(
                     "p": _num(lr.p_value),
                 },
                 "iterations": cox.n_iterations_,
-                "covariance": [[_num(float(v)) for v in row] for row in cox.variance_matrix_],
+                "covariance": [[_num(float(v)) for v in row] for row in covariance],
+                "covariance_order": list(names),
             }
         )
     if rec.warnings:
         fit["warnings"] = list(rec.warnings)
     data["fit"] = fit
+    site = cohort.location or cohort.source
+    data["caveat"] = (
+        f"Recalibrated on {rec.n} local patients ({site}); informational only; see assumptions "
+        "and limitations."
+    )
 
     # What clinicians read on every card
-    local = (
-        f"Recalibrated on {who}: the baseline hazard"
-        + (" and both coefficients were" if rec.mode == "full" else " was")
-        + " re-estimated locally"
-        + ("" if rec.mode == "full" else "; the published coefficients are kept")
-        + "."
-    )
+    local = {
+        "baseline": f"Recalibrated on {who}: the baseline hazard was re-estimated locally; the "
+        "published coefficients are kept.",
+        "slope": f"Recalibrated on {who}: the baseline hazard and one calibration slope on the "
+        "published linear predictor were re-estimated locally (both coefficients scaled by it).",
+        "full": f"Recalibrated on {who}: the baseline hazard and both coefficients were "
+        "re-estimated locally.",
+    }[rec.mode]
     assumptions = [a for a in data["assumptions"] if not a.startswith(_BASELINE_ASSUMPTION_PREFIX)]
     assumptions.insert(0, local)
     if rec.extrapolated_after_months is not None:

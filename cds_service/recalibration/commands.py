@@ -2,15 +2,18 @@
 
 ``register(subparsers)`` adds both commands to the ``hfs-cds`` parser::
 
-    hfs-cds fit --mode baseline|full (--fhir BASE [--token T] | --ndjson DIR | --csv FILE)
+    hfs-cds fit --mode baseline|slope|full (--fhir BASE [--token T] | --ndjson DIR | --csv FILE)
                 --out CARD.json [--model CARD]
     hfs-cds validate --model CARD [--compare CARD]
                 (--cohort SOURCE | --fhir BASE [--token T] | --ndjson DIR | --csv FILE)
-                [--html OUT.html]
+                [--format text|json|html] [--out FILE] [--html OUT.html]
+                [--bootstrap B] [--seed S] [--min-at-risk N] [--groups G]
 
 ``--cohort SOURCE`` picks the reader from the value: an ``http(s)://`` URL is a FHIR server, a
 directory a Bulk Data export, anything else a CSV file. The FHIR token may also come from the
-environment variable ``HFS_CDS_FHIR_TOKEN`` (keeps it out of the process list). Every error is
+environment variable ``HFS_CDS_FHIR_TOKEN`` (keeps it out of the process list). FHIR cohorts are
+censored at the last HFS-specific assessment; the follow-up value set is the ``hfs_follow_up`` key
+of the value-set file (``CDS_VALUESETS_FILE``, else the packaged one). Every error is
 printed as one ``hfs-cds: ...`` line without a traceback and exits with status 2; patients left
 out of the cohort are listed on standard error.
 """
@@ -18,24 +21,34 @@ out of the cohort are listed on standard error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from cds_service.config import ConfigError, Settings
 from cds_service.model import ModelCard, ModelCardError, load_model_card
+from cds_service.recalibration.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from cds_service.recalibration.card_writer import build_card, read_card_json, write_card
 from cds_service.recalibration.cohort import (
     Cohort,
     cohort_from_csv,
     cohort_from_source,
 )
+from cds_service.recalibration.definitions import FollowUpRules, follow_up_rules
 from cds_service.recalibration.errors import RecalibrationError
-from cds_service.recalibration.fit import FitOptions, recalibrate
+from cds_service.recalibration.fit import FIT_MODES, FitOptions, recalibrate
+from cds_service.recalibration.report import report_json
 from cds_service.recalibration.sources import fetch_fhir_resources, read_ndjson_dir
-from cds_service.recalibration.validate import render_html, render_text, validate
+from cds_service.recalibration.validate import (
+    ValidationOptions,
+    render_html,
+    render_text,
+    validate,
+)
 from fhir_mappings import ValueSetError, ValueSets, load_value_sets
 
 TOKEN_ENV = "HFS_CDS_FHIR_TOKEN"
@@ -48,10 +61,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "fit",
         help="recalibrate the model card on local patients and write a new card",
         description="Recalibrate the model on local patients: the baseline hazard only "
-        "(--mode baseline, keeps the published coefficients) or the coefficients too (--mode "
-        "full). Writes a model card the service loads with CDS_MODEL_CARD=CARD.json.",
+        "(--mode baseline, keeps the published coefficients), the baseline and one calibration "
+        "slope on the published linear predictor (--mode slope), or both coefficients too "
+        "(--mode full). Writes a model card the service loads with CDS_MODEL_CARD=CARD.json.",
     )
-    fit.add_argument("--mode", required=True, choices=("baseline", "full"))
+    fit.add_argument("--mode", required=True, choices=FIT_MODES)
     _source_arguments(fit, allow_cohort=False)
     fit.add_argument("--out", required=True, type=Path, metavar="CARD.json")
     fit.add_argument(
@@ -77,10 +91,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     val = subparsers.add_parser(
         "validate",
-        help="C-index and calibration of model cards on a cohort, with an HTML report",
-        description="Harrell's C-index, calibration slope and calibration by risk tertile at the "
-        "report months (Kaplan-Meier observed vs predicted) for --model and, side by side, "
-        "--compare (default: the published card).",
+        help="C-index and calibration of model cards on a cohort, with intervals (text, JSON, HTML)",
+        description="At a named evaluation horizon: Harrell's and Uno's C, calibration slope, "
+        "observed/expected and calibration by risk group (Kaplan-Meier observed vs predicted), "
+        "with seeded bootstrap intervals and, for a refit validated on its own cohort, Harrell's "
+        "optimism correction; for --model and, side by side, --compare (default: the published "
+        "card).",
     )
     val.add_argument("--model", required=True, type=Path, metavar="CARD")
     val.add_argument(
@@ -90,7 +106,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a second card on the same cohort (default: the published card, unless --model is it)",
     )
     _source_arguments(val, allow_cohort=True)
-    val.add_argument("--html", type=Path, metavar="OUT.html", help="write the HTML report here")
+    val.add_argument(
+        "--format",
+        choices=("text", "json", "html"),
+        default="text",
+        help="report format on standard output or --out (default text)",
+    )
+    val.add_argument("--out", type=Path, metavar="FILE", help="write the report here")
+    val.add_argument("--html", type=Path, metavar="OUT.html", help="also write the HTML report")
+    val.add_argument(
+        "--bootstrap",
+        type=_non_negative,
+        default=DEFAULT_REPLICATES,
+        metavar="B",
+        help=f"bootstrap resamples for the intervals (default {DEFAULT_REPLICATES}; 0: none)",
+    )
+    val.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})"
+    )
+    val.add_argument(
+        "--min-at-risk",
+        type=_positive,
+        default=10,
+        metavar="N",
+        help="patients that must still be followed at the evaluation horizon (default 10)",
+    )
+    val.add_argument(
+        "--groups", type=_positive, default=3, metavar="G", help="risk groups (default 3)"
+    )
     val.set_defaults(run=run_validate)
 
 
@@ -203,14 +246,37 @@ def _validate(args: argparse.Namespace) -> int:
         compare = published if published.sha256 != card.sha256 else None
     cohort = load_cohort(args, card, _value_sets())
     print(cohort.report(), file=sys.stderr)
+    options = ValidationOptions(
+        replicates=args.bootstrap,
+        seed=args.seed,
+        min_at_risk=args.min_at_risk,
+        groups=args.groups,
+    )
+    started = time.perf_counter()
     results = []
     if compare is not None:
-        results.append(validate(compare, cohort, label=_label(compare, published)))
-    results.append(validate(card, cohort, label=_label(card, published)))
-    print(render_text(results))
+        results.append(validate(compare, cohort, _label(compare, published), options))
+    results.append(validate(card, cohort, _label(card, published), options))
+    print(
+        f"validated {len(results)} card(s) on {len(cohort)} patients in "
+        f"{time.perf_counter() - started:.1f} s (bootstrap {args.bootstrap} resamples, seed "
+        f"{args.seed})",
+        file=sys.stderr,
+    )
+    if args.format == "json":
+        report = json.dumps(report_json(results, cohort), indent=2, allow_nan=False) + "\n"
+    elif args.format == "html":
+        report = render_html(results, cohort)
+    else:
+        report = render_text(results, cohort) + "\n"
+    if args.out:
+        _write_text(args.out, report)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(report)
     if args.html:
         _write_text(args.html, render_html(results, cohort))
-        print(f"wrote {args.html}")
+        print(f"wrote {args.html}", file=sys.stderr if args.format != "text" else sys.stdout)
     return 0
 
 
@@ -222,7 +288,12 @@ def _label(card: ModelCard, published: ModelCard) -> str:
 # -- shared ---------------------------------------------------------------------------------------
 
 
-def load_cohort(args: argparse.Namespace, card: ModelCard, value_sets: ValueSets) -> Cohort:
+def load_cohort(
+    args: argparse.Namespace,
+    card: ModelCard,
+    value_sets: ValueSets,
+    follow_up: FollowUpRules | None = None,
+) -> Cohort:
     """The cohort from whichever source option was given (``--cohort`` is auto-detected)."""
     fhir, ndjson, csv_file = args.fhir, args.ndjson, args.csv
     cohort_arg: str | None = getattr(args, "cohort", None)
@@ -235,12 +306,18 @@ def load_cohort(args: argparse.Namespace, card: ModelCard, value_sets: ValueSets
             csv_file = Path(cohort_arg)
     as_of = _parse_as_of(args.as_of) if args.as_of else None
     window = {"since": args.since, "until": args.until}
+    if fhir is not None or ndjson is not None:
+        rules = follow_up or follow_up_rules(
+            value_sets, Settings.from_env(os.environ).valuesets_file or None
+        )
     if fhir is not None:
         token = args.token or os.environ.get(TOKEN_ENV) or None
         data = fetch_fhir_resources(fhir, value_sets, token, max_pages=args.max_pages, **window)
-        return cohort_from_source(data, card, value_sets, as_of=as_of, **window)
+        return cohort_from_source(data, card, value_sets, as_of=as_of, follow_up=rules, **window)
     if ndjson is not None:
-        return cohort_from_source(read_ndjson_dir(ndjson), card, value_sets, as_of=as_of, **window)
+        return cohort_from_source(
+            read_ndjson_dir(ndjson), card, value_sets, as_of=as_of, follow_up=rules, **window
+        )
     assert csv_file is not None  # argparse requires one source
     if args.since or args.until or args.as_of:
         raise RecalibrationError("--since, --until and --as-of need dates: use a FHIR source")
@@ -251,6 +328,20 @@ def _value_sets() -> ValueSets:
     """The value sets the service would use (``CDS_VALUESETS_FILE``, else the packaged ones)."""
     settings = Settings.from_env(os.environ)
     return load_value_sets(settings.valuesets_file or None)
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
 
 
 def _date(value: str) -> date:

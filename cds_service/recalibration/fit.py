@@ -1,7 +1,12 @@
-"""Recalibrate the model card on a local cohort: the baseline only, or the whole model.
+"""Recalibrate the model card on a local cohort: the baseline only, a slope, or the whole model.
 
 * ``baseline``: keep the card's coefficients; estimate the cumulative baseline hazard on the local
   cohort with Breslow's estimator.
+* ``slope`` (recalibration in the large plus slope, one degree of freedom): fit one coefficient
+  ``s`` on the card's linear predictor ``lp = x @ b`` by Efron partial likelihood; the new
+  coefficients are ``s * b`` (the card's relative weights kept, their strength shrunk or
+  stretched), then the Breslow baseline at them. The coefficient covariance is
+  ``var(s) * b b^T`` (rank one).
 * ``full``: fit both coefficients by Efron partial likelihood (:class:`CoxPH`), then the Breslow
   baseline at the fitted coefficients.
 
@@ -40,9 +45,11 @@ from cds_service.recalibration.cohort import Cohort
 from cds_service.recalibration.coxph import CoxPH, breslow
 from cds_service.recalibration.errors import CohortError
 
-FitMode = Literal["baseline", "full"]
+FitMode = Literal["baseline", "slope", "full"]
+FIT_MODES: tuple[FitMode, ...] = ("baseline", "slope", "full")
 
 COVARIATE_NAMES = ("operation time over the cut (X1)", "House-Brackmann grade (X2)")
+SLOPE_NAME = "source card linear predictor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +72,7 @@ class Recalibration:
     card: ModelCard  # the card recalibrated (coding, reference patient, horizon)
     cohort: Cohort
     params: tuple[float, float]  # X1, X2 coefficients used for the baseline
-    cox: CoxPH | None  # the full refit (None in baseline mode)
+    cox: CoxPH | None  # full: the 2-coefficient refit; slope: the fit on the card's lp; else None
     knots: tuple[tuple[float, float], ...]  # (month, survival of the reference patient)
     n: int
     events: int  # recurrences up to the horizon
@@ -74,6 +81,21 @@ class Recalibration:
     knots_thinned: bool
     extrapolated_after_months: float | None
     warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def source_params(self) -> tuple[float, float]:
+        return (self.card.operation_time.coefficient, self.card.hb_grade.coefficient)
+
+    @property
+    def covariance(self) -> FloatArray | None:
+        """2x2 covariance of (X1, X2) coefficients; rank one ``var(s) b b^T`` in slope mode."""
+        if self.cox is None:
+            return None
+        if self.mode == "slope":
+            b = np.array(self.source_params)
+            out: FloatArray = float(self.cox.variance_matrix_[0, 0]) * np.outer(b, b)
+            return out
+        return self.cox.variance_matrix_
 
 
 def recalibrate(
@@ -117,6 +139,21 @@ def recalibrate(
         except CohortError as exc:
             raise CohortError(f"{exc}; recalibrate the baseline only (--mode baseline)") from exc
         params = (float(cox.params_[0]), float(cox.params_[1]))
+    elif mode == "slope":
+        needed = math.ceil(opts.min_events_per_coefficient)
+        if events < needed:
+            raise CohortError(
+                f"{events} recurrences are too few to fit a calibration slope (at least {needed}: "
+                f"{opts.min_events_per_coefficient:g} per coefficient); recalibrate the baseline "
+                "only (--mode baseline)"
+            )
+        b = np.array([card.operation_time.coefficient, card.hb_grade.coefficient])
+        try:
+            cox = CoxPH().fit((x @ b)[:, None], t, e, names=[SLOPE_NAME])
+        except CohortError as exc:
+            raise CohortError(f"{exc}; recalibrate the baseline only (--mode baseline)") from exc
+        slope = float(cox.params_[0])
+        params = (slope * float(b[0]), slope * float(b[1]))
     elif mode == "baseline":
         params = (card.operation_time.coefficient, card.hb_grade.coefficient)
     else:

@@ -1,0 +1,249 @@
+"""The validation report as one self-contained HTML page, rendered from Jinja templates.
+
+The page (``templates/validation_report.html``) shows the same figures as the JSON report
+(:func:`.report.report_json`), one column per card, with two small inline SVG charts per card: a
+calibration plot at the report months and the evaluation horizon (Kaplan-Meier observed against
+mean predicted per risk group, 95% CIs, the smoothed calibration curve) and Kaplan-Meier curves per
+risk group with the predicted curves dashed. Chart geometry is computed here as plain shapes; the
+template draws them (``templates/_svg.html``). Autoescaping is on; no scripts or external assets,
+so the file can be mailed or archived as is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from cds_service.recalibration.cohort import Cohort
+from cds_service.recalibration.report import METRIC_LABELS, PERCENT_METRICS, report_json
+
+if TYPE_CHECKING:
+    from cds_service.recalibration.validate import Validation
+
+Shape = dict[str, Any]
+_MONTH_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
+_GROUP_COLOURS = ("#2c7bb6", "#abd9e9", "#fdae61", "#d7191c", "#7b3294")
+SIZE, PAD = 300.0, 48.0
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("cds_service.recalibration", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["estimate"] = format_estimate
+    env.filters["pct"] = _pct
+    env.filters["num"] = _number
+    return env
+
+
+def render_html(
+    validations: Sequence[Validation], cohort: Cohort, title: str = "Model card validation"
+) -> str:
+    """A self-contained HTML report: one column per card, side by side."""
+    report = report_json(validations, cohort)
+    models = [
+        {
+            "data": data,
+            "calibration_chart": calibration_chart(v),
+            "km_chart": km_chart(v),
+        }
+        for v, data in zip(validations, report["models"], strict=True)
+    ]
+    template = environment().get_template("validation_report.html")
+    return template.render(
+        title=title,
+        report=report,
+        models=models,
+        metric_labels=METRIC_LABELS,
+        percent_metrics=PERCENT_METRICS,
+    )
+
+
+# -- filters ------------------------------------------------------------------------------------------
+
+
+def format_estimate(entry: dict[str, Any] | None, percent: bool = False) -> str:
+    """A JSON estimate ``{"estimate", "ci95", "note"}`` as text (never a bare "n/a")."""
+    if entry is None:
+        return "not computed"
+    value, ci, note = entry.get("estimate"), entry.get("ci95"), entry.get("note")
+    if value is None:
+        return f"not estimable ({note})" if note else "not estimable"
+    text = _pct(value) if percent else _number(value)
+    if ci is not None:
+        low, high = (_pct(x) if percent else _number(x) for x in ci)
+        text += f" (95% CI {low} to {high})"
+    elif note:
+        text += f" ({note})"
+    return text
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+# -- charts -------------------------------------------------------------------------------------------
+
+
+def _axes(x_ticks: Sequence[str], x_label: str, y_label: str) -> list[Shape]:
+    shapes: list[Shape] = [
+        {"kind": "rect", "x": PAD, "y": PAD, "width": SIZE, "height": SIZE, "stroke": "#333"}
+    ]
+    for i, tick in enumerate(x_ticks):
+        x = PAD + SIZE * i / (len(x_ticks) - 1)
+        shapes.append(_line(x, PAD + SIZE, x, PAD + SIZE + 4, "#333"))
+        shapes.append(_text(x, PAD + SIZE + 16, tick, "middle"))
+    for i in range(6):
+        y = PAD + SIZE - SIZE * i / 5
+        shapes.append(_line(PAD - 4, y, PAD, y, "#333"))
+        shapes.append(_text(PAD - 6, y + 4, f"{20 * i}%", "end"))
+    shapes.append(_text(PAD + SIZE / 2, PAD + SIZE + 32, x_label, "middle"))
+    shapes.append(
+        {
+            "kind": "text",
+            "x": 0,
+            "y": 0,
+            "text": y_label,
+            "anchor": "middle",
+            "transform": f"translate(11 {PAD + SIZE / 2:.1f}) rotate(-90)",
+        }
+    )
+    return shapes
+
+
+def _line(
+    x1: float, y1: float, x2: float, y2: float, stroke: str, dash: str = "", width: float = 1
+) -> Shape:
+    return {
+        "kind": "line",
+        "x1": round(x1, 1),
+        "y1": round(y1, 1),
+        "x2": round(x2, 1),
+        "y2": round(y2, 1),
+        "stroke": stroke,
+        "dash": dash,
+        "width": width,
+    }
+
+
+def _text(x: float, y: float, text: str, anchor: str = "start") -> Shape:
+    return {"kind": "text", "x": round(x, 1), "y": round(y, 1), "text": text, "anchor": anchor}
+
+
+def _polyline(
+    points: Sequence[tuple[float, float]], stroke: str, dash: str = "", width: float = 2
+) -> Shape:
+    return {
+        "kind": "polyline",
+        "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in points),
+        "stroke": stroke,
+        "dash": dash,
+        "width": width,
+    }
+
+
+def _risk_y(p: float) -> float:
+    return PAD + (1.0 - min(max(p, 0.0), 1.0)) * SIZE
+
+
+def calibration_chart(v: Validation) -> dict[str, Any]:
+    """Observed vs predicted per risk group and month, the diagonal and the smoothed curve."""
+
+    def sx(p: float) -> float:
+        return PAD + min(max(p, 0.0), 1.0) * SIZE
+
+    shapes = _axes([f"{p}%" for p in range(0, 101, 20)], "predicted risk", "observed risk")
+    shapes.append(_line(sx(0), _risk_y(0), sx(1), _risk_y(1), "#999", "4 3"))
+    if v.curve.predicted.size:
+        shapes.append(
+            _polyline(
+                [
+                    (sx(float(p)), _risk_y(float(o)))
+                    for p, o in zip(v.curve.predicted, v.curve.observed, strict=True)
+                ],
+                "#555",
+                width=1.5,
+            )
+        )
+    for k, month in enumerate(v.months):
+        colour = _MONTH_COLOURS[k % len(_MONTH_COLOURS)]
+        for c in (c for c in v.calibration if c.month == month):
+            if math.isnan(c.observed):
+                continue
+            x = sx(c.predicted)
+            if not math.isnan(c.observed_low):
+                shapes.append(
+                    _line(x, _risk_y(c.observed_low), x, _risk_y(c.observed_high), colour)
+                )
+            shapes.append(
+                {
+                    "kind": "circle",
+                    "cx": round(x, 1),
+                    "cy": round(_risk_y(c.observed), 1),
+                    "r": 4,
+                    "fill": colour,
+                    "title": f"group {c.group}, {month:.4g} months: predicted {c.predicted:.1%}, "
+                    f"observed {c.observed:.1%}",
+                }
+            )
+        shapes.append(
+            {
+                "kind": "circle",
+                "cx": PAD + 10,
+                "cy": PAD + 10 + 15 * k,
+                "r": 4,
+                "fill": colour,
+                "title": "",
+            }
+        )
+        shapes.append(_text(PAD + 20, PAD + 14 + 15 * k, f"{month:.4g} months"))
+    if v.curve.predicted.size:
+        y = PAD + 10 + 15 * len(v.months)
+        shapes.append(_line(PAD + 4, y, PAD + 16, y, "#555", width=1.5))
+        shapes.append(_text(PAD + 20, y + 4, f"smoothed, {v.horizon.months:.4g} months"))
+    return {"title": "Calibration plot", "size": SIZE + 2 * PAD, "shapes": shapes}
+
+
+def km_chart(v: Validation) -> dict[str, Any]:
+    """Kaplan-Meier recurrence per risk group (solid) and mean predicted risk (dashed)."""
+    horizon = v.card.horizon_months
+
+    def sx(m: float) -> float:
+        return PAD + min(m, horizon) / horizon * SIZE
+
+    ticks = [f"{horizon * i / 4:g}" for i in range(5)]
+    shapes = _axes(ticks, "months after the ablation", "recurrence")
+    tau = v.horizon.months
+    if tau < horizon:
+        shapes.append(_line(sx(tau), PAD, sx(tau), PAD + SIZE, "#999", "2 2"))
+        shapes.append(_text(sx(tau) - 3, PAD + SIZE - 6, f"{tau:.4g}", "end"))
+    for g, km in enumerate(v.km, start=1):
+        colour = _GROUP_COLOURS[(g - 1) % len(_GROUP_COLOURS)]
+        points = [(0.0, 0.0)]
+        for time, s in zip(km.times, km.survival, strict=True):
+            points.append((float(time), points[-1][1]))
+            points.append((float(time), 1.0 - float(s)))
+        points.append((min(km.last_time, horizon), points[-1][1]))
+        shapes.append(_polyline([(sx(m), _risk_y(p)) for m, p in points], colour))
+        predicted = [
+            (sx(float(m)), _risk_y(float(p)))
+            for m, p in zip(v.curve_months, v.predicted_curves[g - 1], strict=True)
+        ]
+        shapes.append(_polyline(predicted, colour, "5 3", 1.5))
+        y = PAD + 10 + 15 * (g - 1)
+        shapes.append(_line(PAD + 8, y, PAD + 24, y, colour, width=2))
+        shapes.append(_text(PAD + 28, y + 4, f"group {g}"))
+    return {"title": "Kaplan-Meier curves", "size": SIZE + 2 * PAD, "shapes": shapes}
