@@ -177,7 +177,9 @@ def test_an_hb_grade_a_follow_up_observation_or_an_hfs_reason_is_an_assessment()
     cohort = extract(*fb.typical_patient(), later_hb, visit)
     assert_outcome(cohort, 130 / 30.4375, 0, "Encounter/r1")
     scored = fb.observation(
-        id="sev", coding=(fb.PROJECT, "hfs-follow-up", "x"), effective=iso(END + timedelta(days=140))
+        id="sev",
+        coding=(fb.PROJECT, "hfs-follow-up", "x"),
+        effective=iso(END + timedelta(days=140)),
     )
     absent = fb.observation(
         id="absent",
