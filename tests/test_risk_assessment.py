@@ -98,7 +98,10 @@ def test_a_valid_r4_risk_assessment_for_each_grade_and_time(
     # One prediction per report month, the raw fraction (4 dp) of the assessment, never floored.
     assert len(resource["prediction"]) == len(a.risks)
     for prediction, point in zip(resource["prediction"], a.risks, strict=True):
-        assert prediction["probabilityDecimal"] == round(point.risk, 4)
+        assert prediction["probabilityDecimal"] == pytest.approx(point.risk, abs=1.0001e-4)
+        assert 0 < prediction["probabilityDecimal"] < 1
+        if 0.0001 <= round(point.risk, 4) <= 0.9999:
+            assert prediction["probabilityDecimal"] == round(point.risk, 4)
         assert prediction["whenRange"]["low"] == {
             "value": 0,
             "unit": "mo",
@@ -122,6 +125,14 @@ def test_a_valid_r4_risk_assessment_for_each_grade_and_time(
     expected = [t for t in (st.coding_note, st.uncertainty_note, st.caveat) if t]
     assert notes == expected
     assert any("informational only" in n for n in notes)
+
+
+def test_rounding_never_makes_a_certainty(assessor: Assessor) -> None:
+    """HB I, 20 min: all but 1 by 12 months, yet "1.0" would read "100%" in an EHR."""
+    a = _assess(assessor, _record("I", 20))
+    assert round(a.risk_at(12).risk, 4) == 1.0 and a.risk_at(12).risk < 1.0
+    prediction = risk_assessment(present(a), "p1")["prediction"][-1]
+    assert prediction["probabilityDecimal"] == 0.9999
 
 
 def test_the_rationale_uses_the_card_s_words(assessor: Assessor) -> None:

@@ -3,7 +3,7 @@
 One resource for every surface that offers it: ``hfs-cds score --format fhir``, the SMART app's JSON
 and the card's "Record this assessment in the chart" suggestion. It is built from the
 :class:`Statement`, so its rationale and notes read exactly as the card and the page do, while
-``probabilityDecimal`` keeps the raw fraction (machine-readable output is never floored to "<5%").
+``probabilityDecimal`` keeps the raw fraction (to 4 dp; never floored to "<5%").
 
 Not validated with fhir.resources at run time: the shape is fixed here and every variant (HB grade,
 duration source, CI or not) is validated in the tests; only ids, versions and numbers vary.
@@ -126,11 +126,20 @@ def _prediction(r: RiskFigure, ablation_end: str) -> dict[str, Any]:
         rationale += f"; 95% CI {r.ci_text}"
     return {
         "outcome": _outcome(),
-        "probabilityDecimal": round(r.risk, 4),
+        "probabilityDecimal": _probability(r.risk),
         # UCUM "mo" is the mean Julian month, 30.4375 days: the published card's days_per_month.
         "whenRange": {"low": _months(0), "high": _months(r.month)},
         "rationale": rationale + ".",
     }
+
+
+def _probability(risk: float) -> float:
+    """The fraction to 4 dp, but never a certainty that only rounding made: 0.99999 is 0.9999, not
+    1.0, which an EHR would show as "100%" (clinical-presentation.md §1)."""
+    value = round(risk, 4)
+    if 0.0 < risk < 1.0:
+        value = min(max(value, 0.0001), 0.9999)
+    return value
 
 
 def _outcome() -> dict[str, Any]:
