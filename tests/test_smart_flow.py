@@ -19,6 +19,7 @@ import requests
 
 from cds_service.assessment import Assessor
 from cds_service.model import RecurrenceModel
+from cds_service.presentation import percent, percent_range, present, tier_for
 from cds_service.smart.oauth import new_pkce, s256
 from tests import fhir_builders as fb
 from tests.smart.pages import Page
@@ -385,6 +386,7 @@ def test_an_expired_access_token_is_refreshed(
     first = launch(browser, served, shim, "smart-refresh-1")
     assert Page(first.text).status == "scored"
     (exchange,) = entries(shim, "auth", "/token")
+    first_load = len(fhir_requests(shim))  # the Patient read and the prefetch searches
 
     clock.advance(timedelta(minutes=10))
     again = browser.get(first.url, timeout=TIMEOUT)
@@ -394,8 +396,9 @@ def test_an_expired_access_token_is_refreshed(
     assert refresh["form"]["grant_type"] == "refresh_token"
     assert refresh["status"] == 200 and "scope" not in refresh["form"]  # never widened
     serials = [e["token_serial"] for e in fhir_requests(shim)]
-    assert set(serials[:4]) == {exchange["access_serial"]}
-    assert set(serials[4:]) == {refresh["access_serial"]}
+    assert len(serials) == 2 * first_load
+    assert set(serials[:first_load]) == {exchange["access_serial"]}
+    assert set(serials[first_load:]) == {refresh["access_serial"]}
 
 
 def test_an_expired_access_token_without_refresh_token_asks_to_relaunch(
@@ -525,7 +528,31 @@ def test_the_json_sibling_is_the_same_assessment(
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.headers["Cache-Control"] == "no-store"
     body = response.json()
-    expected = assessor.assess(resources, "smart-json-1", as_of=clock()).to_json()
+    assessment = assessor.assess(resources, "smart-json-1", as_of=clock())
+    expected = assessment.to_json()
+    # The page's texts, from the same presentation layer the card uses.
+    display, st = body.pop("display"), present(assessment)
+    assert [(r["text"], r["rangeText"]) for r in display["risks"]] == [
+        (r.text, r.range_text) for r in st.risks
+    ]
+    assert st.estimate_tier and st.schedule_tier
+    assert display["estimateTier"]["id"] == st.estimate_tier.id
+    assert display["scheduleTier"]["id"] == st.schedule_tier.id
+    for key, value in {
+        "summary": st.summary,
+        "riskSentence": st.risk_sentence,
+        "schedule": st.schedule_text,
+        "advice": st.advice,
+        "uncertainty": st.uncertainty_note,
+        "caveat": st.caveat,
+    }.items():
+        assert display[key] == value, key
+    assert [r["date"] for r in display["reviewsAhead"]] == [
+        r.on.isoformat() for r in st.reviews_ahead
+    ]
+    assert "cardNotice" not in display
+    for text in (display["schedule"], display["advice"], display["riskSentence"]):
+        assert text in Page(page.text).text
     body.pop("asOf"), expected.pop("asOf"), body.pop("monthsSinceProcedure")
     expected.pop("monthsSinceProcedure")
     body.pop("conditionalRisk", None), expected.pop("conditionalRisk", None)
@@ -559,7 +586,13 @@ def test_what_if_moves_the_numbers(
     body = answer.json()
     assert [r["risk"] for r in body["risks"]] == [round(v, 4) for v in point]
     assert [r["high"] for r in body["risks"]] == [round(v, 4) for v in high]
-    assert body["tier"] == model.tier(float(high[2])).id
+    # Tiers as the presentation layer chooses them: estimate from the point, schedule from the top.
+    assert body["estimateTier"] == tier_for(model.card, float(point[2])).id
+    assert body["scheduleTier"] == tier_for(model.card, float(high[2])).id
+    assert [r["text"] for r in body["risks"]] == [percent(float(v)) for v in point]
+    assert [r["rangeText"] for r in body["risks"]] == [
+        percent_range(float(lo), float(hi)) for lo, hi in zip(low, high, strict=True)
+    ]
     assert body["line"].startswith("M")
 
     bad = browser.get(

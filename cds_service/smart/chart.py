@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cds_service.model import RecurrenceModel
+from cds_service.presentation import percent
 
 WIDTH, HEIGHT = 680, 320
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 34, 56
@@ -124,7 +125,8 @@ def build_chart(
     x_ticks = tuple(
         Tick(scale.x(m), f"{m:g}") for m in np.arange(0, horizon + 1e-9, 1.0) if m % step == 0
     )
-    y_ticks = tuple(Tick(scale.y(r / 100), f"{r}%") for r in range(0, 101, 20))
+    # Axis ticks are plain numbers (the axis title says "%"): "0%" and "100%" are never risks.
+    y_ticks = tuple(Tick(scale.y(r / 100), f"{r}") for r in range(0, 101, 20))
     placed = []
     for month, risk in markers:
         y = scale.y(risk)
@@ -134,7 +136,7 @@ def build_chart(
                 risk=risk,
                 x=scale.x(month),
                 y=y,
-                label=f"{risk * 100:.0f}%",
+                label=percent(risk),
                 label_y=y - 10,
             )
         )

@@ -43,6 +43,30 @@ def app_context_for(
     return json.dumps(out, separators=(",", ":"))
 
 
+_REFERENCE = re.compile(
+    r"(?:.*/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CardReference:
+    """A resource a CDS card used, with the version it read when the card was built."""
+
+    resource_type: str
+    id: str
+    version: str | None
+
+    @property
+    def reference(self) -> str:
+        ref = f"{self.resource_type}/{self.id}"
+        return f"{ref}/_history/{self.version}" if self.version else ref
+
+    @property
+    def plain(self) -> str:
+        """``Type/id``, without the version."""
+        return f"{self.resource_type}/{self.id}"
+
+
 @dataclass(frozen=True, slots=True)
 class CardProcedure:
     """The procedure a CDS card named in ``appContext`` (or ``fhirContext``) when it opened the app."""
@@ -56,14 +80,44 @@ class CardProcedure:
         return f"{ref}/_history/{self.version}" if self.version else ref
 
 
+@dataclass(frozen=True, slots=True)
+class CardInputs:
+    """Everything the card that opened the app said it used: the procedure, the inputs' sources
+    (with versions) and the 12-month figure it showed. Any part may be missing (an older card)."""
+
+    procedure: CardProcedure
+    hb_grade: CardReference | None = None
+    operation_time: CardReference | None = None
+    risk_12m: float | None = None
+
+    @property
+    def references(self) -> tuple[CardReference, ...]:
+        """Every versioned resource the card named (the procedure first)."""
+        p = self.procedure
+        out = [CardReference("Procedure", p.id, p.version)]
+        out += [r for r in (self.hb_grade, self.operation_time) if r is not None]
+        return tuple(out)
+
+
 def card_procedure(app_context: str | None, fhir_context: tuple[str, ...]) -> CardProcedure | None:
     """The procedure named by the card: ``appContext`` as ``{"procedure": "Procedure/<id>…"}`` or a
     bare ``Procedure/<id>[/_history/<v>]``, else the first Procedure in ``fhirContext``. Anything else
     is ignored (the page is computed from FHIR either way)."""
+    inputs = card_inputs(app_context, fhir_context)
+    return inputs.procedure if inputs else None
+
+
+def card_inputs(app_context: str | None, fhir_context: tuple[str, ...]) -> CardInputs | None:
+    """What the card used, from ``appContext`` in any of its forms: the full
+    ``{"procedure", "hbGrade", "operationTime", "risk12m"}`` object, the older
+    ``{"procedure": ...}``, or a bare ``Procedure/<id>[/_history/<v>]``; else the first Procedure
+    in ``fhirContext``. Members that do not parse are ignored one by one; without a procedure
+    there is nothing to compare, so None."""
+    parsed: Any = None
     candidates: list[str] = []
     if app_context:
         try:
-            parsed: Any = json.loads(app_context)
+            parsed = json.loads(app_context)
         except ValueError:
             parsed = app_context
         if isinstance(parsed, dict) and isinstance(parsed.get("procedure"), str):
@@ -71,8 +125,34 @@ def card_procedure(app_context: str | None, fhir_context: tuple[str, ...]) -> Ca
         elif isinstance(parsed, str):
             candidates.append(parsed)
     candidates.extend(fhir_context)
+    procedure = None
     for candidate in candidates:
         match = _PROCEDURE_REF.fullmatch(candidate.strip())
         if match:
-            return CardProcedure(match.group(1), match.group(2))
-    return None
+            procedure = CardProcedure(match.group(1), match.group(2))
+            break
+    if procedure is None:
+        return None
+    if not isinstance(parsed, dict):
+        return CardInputs(procedure)
+    risk = parsed.get("risk12m")
+    risk_12m = (
+        float(risk)
+        if isinstance(risk, int | float) and not isinstance(risk, bool) and 0.0 <= risk <= 1.0
+        else None
+    )
+    return CardInputs(
+        procedure,
+        hb_grade=_reference(parsed.get("hbGrade"), "Observation"),
+        operation_time=_reference(parsed.get("operationTime"), "Procedure", "Observation"),
+        risk_12m=risk_12m,
+    )
+
+
+def _reference(value: Any, *types: str) -> CardReference | None:
+    if not isinstance(value, str):
+        return None
+    match = _REFERENCE.fullmatch(value.strip()[:300])
+    if match is None or match.group(1) not in types:
+        return None
+    return CardReference(match.group(1), match.group(2), match.group(3))

@@ -1,39 +1,26 @@
 """What the risk page shows, prepared from an :class:`Assessment` (the template only lays it out).
 
-Percentages are whole numbers formatted exactly as the CDS card formats them, so a clinician sees
-the same numbers in the card and in the app.
+Every number and every tier comes from the presentation layer (:mod:`cds_service.presentation`),
+so a clinician reads the same words in the CDS card and in the app; nothing here formats a risk
+or chooses a tier itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
 from cds_service.assessment import Assessment, Status
 from cds_service.model import RecurrenceModel, Tier
+from cds_service.presentation import RiskFigure, Statement, percent, tier_for
 from cds_service.smart.chart import Chart, Curve, build_chart, curve
-from cds_service.smart.context import CardProcedure
+from cds_service.smart.context import CardInputs, CardReference
 from fhir_mappings import Provenance, grade_from_roman, roman
 
 #: Grade -> numeral for the templates (the shared code set of fhir_mappings).
 ROMAN = {grade: roman(grade) for grade in range(1, 7)}
-
-
-def pct(value: float) -> str:
-    """A risk as the card shows it: ``0.1526`` → ``15%``."""
-    return f"{value * 100:.0f}%"
-
-
-@dataclass(frozen=True, slots=True)
-class RiskRow:
-    month: float
-    risk: float
-    low: float
-    high: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.month:g} months"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +36,15 @@ class InputRow:
 
 @dataclass(frozen=True, slots=True)
 class WhatIf:
-    """The risk for inputs the clinician typed in, next to the recorded ones."""
+    """The risk for inputs the clinician typed in, next to the recorded ones: tiers chosen as
+    :func:`~cds_service.presentation.present` chooses them (estimate from the point estimate,
+    schedule from the upper end of the range at the horizon)."""
 
     minutes: float
     hb_grade: int
-    rows: tuple[RiskRow, ...]
-    tier: Tier
+    rows: tuple[RiskFigure, ...]
+    estimate_tier: Tier
+    schedule_tier: Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,45 +78,24 @@ def parse_what_if(
 
 
 def what_if(model: RecurrenceModel, chosen: WhatIfInput) -> tuple[WhatIf, Curve]:
-    """Risks at the report months and the tier for typed-in inputs, with their curve."""
+    """Risks at the report months and the tiers for typed-in inputs, with their curve."""
     card = model.card
     months = sorted({*card.report_months, card.horizon_months})
     point, low, high = model.risk_with_range(chosen.minutes, chosen.hb_grade, months)
     rows = tuple(
-        RiskRow(float(m), float(point[i]), float(low[i]), float(high[i]))
+        RiskFigure(float(m), float(point[i]), float(low[i]), float(high[i]))
         for i, m in enumerate(months)
         if m in card.report_months
     )
-    tier = model.tier(float(high[months.index(card.horizon_months)]))
-    return WhatIf(chosen.minutes, chosen.hb_grade, rows, tier), curve(
-        model, chosen.minutes, chosen.hb_grade
+    at = months.index(card.horizon_months)
+    result = WhatIf(
+        chosen.minutes,
+        chosen.hb_grade,
+        rows,
+        estimate_tier=tier_for(card, float(point[at])),
+        schedule_tier=tier_for(card, float(high[at])),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Review:
-    """A follow-up review the tier suggests, counted from the end of the ablation."""
-
-    month: float
-    on: date
-    passed: bool
-
-
-def reviews(a: Assessment) -> tuple[Review, ...]:
-    """The tier's review dates (as in the card's follow-up suggestion), marking those already past."""
-    if a.tier is None or a.inputs.ablation is None:
-        return ()
-    end = a.inputs.ablation.ended_at
-    days = a.model.days_per_month
-    out = []
-    for month in a.tier.follow_up_months:
-        moment = end + timedelta(days=month * days)
-        out.append(Review(month, moment.date(), moment <= a.as_of))
-    return tuple(out)
-
-
-def risk_rows(a: Assessment) -> tuple[RiskRow, ...]:
-    return tuple(RiskRow(p.month, p.risk, p.low, p.high) for p in a.risks)
+    return result, curve(model, chosen.minutes, chosen.hb_grade)
 
 
 def chart_for(
@@ -207,23 +176,240 @@ def input_rows(a: Assessment) -> tuple[InputRow, ...]:
     return tuple(rows)
 
 
-def card_notice(a: Assessment, card: CardProcedure | None) -> str | None:
-    """What to say when the card that opened the app named another procedure or version."""
-    ablation = a.inputs.ablation
-    if card is None or ablation is None:
+@dataclass(frozen=True, slots=True)
+class CardNotice:
+    """Why this page differs from the CDS card that opened it (clinical-presentation.md §5)."""
+
+    changes: tuple[str, ...]  # what changed in the record, one sentence each
+    figures: str | None  # the card's 12-month figure against the page's
+    closing: str = "This page uses the current record."
+
+    @property
+    def text(self) -> str:
+        return " ".join([*self.changes, *([self.figures] if self.figures else []), self.closing])
+
+
+def card_notice(
+    st: Statement,
+    card: CardInputs | None,
+    previous: Assessment | None = None,
+    updated: Mapping[str, str] | None = None,
+) -> CardNotice | None:
+    """What to say when the card that opened the app used other inputs or showed another figure.
+
+    ``previous`` is the assessment of the record with the versions the card named read back from
+    the EHR, when they could be read: it gives the old values ("corrected from I to II").
+    ``updated`` maps ``Type/id`` to the current resource's ``meta.lastUpdated``.
+    """
+    if card is None:
         return None
-    p: Provenance = ablation.provenance
-    if p.id != card.id:
-        return (
-            f"The card that opened this app was about {card.reference}; the most recent "
+    a = st.assessment
+    changes = _input_changes(a, card, previous, updated or {})
+    figures = None
+    if card.risk_12m is not None:
+        shown = percent(card.risk_12m)
+        horizon = f"{a.model.horizon_months:g} months"
+        if st.horizon is None:
+            figures = (
+                f"The card showed {shown} by {horizon}; from the current record the risk cannot "
+                "be calculated (see below)."
+            )
+        elif st.horizon.text != shown:
+            figures = f"The card showed {shown} by {horizon}; this page shows {st.horizon.text}."
+            if not changes:
+                changes.append("The record or the model has changed since the card was shown.")
+        elif changes:
+            figures = f"The {horizon} estimate is the same as on the card ({shown})."
+    if not changes and figures is None:
+        return None
+    return CardNotice(tuple(changes), figures)
+
+
+def _input_changes(
+    a: Assessment, card: CardInputs, previous: Assessment | None, updated: Mapping[str, str]
+) -> list[str]:
+    """One sentence per input (procedure, operation time, HB grade) that differs from the card's."""
+    ablation = a.inputs.ablation
+    if ablation is None:
+        return [
+            f"The card was about {card.procedure.reference}; no ablation within the model's "
+            f"{a.model.horizon_months:g} months is on record now."
+        ]
+    p = ablation.provenance
+    if p.id != card.procedure.id:
+        return [
+            f"The card that opened this app was about {card.procedure.reference}; the most recent "
             f"ablation on record is {p.reference}, and this page is about that one."
+        ]
+    changes: list[str] = []
+    said: set[str] = set()
+    ot, hb = a.operation_time, a.hb_grade
+    old_ot = _old(previous.operation_time if previous else None, card.operation_time)
+    old_hb = _old(previous.hb_grade if previous else None, card.hb_grade)
+    for changed in (
+        _changed(
+            "operation time",
+            card.operation_time,
+            ot.provenance if ot else None,
+            f"{old_ot.minutes:.0f} min" if old_ot else None,
+            f"{ot.minutes:.0f} min" if ot else None,
+            updated,
+        ),
+        _changed(
+            "House-Brackmann grade",
+            card.hb_grade,
+            hb.provenance if hb else None,
+            roman(old_hb.grade) if old_hb else None,
+            roman(hb.grade) if hb else None,
+            updated,
+        ),
+    ):
+        if changed:
+            said.add(changed[0])
+            changes.append(changed[1])
+    plain = f"Procedure/{p.id}"
+    was, now = card.procedure.version, p.version
+    if plain not in said and was and now and was != now:
+        changes.append(
+            f"{plain} has changed since the card was shown (version {was} → {now}"
+            f"{_at(updated.get(plain))})."
         )
-    if card.version and p.version and card.version != p.version:
+    return changes
+
+
+def _old(value: Any, ref: CardReference | None) -> Any:
+    """An input of the replayed assessment, only when it came from exactly the card's version."""
+    if value is None or ref is None:
+        return None
+    p: Provenance = value.provenance
+    if (p.resource_type, p.id, p.version) != (ref.resource_type, ref.id, ref.version):
+        return None
+    return value
+
+
+def _changed(
+    label: str,
+    card_ref: CardReference | None,
+    current: Provenance | None,
+    old: str | None,
+    new: str | None,
+    updated: Mapping[str, str],
+) -> tuple[str, str] | None:
+    """``(Type/id, sentence)`` saying how one input differs from the card's, or None."""
+    if card_ref is None:
+        return None  # a card from before appContext named its inputs
+    if current is None or current.id is None:
+        return card_ref.plain, (
+            f"The card used the {label} in {card_ref.reference}; the current record gives "
+            "none the model can use."
+        )
+    plain = f"{current.resource_type}/{current.id}"
+    if plain != card_ref.plain:
+        was = f" ({old})" if old else ""
+        now = f" ({new})" if new else ""
+        return plain, (
+            f"The {label} now comes from {current.reference}{now}; the card used "
+            f"{card_ref.reference}{was}."
+        )
+    if not card_ref.version or not current.version or card_ref.version == current.version:
+        return None
+    versions = f"{plain} version {card_ref.version} → {current.version}"
+    at = _at(updated.get(plain))
+    if old and new and old != new:
         return (
-            f"{p.reference} has changed since the card was shown (the card used version "
-            f"{card.version}); this page uses the current record."
+            plain,
+            f"{label[0].upper()}{label[1:]} corrected from {old} to {new}{at} ({versions}).",
         )
-    return None
+    if old and new:
+        return plain, (
+            f"{plain} was updated since the card{at} ({versions}); the {label} is still {new}."
+        )
+    return plain, f"The {label} on record has changed since the card ({versions}{at})."
+
+
+def _at(last_updated: str | None) -> str:
+    """`` at 2026-05-01 14:02 UTC`` from a ``meta.lastUpdated``; nothing when unreadable."""
+    if not last_updated:
+        return ""
+    try:
+        moment = datetime.fromisoformat(last_updated)
+    except ValueError:
+        return ""
+    if moment.tzinfo is None:
+        return ""
+    return " at " + moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def display_json(st: Statement, notice: CardNotice | None) -> dict[str, Any]:
+    """The texts the page shows, for the app's JSON (the same words, from the same Statement)."""
+    out: dict[str, Any] = {
+        "summary": st.summary,
+        "indicator": st.indicator,
+        "caveat": st.caveat,
+    }
+    if notice:
+        out["cardNotice"] = {
+            "changes": list(notice.changes),
+            **({"figures": notice.figures} if notice.figures else {}),
+            "text": notice.text,
+        }
+    if st.scored and st.estimate_tier and st.schedule_tier:
+        out["risks"] = [
+            {
+                "month": _month(r.month),
+                "text": r.text,
+                "rangeText": r.range_text,
+                **({"ciText": r.ci_text} if r.ci_text else {}),
+            }
+            for r in st.risks
+        ]
+        if st.conditional:
+            out["conditional"] = st.conditional.sentence
+        out["estimateTier"] = {"id": st.estimate_tier.id, "label": st.tier_text}
+        out["riskSentence"] = st.risk_sentence
+        if st.coding_note:
+            out["codingNote"] = st.coding_note
+        out["scheduleTier"] = {
+            "id": st.schedule_tier.id,
+            "label": f"{st.schedule_tier.label.lower()}-risk schedule",
+        }
+        if st.schedule_note:
+            out["scheduleNote"] = st.schedule_note
+        out["schedule"] = st.schedule_text
+        out["reviewsAhead"] = [
+            {"month": _month(r.month), "date": r.on.isoformat()} for r in st.reviews_ahead
+        ]
+        out["advice"] = st.advice
+        out["uncertainty"] = st.uncertainty_note
+    elif st.headline:
+        out["headline"] = st.headline
+    return out
+
+
+def what_if_json_body(result: WhatIf) -> dict[str, Any]:
+    """The what-if answer for the page's script: raw fractions beside the display texts."""
+    return {
+        "inputs": {"operationMinutes": result.minutes, "houseBrackmannGrade": result.hb_grade},
+        "risks": [
+            {
+                "month": _month(row.month),
+                "risk": round(row.risk, 4),
+                "low": round(row.low, 4),
+                "high": round(row.high, 4),
+                "text": row.text,
+                "rangeText": row.range_text,
+            }
+            for row in result.rows
+        ],
+        "estimateTier": result.estimate_tier.id,
+        "estimateTierLabel": result.estimate_tier.label,
+        "scheduleTier": result.schedule_tier.id,
+        "scheduleTierLabel": result.schedule_tier.label,
+    }
+
+
+def _month(month: float) -> int | float:
+    return int(month) if float(month).is_integer() else month
 
 
 def _system_name(system: str) -> str:

@@ -8,7 +8,7 @@ Nothing here maps or scores: :meth:`Assessor.assess` does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from cds_service.assessment import Assessment, Assessor
 from cds_service.hooks.prefetch import render_template
 from cds_service.hooks.services import build_prefetch
 from cds_service.security.fhir_client import FhirClient, FhirFetchError
+from cds_service.smart.context import CardReference
 from cds_service.smart.errors import Failure, SmartError
 from fhir_mappings import Resource
 
@@ -45,6 +46,16 @@ class PatientBanner:
 class PatientRecord:
     banner: PatientBanner
     assessment: Assessment
+    resources: tuple[Resource, ...] = ()  # what the assessment read (for the card comparison)
+
+    def current(self, plain: str) -> Resource | None:
+        """The resource ``Type/id`` as the record has it now."""
+        return next((r for r in self.resources if _plain(r) == plain), None)
+
+    def version_of(self, plain: str) -> str | None:
+        """``meta.versionId`` of the resource ``Type/id`` as the record has it now."""
+        now = self.current(plain)
+        return _version(now) if now is not None else None
 
 
 class RecordReader:
@@ -85,7 +96,41 @@ class RecordReader:
         results = self._fetch(fhir_base, self.queries(patient_id), access_token)
         resources = [r for rs in results.values() for r in rs]
         assessment = self.assessor.assess(resources, patient_id, as_of=self.clock())
-        return PatientRecord(banner_of(patient_id, patient), assessment)
+        return PatientRecord(banner_of(patient_id, patient), assessment, tuple(resources))
+
+    def as_the_card_saw_it(
+        self,
+        fhir_base: str,
+        patient_id: str,
+        access_token: str,
+        record: PatientRecord,
+        references: Sequence[CardReference],
+    ) -> Assessment | None:
+        """The assessment of ``record`` with each resource the card named at the version the card
+        read (a FHIR vread per version that differs), or None when no such version could be read.
+
+        Only ever a help for saying what changed: any failure (a server without history, a
+        refused read) leaves the page to say that a version changed without the old value.
+        """
+        replaced: dict[str, Resource] = {}
+        for ref in references:
+            if not ref.version:
+                continue
+            if record.version_of(ref.plain) == ref.version:
+                continue
+            query = {"v": f"{ref.plain}/_history/{quote(ref.version, safe='')}"}
+            try:
+                found = self._fetch(fhir_base, query, access_token)["v"]
+            except (FhirUnauthorized, SmartError):
+                continue
+            old = next((r for r in found if _plain(r) == ref.plain), None)
+            if old is not None:
+                replaced[ref.plain] = old
+        if not replaced:
+            return None
+        resources = [r for r in record.resources if _plain(r) not in replaced]
+        resources += replaced.values()
+        return self.assessor.assess(resources, patient_id, as_of=record.assessment.as_of)
 
     def _fetch(
         self, fhir_base: str, queries: dict[str, str], access_token: str
@@ -99,6 +144,23 @@ class RecordReader:
             if status in (404, 410):
                 raise SmartError(Failure.PATIENT_NOT_FOUND, f"HTTP {status}") from exc
             raise SmartError(Failure.FHIR_UNAVAILABLE, str(exc)) from exc
+
+
+def _plain(resource: Resource) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def _version(resource: Resource) -> str | None:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def last_updated(resource: Resource | None) -> str | None:
+    """``meta.lastUpdated`` of a resource, when it has one."""
+    meta = resource.get("meta") if resource else None
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def banner_of(patient_id: str, patient: Resource) -> PatientBanner:

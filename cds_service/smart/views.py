@@ -28,23 +28,24 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from cds_service.assessment import Status
+from cds_service.presentation import RANGE_STATEMENT, Statement, present
 from cds_service.smart.chart import line_path
-from cds_service.smart.context import card_procedure
+from cds_service.smart.context import CardInputs, card_inputs
 from cds_service.smart.errors import Failure, SmartError
 from cds_service.smart.oauth import TokenResponse, missing_access, new_pkce, new_state
 from cds_service.smart.page import (
     ROMAN,
+    CardNotice,
     WhatIfInput,
     card_notice,
     chart_for,
+    display_json,
     input_rows,
     parse_what_if,
-    pct,
-    reviews,
-    risk_rows,
     what_if,
+    what_if_json_body,
 )
-from cds_service.smart.record import FhirUnauthorized, PatientRecord
+from cds_service.smart.record import FhirUnauthorized, PatientRecord, last_updated
 from cds_service.smart.runtime import SmartRuntime
 from cds_service.smart.store import (
     LaunchContext,
@@ -217,6 +218,8 @@ def risk_page(ref: str) -> Response:
     launch_context = _launch(ref)
     record = _read_record(launch_context)
     a = record.assessment
+    st = present(a)
+    from_card = card_inputs(launch_context.app_context, launch_context.fhir_context)
     model = smart.cds.assessor.model
     chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"))
     what_if_error = chosen if isinstance(chosen, str) else None
@@ -228,26 +231,24 @@ def risk_page(ref: str) -> Response:
         what_if_result, what_if_curve = what_if(model, chosen)
         if chosen == recorded:
             what_if_curve = None  # the same line as the recorded one: nothing extra to draw
-    from_card = card_procedure(launch_context.app_context, launch_context.fhir_context)
     html = render_template(
         "smart/risk.html",
         a=a,
+        st=st,
         card=a.model,
         banner=record.banner if launch_context.need_patient_banner else None,
-        rows=risk_rows(a),
         chart=chart_for(model, a, what_if_curve),
         inputs=input_rows(a),
-        notice=card_notice(a, from_card),
+        notice=_card_notice(launch_context, record, st, from_card),
         from_card=from_card,
         what_if=what_if_result,
         what_if_changed=what_if_curve is not None,
         what_if_error=what_if_error,
-        reviews=reviews(a),
+        range_statement=RANGE_STATEMENT,
         ablation_codes=", ".join(
             code for _, code in smart.cds.assessor.value_sets.codes("ablation_procedure")
         ),
         roman=ROMAN,
-        pct=pct,
         ref=ref,
     )
     return Response(html, mimetype="text/html")
@@ -255,9 +256,14 @@ def risk_page(ref: str) -> Response:
 
 @bp.get("/app/<ref>/assessment.json")
 def assessment_json(ref: str) -> Response:
-    """The page's assessment as JSON: exactly ``Assessment.to_json()``, as in the card extension."""
-    record = _read_record(_launch(ref))
-    return jsonify(record.assessment.to_json())
+    """The page's assessment as JSON: ``Assessment.to_json()`` (as in the card extension) plus
+    ``display``, the same texts the page shows (and the card-difference notice, if any)."""
+    launch_context = _launch(ref)
+    record = _read_record(launch_context)
+    st = present(record.assessment)
+    from_card = card_inputs(launch_context.app_context, launch_context.fhir_context)
+    notice = _card_notice(launch_context, record, st, from_card)
+    return jsonify({**record.assessment.to_json(), "display": display_json(st, notice)})
 
 
 @bp.get("/app/<ref>/what-if.json")
@@ -274,24 +280,33 @@ def what_if_json(ref: str) -> Response:
         return response
     result, result_curve = what_if(model, chosen)
     return jsonify(
-        {
-            "inputs": {"operationMinutes": result.minutes, "houseBrackmannGrade": result.hb_grade},
-            "risks": [
-                {
-                    "month": row.month,
-                    "risk": round(row.risk, 4),
-                    "low": round(row.low, 4),
-                    "high": round(row.high, 4),
-                    "text": pct(row.risk),
-                    "rangeText": f"{pct(row.low)} to {pct(row.high)}",
-                }
-                for row in result.rows
-            ],
-            "tier": result.tier.id,
-            "tierLabel": result.tier.label,
-            "line": line_path(model.card.horizon_months, result_curve),
-        }
+        {**what_if_json_body(result), "line": line_path(model.card.horizon_months, result_curve)}
     )
+
+
+def _card_notice(
+    context: LaunchContext, record: PatientRecord, st: Statement, card: CardInputs | None
+) -> CardNotice | None:
+    """The difference notice; the versions the card read are fetched back only when one differs
+    from the record's, to say what the old value was."""
+    if card is None:
+        return None
+    references = card.references
+    updated = {
+        ref.plain: value
+        for ref in references
+        if (value := last_updated(record.current(ref.plain))) is not None
+    }
+    previous = None
+    if any(ref.version and record.version_of(ref.plain) != ref.version for ref in references):
+        try:
+            token = _usable_token(context)
+            previous = _smart().reader.as_the_card_saw_it(
+                context.fhir_base, context.patient_id, token, record, references
+            )
+        except SmartError:
+            previous = None  # the notice still says what changed, without the old value
+    return card_notice(st, card, previous, updated)
 
 
 # -- tokens and the record ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@
   var line = document.getElementById("what-if-line");
   var key = document.querySelector(".what-if-key");
   var tierCell = document.getElementById("what-if-tier");
+  var scheduleCell = document.getElementById("what-if-schedule");
   var timer = null;
   var latest = 0;
 
@@ -30,9 +31,14 @@
       cell.querySelector(".value").textContent = row.text;
       cell.querySelector(".range").textContent = row.rangeText;
     });
+    // Every text comes from the server's presentation layer; the script formats no number itself.
     if (tierCell) {
-      tierCell.textContent = body.tierLabel;
-      tierCell.setAttribute("data-tier", body.tier);
+      tierCell.textContent = body.estimateTierLabel;
+      tierCell.setAttribute("data-tier", body.estimateTier);
+    }
+    if (scheduleCell) {
+      scheduleCell.textContent = body.scheduleTierLabel;
+      scheduleCell.setAttribute("data-tier", body.scheduleTier);
     }
     if (line) {
       line.setAttribute("d", body.line);
