@@ -14,6 +14,7 @@ from cds_service.config import Settings
 from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import bp as hooks_bp
 from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
+from cds_service.model_card_page import bp as model_card_bp
 from cds_service.runtime import Runtime
 from cds_service.smart import init_smart
 from cds_service.store import StoreError
@@ -36,6 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["hfs_cds"] = runtime
     init_smart(app, settings)
     app.register_blueprint(hooks_bp)
+    app.register_blueprint(model_card_bp)
     quiet_third_party_loggers()
 
     @app.before_request

@@ -1,0 +1,121 @@
+"""The public model-card page (clinical-presentation.md §3): what every CDS card links to.
+
+``GET /model-card``       the model card as HTML (the SMART page's base template and style sheet)
+``GET /model-card.json``  the same card as JSON
+
+Two URLs, no content negotiation: each answer is one representation, so caches need no ``Vary``
+and a link can name the form it wants. Neither holds patient data, needs a sign-in, or depends on
+the SMART app being configured; they are outside the CDS Hooks blueprint, so its JWT check does not
+apply. Both are static for a given card and service version: a strong ``ETag`` (the body's
+SHA-256) answers ``If-None-Match`` with 304, and ``X-Model-Card-SHA256`` names the card file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any
+
+from flask import Blueprint, Response, current_app, render_template, request, url_for
+
+from cds_service.model import ModelCard
+from cds_service.presentation import NO_CI_STATEMENT, RANGE_STATEMENT
+from cds_service.presentation.statement import CI_STATEMENT
+from cds_service.runtime import Runtime
+
+# The template and the style sheet are the SMART app's (smart/templates/smart/model_card.html,
+# smart/static/smart.css): create_app always mounts that blueprint, configured or not, and the
+# package data already ships them.
+bp = Blueprint("model_card", __name__)
+
+#: Public and PHI-free: any page may read it; revalidated hourly (a new card changes the ETag).
+CACHE_CONTROL = "public, max-age=3600"
+
+
+def _card() -> ModelCard:
+    runtime: Runtime = current_app.extensions["hfs_cds"]
+    return runtime.assessor.card
+
+
+def uncertainty_statement(card: ModelCard) -> str:
+    """What the card's numbers can say about uncertainty, as the presentation layer says it."""
+    return CI_STATEMENT if card.covariance is not None else NO_CI_STATEMENT
+
+
+def card_json(card: ModelCard) -> dict[str, Any]:
+    """Every field of the loaded card (as validated at start-up), with the statements the
+    clinical surfaces print about its uncertainty."""
+    body: dict[str, Any] = _finite(dataclasses.asdict(card))
+    body["uncertainty"] = uncertainty_statement(card)
+    body["range_statement"] = RANGE_STATEMENT
+    return body
+
+
+@bp.get("/model-card")
+def page() -> Response:
+    card = _card()
+    html = render_template(
+        "smart/model_card.html",
+        card=card,
+        uncertainty=uncertainty_statement(card),
+        range_statement=RANGE_STATEMENT,
+        thresholds=_thresholds(card),
+        json_url=url_for(".card_json_view"),
+    )
+    return _static(Response(html, mimetype="text/html"), card)
+
+
+@bp.get("/model-card.json")
+def card_json_view() -> Response:
+    card = _card()
+    body = json.dumps(card_json(card), ensure_ascii=False, indent=2) + "\n"
+    return _static(Response(body, mimetype="application/json"), card)
+
+
+def _static(response: Response, card: ModelCard) -> Response:
+    response.set_etag(hashlib.sha256(response.get_data()).hexdigest())
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    response.headers["X-Model-Card-SHA256"] = card.sha256
+    response.make_conditional(request)  # 304 (without the body) when If-None-Match matches
+    return response
+
+
+@bp.after_request
+def headers(response: Response) -> Response:
+    """Public, read-only, no patient data: any origin may read it, nothing may run in it."""
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _thresholds(card: ModelCard) -> dict[str, str]:
+    """Each tier's band of 12-month point estimates in words: "30% to under 70%"."""
+    out: dict[str, str] = {}
+    upper: float | None = None
+    for tier in card.tiers:  # highest threshold first
+        low = f"{tier.min_risk_12m * 100:g}%"
+        if upper is None:
+            out[tier.id] = f"{low} or more"
+        elif tier.min_risk_12m <= 0:
+            out[tier.id] = f"under {upper * 100:g}%"
+        else:
+            out[tier.id] = f"{low} to under {upper * 100:g}%"
+        upper = tier.min_risk_12m
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an absent optional number (NaN in the dataclass) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
