@@ -67,10 +67,11 @@ class Assessment:
     months_since_procedure: float | None = None
     risks: tuple[RiskPoint, ...] = ()
     conditional: ConditionalRisk | None = None
-    tier: Tier | None = None
-    #: True when the tier comes from the upper end of the scenario range, not the point estimate
-    #: (the card then says so, or "12% ... high tier" would read as a contradiction).
-    tier_set_by_range: bool = False
+    #: The tier of the 12-month point estimate: it labels the risk (clinical-presentation.md §2).
+    estimate_tier: Tier | None = None
+    #: The tier of the upper end of the 12-month range: it sets the follow-up schedule, because
+    #: under-calling risk is the harmful error. Higher than the estimate tier when coding-sensitive.
+    schedule_tier: Tier | None = None
     x1: float | None = None  # the coded covariates actually scored
     x2: float | None = None
     not_applicable_because: str | None = None
@@ -129,8 +130,9 @@ class Assessment:
                 "low": _r(c.low),
                 "high": _r(c.high),
             }
-        if self.tier:
-            out["tier"] = self.tier.id
+        if self.estimate_tier and self.schedule_tier:
+            out["tier"] = self.estimate_tier.id
+            out["scheduleTier"] = self.schedule_tier.id
         inputs: dict[str, Any] = {}
         if self.operation_time:
             inputs["operationMinutes"] = {
@@ -248,8 +250,8 @@ class Assessor:
             months_since_procedure=months_since,
             risks=risks,
             conditional=conditional,
-            tier=(tier := model.tier(high[self._horizon_index])),
-            tier_set_by_range=tier is not model.tier(point[self._horizon_index]),
+            estimate_tier=model.tier(point[self._horizon_index]),
+            schedule_tier=model.tier(high[self._horizon_index]),
             x1=model.coded_x1(minutes),
             x2=float(grade),
         )

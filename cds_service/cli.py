@@ -14,6 +14,7 @@ from typing import Any
 from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.config import ConfigError, Settings
 from cds_service.model import ModelCardError, load_model_card
+from cds_service.presentation import present
 from cds_service.recalibration.commands import register as register_recalibration
 from cds_service.sandbox.commands import register as register_sandbox
 from cds_service.store import StoreError
@@ -171,7 +172,9 @@ def _parse_at(value: str) -> datetime:
 
 
 def render_text(a: Assessment) -> str:
-    """A plain-text report of an assessment, for terminals and batch logs."""
+    """A plain-text report of an assessment, for terminals and batch logs (the presentation
+    layer's statement, laid out as lines; nothing is formatted here that the card says otherwise)."""
+    st = present(a)
     model = a.model
     lines = [f"Model: {model.id} {model.version} ({model.citation.url})"]
     if a.inputs.patient_id:
@@ -200,21 +203,21 @@ def render_text(a: Assessment) -> str:
             f"House-Brackmann grade: {roman(hb.grade)} from {hb.provenance.reference}, "
             f"{hb.hours_after_procedure:.0f} h after the ablation"
         )
-    if a.status is Status.NOT_SCORED:
-        lines.append("Not scored:")
-        lines += [f"  - {p.message} To fix: {p.action}" for p in a.problems]
+    if not st.scored:
+        lines.append(f"Not scored: {st.headline}.")
+        lines += [f"  - {p.message} To fix: {p.action}" for p in st.problems]
+        lines.append(st.caveat)
         return "\n".join(lines)
-    assert a.tier is not None
-    lines.append("Risk of recurrence (range under the coding assumptions):")
-    lines += [
-        f"  by {p.month:>4g} months: {p.risk:6.1%}  ({p.low:.1%} to {p.high:.1%})" for p in a.risks
-    ]
-    if a.conditional:
-        c = a.conditional
-        lines.append(
-            f"  if recurrence-free at {c.from_month:.1f} months: {c.risk:.1%} by {c.to_month:g} months"
-        )
-    lines.append(f"Tier: {a.tier.label}. {a.tier.advice}")
+    lines.append("Risk of recurrence (range over the plausible codings):")
+    for r in st.risks:
+        ci = f"; 95% CI {r.ci_text}" if r.ci_text else ""
+        lines.append(f"  by {r.label:>9}: {r.text:>5}  ({r.range_text}{ci})")
+    if st.conditional:
+        lines.append(f"  {st.conditional.sentence}")
+    lines.append(f"{st.tier_text}: {st.risk_sentence}")
+    lines += [note for note in (st.coding_note, st.schedule_note) if note]
+    lines.append(f"Follow-up: {st.schedule_text} {st.advice}")
+    lines += [st.uncertainty_note, st.caveat]
     return "\n".join(lines)
 
 

@@ -22,7 +22,8 @@ def test_typical_patient_is_scored_with_provenance(assessor: Assessor) -> None:
     a = assessor.assess(fb.typical_patient(), as_of=at(10))
     assert a.status is Status.SCORED
     assert [round(p.risk, 3) for p in a.risks] == [0.153, 0.283, 0.606]
-    assert a.tier is not None and a.tier.id == "intermediate"
+    assert a.estimate_tier is not None and a.estimate_tier.id == "intermediate"
+    assert a.schedule_tier is a.estimate_tier
     assert (a.x1, a.x2) == (1.0, 2.0)
     assert (
         a.operation_time is not None
@@ -46,12 +47,17 @@ def test_conditional_risk_from_two_weeks_on(assessor: Assessor) -> None:
     assert later.conditional.low <= later.conditional.risk <= later.conditional.high
 
 
-def test_the_tier_reads_the_upper_end_of_the_range(assessor: Assessor) -> None:
-    """HB III after 42 min: point 6.8% but the binary-HB coding gives 60.6%, so intermediate."""
+def test_the_schedule_tier_reads_the_upper_end_and_the_estimate_tier_the_point(
+    assessor: Assessor,
+) -> None:
+    """HB III after 42 min: point 6.8% (low) but the binary-HB coding gives 60.6%, so the
+    follow-up schedule is intermediate while the estimate stays low."""
     resources = [fb.ablation_procedure(), fb.hb_observation(grade="III")]
     a = assessor.assess(resources, as_of=at(1))
     assert a.risk_at(12).risk < 0.30 and a.risk_at(12).high > 0.30
-    assert a.tier is not None and a.tier.id == "intermediate"
+    assert a.estimate_tier is not None and a.estimate_tier.id == "low"
+    assert a.schedule_tier is not None and a.schedule_tier.id == "intermediate"
+    assert a.to_json()["tier"] == "low" and a.to_json()["scheduleTier"] == "intermediate"
 
 
 def test_ablation_in_the_future_counts_as_just_done(assessor: Assessor) -> None:

@@ -27,9 +27,10 @@ def _write(tmp_path: Path, data: object) -> str:
 def test_score_prints_the_risks_for_the_example_bundle(cli: Cli) -> None:
     code, out, err = cli("score", str(EXAMPLES / "bundle-42min-hb2.json"), "--at", "2026-11-25")
     assert code == 0, err
-    assert "by    3 months:  15.3%" in out
-    assert "by   12 months:  60.6%" in out
-    assert "Tier: Intermediate" in out
+    assert "by  3 months:   15%  (7% to 15%)" in out
+    assert "by 12 months:   61%  (35% to 61%)" in out
+    assert "Intermediate estimate: Recurrence within a year is common." in out
+    assert "Follow-up: Next review 2026-12-10 (1 month); then 3, 6 and 12 months." in out
 
 
 def test_score_json_equals_the_card_extension(cli: Cli) -> None:

@@ -128,6 +128,13 @@ class ModelCard:
     def label(self) -> str:
         return f"{self.id}@{self.version}"
 
+    def tier_for(self, risk_12m: float) -> Tier:
+        """The first tier (highest threshold first) whose threshold a 12-month risk reaches."""
+        for tier in self.tiers:
+            if risk_12m >= tier.min_risk_12m:
+                return tier
+        return self.tiers[-1]
+
 
 def load_model_card(path: str | Path | None = None) -> ModelCard:
     """Load and validate a model card; ``None`` loads the published model shipped with the package."""

@@ -196,12 +196,9 @@ class RecurrenceModel:
         risks = self.scenario_risks(minutes, hb_grade, months, conditional_after)
         return risks.min(axis=0), risks.max(axis=0)
 
-    def tier(self, risk_12m_upper: float) -> Tier:
+    def tier(self, risk_12m: float) -> Tier:
         """The first tier (highest threshold first) whose threshold the risk reaches."""
-        for tier in self.card.tiers:
-            if risk_12m_upper >= tier.min_risk_12m:
-                return tier
-        return self.card.tiers[-1]
+        return self.card.tier_for(risk_12m)
 
     # -- internals ---------------------------------------------------------------------------------
 

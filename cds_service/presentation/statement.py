@@ -92,7 +92,7 @@ class ConditionalFigure:
     @property
     def sentence(self) -> str:
         return (
-            f"Still free of spasm today, {self.from_month:.1f} months after the ablation: "
+            f"If still free of spasm at {self.from_month:.1f} months after the ablation: "
             f"{self.text} by {self.to_month:g} months (range {self.range_text})."
         )
 
@@ -106,7 +106,7 @@ class Review:
 
     @property
     def text(self) -> str:
-        return f"{self.on.isoformat()} ({self.month:g} months)"
+        return f"{self.on.isoformat()} ({self.month:g} month{'' if self.month == 1 else 's'})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +200,10 @@ def _scored(a: Assessment, card: ModelCard) -> Statement:
         (r for r in risks if r.month == card.horizon_months),
         RiskFigure(at_horizon.month, at_horizon.risk, at_horizon.low, at_horizon.high),
     )
-    estimate = tier_for(card, horizon.risk)
-    schedule = tier_for(card, horizon.high)
+    estimate, schedule = a.estimate_tier, a.schedule_tier
+    assert estimate is not None and schedule is not None
     coding_note = None
-    if tier_for(card, horizon.low) is not schedule:
+    if card.tier_for(horizon.low) is not schedule:
         coding_note = (
             f"Coding-sensitive: {horizon.range_text} by {card.horizon_months:g} months, depending "
             "on how the study coded its unpublished inputs."
@@ -244,11 +244,8 @@ def _scored(a: Assessment, card: ModelCard) -> Statement:
 
 
 def tier_for(card: ModelCard, risk_12m: float) -> Tier:
-    """The first tier (highest threshold first) whose threshold the 12-month risk reaches."""
-    for tier in card.tiers:
-        if risk_12m >= tier.min_risk_12m:
-            return tier
-    return card.tiers[-1]
+    """The tier of a 12-month risk (for typed-in what-if inputs; assessments carry theirs)."""
+    return card.tier_for(risk_12m)
 
 
 def reviews_ahead(a: Assessment, tier: Tier) -> tuple[Review, ...]:

@@ -411,12 +411,12 @@ def compare(expected: Assessment, status: int, answer: Any) -> list[str]:
             f"procedure {(ext.get('procedure') or {}).get('id')} != expected {ablation.provenance.id}"
         )
     if expected.status is Status.SCORED:
-        assert expected.tier is not None
-        if ext.get("tier") != expected.tier.id:
-            problems.append(f"tier {ext.get('tier')} != expected {expected.tier.id}")
-        if card.get("indicator") != expected.tier.indicator:
+        assert expected.estimate_tier is not None
+        if ext.get("tier") != expected.estimate_tier.id:
+            problems.append(f"tier {ext.get('tier')} != expected {expected.estimate_tier.id}")
+        if card.get("indicator") != expected.estimate_tier.indicator:
             problems.append(
-                f"indicator {card.get('indicator')} != expected {expected.tier.indicator}"
+                f"indicator {card.get('indicator')} != expected {expected.estimate_tier.indicator}"
             )
         got = {r.get("month"): r.get("risk") for r in ext.get("risks") or [] if isinstance(r, dict)}
         for month in RISK_MONTHS:

@@ -201,7 +201,7 @@ def audit_record_from(
         status=a.status.value,
         indicator=str(card.get("indicator", "info")),
         summary=_clip(str(card.get("summary", "")), _LONG),
-        tier=a.tier.id if a.tier else None,
+        tier=a.estimate_tier.id if a.estimate_tier else None,
         months_since_procedure=(
             round(a.months_since_procedure, 3) if a.months_since_procedure is not None else None
         ),
