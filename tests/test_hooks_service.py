@@ -85,8 +85,11 @@ def test_high_tier_is_a_warning(hooks: HookCaller) -> None:
 
 def test_follow_up_suggestion_is_a_valid_draft_service_request(hooks: HookCaller) -> None:
     card = _card(hooks.call("encounter-discharge", recent_patient(days_ago=2)))
-    assert card["selectionBehavior"] == "at-most-one"
-    (suggestion,) = card["suggestions"]
+    assert card["selectionBehavior"] == "any"  # ordering reviews and recording are independent
+    suggestion, record = card["suggestions"]
+    assert suggestion["isRecommended"] is False  # the published card's tiers are not approved
+    assert record["label"] == "Record this assessment in the chart"
+    assert record["actions"][0]["resource"]["resourceType"] == "RiskAssessment"
     (action,) = suggestion["actions"]
     request = action["resource"]
     assert request["resourceType"] == "ServiceRequest" and request["status"] == "draft"
@@ -101,7 +104,7 @@ def test_follow_up_suggestion_is_a_valid_draft_service_request(hooks: HookCaller
 
 def test_reviews_already_past_are_not_suggested(hooks: HookCaller) -> None:
     card = _card(hooks.call("patient-view", recent_patient(days_ago=200)))  # 6.6 months
-    (suggestion,) = card["suggestions"]
+    suggestion, _record = card["suggestions"]
     assert suggestion["label"].endswith("at 12 months")
 
 

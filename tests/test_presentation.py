@@ -13,6 +13,7 @@ import json
 import re
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
+from typing import Any
 
 import pytest
 
@@ -191,9 +192,7 @@ def test_the_published_card_says_it_has_no_confidence_interval(assessor: Assesso
 
 def test_a_refit_card_with_a_covariance_shows_a_95_percent_interval() -> None:
     """Delta method on the log cumulative hazard: each interval contains its point estimate."""
-    raw = json.loads(
-        (resources.files("cds_service.model") / "model_cards" / DEFAULT_MODEL_CARD).read_text()
-    )
+    raw = _published_json()
     raw["fit"]["covariance"] = [[0.09, 0.01], [0.01, 0.25]]
     assessor = Assessor(parse_model_card(raw, sha256="refit"), load_value_sets())
     a = _assess(assessor, "II", 42, 0.5)
@@ -235,3 +234,22 @@ def test_not_scored_card_writes_code_systems_as_code_spans_not_broken_links(
     detail = str(_card(a)["detail"])
     assert "\\|" not in detail
     assert "`https://hfs-cds.example.org/fhir/CodeSystem/hfs-rfa|hb-grade-post-rfa`" in detail
+
+
+def _published_json() -> dict[str, Any]:
+    raw: dict[str, Any] = json.loads(
+        (resources.files("cds_service.model") / "model_cards" / DEFAULT_MODEL_CARD).read_text()
+    )
+    return raw
+
+
+@pytest.mark.parametrize("approved", [False, True])
+def test_follow_up_is_recommended_only_when_governance_approved_the_tiers(approved: bool) -> None:
+    """The published card calls its tiers placeholders, so its suggestion is never recommended."""
+    raw = _published_json()
+    raw["governance"]["tiers_approved"] = approved
+    assessor = Assessor(parse_model_card(raw, sha256="site"), load_value_sets())
+    suggestions: list[dict[str, Any]] = _card(_assess(assessor, "II", 42, 0.5))["suggestions"]  # type: ignore[assignment]
+    follow_up, record = suggestions
+    assert follow_up["isRecommended"] is approved
+    assert record["isRecommended"] is False

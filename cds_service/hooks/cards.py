@@ -17,6 +17,7 @@ from typing import Any
 
 from cds_service.assessment import Assessment, Status
 from cds_service.presentation import Statement, present
+from cds_service.presentation.risk_assessment import record_suggestion
 from cds_service.smart.context import app_context_for
 from fhir_mappings import Provenance, roman
 
@@ -62,10 +63,12 @@ def build_cards(assessment: Assessment, ctx: CardContext) -> list[dict[str, Any]
 
 def _risk_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str, Any]:
     card = _base_card(a, st, _risk_detail(st), ctx)
-    suggestion = None if ctx.follow_up_ordered else _follow_up_suggestion(st, ctx)
-    if suggestion:
-        card["suggestions"] = [suggestion]
-        card["selectionBehavior"] = "at-most-one"
+    follow_up = None if ctx.follow_up_ordered else _follow_up_suggestion(st, ctx)
+    # Ordering reviews and recording the assessment are independent: the clinician may do both.
+    card["suggestions"] = [
+        s for s in (follow_up, record_suggestion(st, ctx.patient_id)) if s is not None
+    ]
+    card["selectionBehavior"] = "any"
     card["overrideReasons"] = [
         {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display}
         for code, display in OVERRIDE_REASONS
