@@ -115,7 +115,10 @@ def test_the_published_card_over_predicts_at_a_low_recurrence_site_and_the_refit
 def test_html_report_shows_both_cards_side_by_side_with_inline_svg(
     site_cohort: Cohort, refit: ModelCard
 ) -> None:
-    results = [validate(PUBLISHED, site_cohort, "published <card>", FAST), validate(refit, site_cohort, options=FAST)]
+    results = [
+        validate(PUBLISHED, site_cohort, "published <card>", FAST),
+        validate(refit, site_cohort, options=FAST),
+    ]
     page = render_html(results, site_cohort)
     assert page.startswith("<!DOCTYPE html>") and page.count('<section class="model">') == 2
     assert "published &lt;card&gt;" in page and "published <card>" not in page

@@ -172,7 +172,8 @@ def uno_c(time: ArrayLike, event: ArrayLike, risk: ArrayLike, horizon: float) ->
     censoring = kaplan_meier(t, (~e).astype(np.float64))
     events = np.flatnonzero(e & (t <= horizon))
     before = np.searchsorted(censoring.times, t[events], side="left")
-    g = np.where(before > 0, censoring.survival[np.maximum(before - 1, 0)], 1.0)
+    padded = np.concatenate(([1.0], censoring.survival))  # G = 1 before the first censoring
+    g = padded[before]
     weight = 1.0 / g**2
     numerator = 0.0
     denominator = 0.0
@@ -216,7 +217,7 @@ def follow_up_time(time: ArrayLike, event: ArrayLike) -> FollowUp:
     median = reverse.quantile_time(0.5)
     longest = float(t.max())
     estimate = (
-        Estimate(median)
+        Estimate(median, note="descriptive: no interval")
         if not math.isnan(median)
         else Estimate(
             math.nan,
@@ -242,16 +243,16 @@ class Horizon:
 
     @property
     def reason(self) -> str:
+        """Why this horizon (without the number of months, which the report shows first)."""
         if self.rule == "model-horizon":
             return (
                 f"the model's {self.model_months:g}-month horizon ({self.at_risk} patients "
                 f"followed that long; at least {self.min_at_risk} required)"
             )
         return (
-            f"{self.months:.2f} months: only {self.at_risk_at_model_horizon} patient(s) followed "
-            f"to the model's {self.model_months:g}-month horizon (fewer than {self.min_at_risk}), "
-            f"so the latest time with at least {self.min_at_risk} still followed "
-            f"({self.at_risk} at risk)"
+            f"only {self.at_risk_at_model_horizon} patient(s) followed to the model's "
+            f"{self.model_months:g}-month horizon (fewer than {self.min_at_risk}), so the latest "
+            f"time with at least {self.min_at_risk} still followed ({self.at_risk} at risk)"
         )
 
 

@@ -209,8 +209,12 @@ def render_text(validations: Sequence[Validation], cohort: Cohort | None = None)
         follow = follow_up_time(cohort.time_months, cohort.event)
         lines += [
             f"cohort: {len(cohort)} patients, {cohort.n_events} recurrences; median follow-up "
-            f"{fmt(follow.median).replace('not estimable', 'not reached')} months "
-            "(reverse Kaplan-Meier)",
+            + (
+                f"{follow.median.value:.2f} months"
+                if not math.isnan(follow.median.value)
+                else follow.median.note
+            )
+            + " (reverse Kaplan-Meier)",
             f"  outcome: {data['definitions']['outcome']}",
             f"  censoring: {data['definitions']['censoring']}",
         ]
@@ -219,7 +223,7 @@ def render_text(validations: Sequence[Validation], cohort: Cohort | None = None)
         lines.append(
             f"{v.label}  (fit: {v.card.fit.get('mode', '?')}, sha256 {v.card.sha256[:12]})"
         )
-        lines.append(f"  evaluation horizon: {h.reason}")
+        lines.append(f"  evaluation horizon: {h.months:.2f} months ({h.reason})")
         lines.append(f"  recurrences by {h.months:.4g} months: {v.events} of {v.n}")
         for name, label in METRIC_LABELS.items():
             line = f"  {label} at {h.months:.4g} months: {fmt(v.metrics[name], name in PERCENT_METRICS)}"
