@@ -3,7 +3,8 @@
 Pipeline: a source (:mod:`.sources`: FHIR server, Bulk Data NDJSON, CSV) -> the cohort table with
 every patient left out and why (:mod:`.cohort`) -> the fit (:mod:`.fit`, on :mod:`.coxph`) -> a new
 model card the service loads unchanged (:mod:`.card_writer`) -> a validation report of the new card
-beside the published one (:mod:`.validate`). :mod:`.simulate` draws outcomes from a card for
+beside the published one (:mod:`.validate` on :mod:`.metrics` and :mod:`.bootstrap`, rendered by
+:mod:`.report` and :mod:`.html_report`). :mod:`.simulate` draws outcomes from a card for
 tests and the sandbox; :mod:`.commands` adds ``hfs-cds fit`` and ``hfs-cds validate``.
 
 numpy only: no scipy, no pandas, no lifelines at run time.
@@ -28,6 +29,7 @@ from cds_service.recalibration.errors import (
     SourceError,
 )
 from cds_service.recalibration.fit import FitMode, FitOptions, Recalibration, recalibrate
+from cds_service.recalibration.report import report_json
 from cds_service.recalibration.simulate import (
     SimulatedFollowUp,
     draw_outcomes,
@@ -40,7 +42,14 @@ from cds_service.recalibration.sources import (
     read_ndjson_dir,
     write_ndjson_dir,
 )
-from cds_service.recalibration.validate import Validation, harrell_c, kaplan_meier, validate
+from cds_service.recalibration.validate import (
+    Validation,
+    ValidationOptions,
+    harrell_c,
+    kaplan_meier,
+    uno_c,
+    validate,
+)
 
 __all__ = [
     "Cohort",
@@ -59,6 +68,7 @@ __all__ = [
     "SourceData",
     "SourceError",
     "Validation",
+    "ValidationOptions",
     "breslow",
     "build_card",
     "cohort_from_arrays",
@@ -72,8 +82,10 @@ __all__ = [
     "read_card_json",
     "read_ndjson_dir",
     "recalibrate",
+    "report_json",
     "simulate_cohort",
     "simulate_follow_up",
+    "uno_c",
     "validate",
     "write_card",
     "write_ndjson_dir",
