@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -20,8 +20,11 @@ import requests
 from cds_service.assessment import Assessor
 from cds_service.model import RecurrenceModel
 from cds_service.presentation import percent, percent_range, present, tier_for
+from cds_service.smart.context import app_context_for
 from cds_service.smart.oauth import new_pkce, s256
 from tests import fhir_builders as fb
+from tests.fhir_server import FhirServerProcess
+from tests.hook_calls import HookCaller
 from tests.smart.pages import Page
 from tests.smart.served import FakeClock, Seed, ServedApp, ServeSmart
 from tests.smart.shim import EhrShim
@@ -647,3 +650,106 @@ def test_tokens_codes_and_patient_ids_are_never_logged(
     assert "SMART launch completed" in logged
     for secret in (code, state, token["form"]["code_verifier"], "smart-logs-1", "eyJ"):
         assert secret not in logged
+
+
+# -- card and app agree, or say why not (clinical-presentation.md §5) -------------------------------
+
+
+def _from_server(fhir_server: FhirServerProcess, resources: list[dict[str, Any]]) -> list[Any]:
+    """The resources as the FHIR server holds them (its versionId and lastUpdated)."""
+    out = []
+    for r in resources:
+        if r["resourceType"] == "Patient":
+            continue
+        answer = requests.get(f"{fhir_server.base}/{r['resourceType']}/{r['id']}", timeout=TIMEOUT)
+        answer.raise_for_status()
+        out.append(answer.json())
+    return out
+
+
+def _card_for(served: ServedApp, resources: list[Any], patient: str) -> dict[str, Any]:
+    """The patient-view card the same service gives for these resources."""
+    answer = HookCaller(served.app.test_client()).call("patient-view", resources, patient=patient)
+    (card,) = answer.get_json()["cards"]
+    assert isinstance(card, dict)
+    return card
+
+
+def test_a_grade_corrected_after_the_card_is_said_above_the_numbers(
+    serve_smart: ServeSmart,
+    shim: EhrShim,
+    seed: Seed,
+    fhir_server: FhirServerProcess,
+) -> None:
+    """The card was built on HB I; the grade is then corrected to II: the page opened from that
+    card says what changed, the card's figure and its own, before any number."""
+    patient = "smart-corrected-1"
+    seeded = seed(patient, hb="I")
+    served = serve_smart()
+    card = _card_for(served, _from_server(fhir_server, seeded), patient)
+    (link,) = [x for x in card["links"] if x["type"] == "smart"]
+    app_context = json.loads(link["appContext"])
+    hb_id = f"hb1-{patient}"
+    assert app_context["hbGrade"] == f"Observation/{hb_id}/_history/1"
+    assert card["summary"].startswith("Hemifacial spasm recurrence after RFA: >95% by 12 months")
+
+    corrected = next(r for r in seeded if r["id"] == hb_id)
+    corrected["valueCodeableConcept"] = fb.codeable(
+        (fb.HB_SYSTEM, "II", "House-Brackmann grade II")
+    )
+    fhir_server.put_all([corrected])
+    now = requests.get(f"{fhir_server.base}/Observation/{hb_id}", timeout=TIMEOUT).json()
+    assert now["meta"]["versionId"] == "2"
+
+    browser = requests.Session()
+    response = launch(browser, served, shim, patient, app_context=link["appContext"])
+
+    page = Page(response.text)
+    assert page.status == "scored" and page.has_testid("card-notice")
+    when = datetime.fromisoformat(now["meta"]["lastUpdated"]).astimezone(UTC)
+    expected = (
+        f"House-Brackmann grade corrected from I to II at {when:%Y-%m-%d %H:%M} UTC "
+        f"(Observation/{hb_id} version 1 → 2)."
+    )
+    assert expected in page.text
+    assert "The card showed >95% by 12 months; this page shows 61%." in page.text
+    assert "This page uses the current record." in page.text
+    html = response.text
+    assert html.index('data-testid="card-notice"') < html.index('data-testid="risk-table"')
+    # The EHR's history was asked for the card's version of the grade, once, with the launch token.
+    vreads = [e for e in fhir_requests(shim) if "/_history/" in e["path"]]
+    assert [e["path"] for e in vreads] == [f"/fhir/Observation/{hb_id}/_history/1"]
+
+    # The app's JSON carries the same notice.
+    display = browser.get(response.url + "assessment.json", timeout=TIMEOUT).json()["display"]
+    assert expected in display["cardNotice"]["changes"]
+    assert display["cardNotice"]["figures"] == (
+        "The card showed >95% by 12 months; this page shows 61%."
+    )
+
+    # Opened from a card that matches the record: no notice.
+    fresh = _card_for(served, _from_server(fhir_server, seeded), patient)
+    (fresh_link,) = [x for x in fresh["links"] if x["type"] == "smart"]
+    again = Page(launch(browser, served, shim, patient, app_context=fresh_link["appContext"]).text)
+    assert again.status == "scored" and not again.has_testid("card-notice")
+
+
+def test_without_the_history_the_notice_still_names_the_versions(
+    serve_smart: ServeSmart, shim: EhrShim, seed: Seed
+) -> None:
+    """A card naming a version the EHR cannot give back: the change is said without old values."""
+    patient = "smart-nohistory-1"
+    seed(patient)
+    served = serve_smart()
+    context = app_context_for(
+        f"Procedure/rfa1-{patient}/_history/1",
+        hb_grade=f"Observation/hb1-{patient}/_history/7",  # a version the server never had
+        risk_12m=0.6057,
+    )
+    page = Page(launch(requests.Session(), served, shim, patient, app_context=context).text)
+    assert page.status == "scored"
+    assert (
+        f"The House-Brackmann grade on record has changed since the card "
+        f"(Observation/hb1-{patient} version 7 → 1"
+    ) in page.text
+    assert "The 12-month estimate is the same as on the card (61%)." in page.text

@@ -219,7 +219,10 @@ def card_notice(
             if not changes:
                 changes.append("The record or the model has changed since the card was shown.")
         elif changes:
-            figures = f"The {horizon} estimate is the same as on the card ({shown})."
+            figures = (
+                f"The {a.model.horizon_months:g}-month estimate is the same as on the card "
+                f"({shown})."
+            )
     if not changes and figures is None:
         return None
     return CardNotice(tuple(changes), figures)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as html_lib
+import re
 from html.parser import HTMLParser
 
 
@@ -25,8 +27,23 @@ class Page:
     def __init__(self, html: str) -> None:
         parser = _Attributes()
         parser.feed(html)
+        self.html = html
         self.elements = parser.elements
         self.text = " ".join(parser.text)
+
+    def text_of(self, testid: str) -> str:
+        """The visible text of the element with ``data-testid`` (not nested in its own tag)."""
+        match = re.search(
+            rf'<(\w+)[^>]*\bdata-testid="{re.escape(testid)}"[^>]*>(.*?)</\1>', self.html, re.S
+        )
+        if match is None:
+            raise AssertionError(f"no element with data-testid={testid!r}")
+        return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", match.group(2))).split())
+
+    def cells(self, css_class: str) -> list[str]:
+        """The text of every ``td`` with this class, in order."""
+        found = re.findall(rf'<td class="{re.escape(css_class)}">(.*?)</td>', self.html, re.S)
+        return [" ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", c)).split()) for c in found]
 
     def first(self, attribute: str) -> str | None:
         return next((e[attribute] for e in self.elements if attribute in e), None)
