@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from .collect import ResourceInput, collect_resources
 from .diagnosis import diagnosis
@@ -12,8 +13,11 @@ from .operation_time import operation_time
 from .procedure import review_procedures
 from .records import Record, latest_versions, make_record
 from .recurrence import recurrences
+from .references import referenced
+from .resource_dates import dated_after
+from .shapes import Kind, kind_of, unreadable
 from .subjects import foreign_subject, infer_from_json
-from .types import MappingParameters, PatientInputs, Problem, Reason, Resource
+from .types import MappingParameters, PatientInputs, Problem, Provenance, Reason, Resource
 from .valuesets import ValueSets, load_value_sets
 
 #: The resource types the rules read; every other type is skipped without a note.
@@ -27,13 +31,17 @@ def map_patient(
     patient_id: str | None = None,
     params: MappingParameters | None = None,
     value_sets: ValueSets | None = None,
+    *,
+    as_of: datetime | None = None,
 ) -> PatientInputs:
     """Map a patient's resources onto the model inputs; never raises for JSON-like input.
 
     ``resources`` may hold dicts, fhir.resources models and Bundles (flattened), or be one Bundle.
     Resources about another patient, or about no patient, are set aside with a note. When
-    ``patient_id`` is None it is inferred (see :func:`infer_patient_id`). The result does not
-    depend on the order of the resources.
+    ``patient_id`` is None it is inferred (see :func:`infer_patient_id`). With ``as_of``, everything
+    dated after it is set aside as not yet on record (a naive value is read as UTC). A record the
+    rules read whose elements are not in FHIR R4 form is a ``unreadable-record`` exclusion. The
+    result does not depend on the order of the resources.
     """
     params = params if params is not None else MappingParameters()
     value_sets = value_sets if value_sets is not None else load_value_sets()
@@ -45,6 +53,13 @@ def map_patient(
 
     by_type, notes = _patient_records(dicts, patient_id, value_sets.relevant)
     ignored += notes
+    kinds = {id(r): kind_of(r, value_sets) for records in by_type.values() for r in records}
+    later_ablations: list[Provenance] = []
+    if as_of is not None:
+        as_of = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        notes, later_ablations = _set_aside_after(by_type, kinds, as_of)
+        ignored += notes
+    unreadable_records = _set_aside_unreadable(by_type, kinds)
     procedures = by_type["Procedure"]
     observations = by_type["Observation"]
     conditions = by_type["Condition"]
@@ -57,6 +72,10 @@ def map_patient(
     review = review_procedures(procedures, value_sets, patient)
     ignored += review.ignored
     exclusions = list(review.exclusions)
+    if any(kind is Kind.ABLATION for kind, _ in unreadable_records):
+        # "No ablation found" would be false: one was found and could not be read.
+        exclusions = [p for p in exclusions if p.reason is not Reason.NO_ABLATION]
+    exclusions += [problem for _, problem in unreadable_records]
     index = review.index
     op_time = hb = None
     if index is not None:
@@ -77,7 +96,47 @@ def map_patient(
         diagnosis=diagnosis(conditions, value_sets, reference),
         exclusions=tuple(sorted(exclusions, key=_problem_order)),
         ignored=tuple(sorted(set(ignored))),
+        ablations_after_as_of=tuple(sorted(later_ablations, key=repr)),
     )
+
+
+def _set_aside_after(
+    by_type: dict[str, list[Record]], kinds: dict[int, Kind | None], as_of: datetime
+) -> tuple[list[str], list[Provenance]]:
+    """Remove what is dated after ``as_of`` (in place); notes, and the ablations among them."""
+    notes: list[str] = []
+    ablations: list[Provenance] = []
+    for rtype, records in by_type.items():
+        kept = []
+        for record in records:
+            found = dated_after(rtype, record.resource, as_of)
+            if found is None:
+                kept.append(record)
+                continue
+            element, time = found
+            notes.append(f"{record.label}: {element} {time.text} is after the as-of date")
+            if kinds[id(record)] is Kind.ABLATION:
+                ablations.append(record.provenance(time.text))
+        records[:] = kept
+    return notes, ablations
+
+
+def _set_aside_unreadable(
+    by_type: dict[str, list[Record]], kinds: dict[int, Kind | None]
+) -> list[tuple[Kind, Problem]]:
+    """Remove the records not in R4 form (in place): each becomes a Problem, none is read."""
+    found: list[tuple[Kind, Problem]] = []
+    for records in by_type.values():
+        kept = []
+        for record in records:
+            kind = kinds[id(record)]
+            problem = unreadable(record, kind) if kind is not None else None
+            if kind is None or problem is None:
+                kept.append(record)
+            else:
+                found.append((kind, problem))
+        records[:] = kept
+    return found
 
 
 def _patient_records(
@@ -107,11 +166,17 @@ def _patient_records(
     by_type: dict[str, list[Record]] = {t: [] for t in CLINICAL_TYPES}
     for record in sorted(records, key=lambda r: r.order):
         why = foreign_subject(record.resource, patient_id)
+        if why == "no subject" and _dstu2_patient(record) == ("Patient", patient_id):
+            why = None  # DSTU2 names a Condition's patient in 'patient': kept, reported unreadable
         if why is None:
             by_type[record.type].append(record)
         else:
             notes.append(f"{record.label}: {why}")
     return by_type, notes
+
+
+def _dstu2_patient(record: Record) -> tuple[str, str] | None:
+    return referenced(record.resource.get("patient")) if record.type == "Condition" else None
 
 
 def _problem_order(problem: Problem) -> tuple[int, str, str, str]:

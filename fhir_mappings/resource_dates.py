@@ -40,17 +40,10 @@ def procedure_end(
 
 def observation_time(resource: Resource, reference: datetime | None = None) -> FhirTime | None:
     """effectiveDateTime, else effectivePeriod.start, else effectiveInstant, else issued."""
-    period = get_dict(resource, "effectivePeriod") or {}
-    for value in (
-        resource.get("effectiveDateTime"),
-        period.get("start"),
-        resource.get("effectiveInstant"),
-        resource.get("issued"),
-    ):
-        parsed = parse_fhir_time(value, reference)
-        if parsed is not None:
-            return parsed
-    return None
+    effective = observation_effective(resource, reference)
+    if effective is not None:
+        return effective
+    return parse_fhir_time(resource.get("issued"), reference)
 
 
 def condition_onset(resource: Resource, reference: datetime | None = None) -> FhirTime | None:
@@ -66,3 +59,46 @@ def condition_recorded(resource: Resource, reference: datetime | None = None) ->
     """recordedDate, else the onset: when the condition entered the record."""
     recorded = parse_fhir_time(resource.get("recordedDate"), reference)
     return recorded if recorded is not None else condition_onset(resource, reference)
+
+
+def dated_after(rtype: str, resource: Resource, as_of: datetime) -> tuple[str, FhirTime] | None:
+    """The element dating the resource certainly after ``as_of``, so it was not on record then.
+
+    Procedures count by when they ended, Observations by effective time or issued, Conditions by
+    onset or recordedDate. A date-only value is read in the time zone of ``as_of``, and one that
+    covers ``as_of`` (the same day) is not after it. Undated resources are never after.
+    """
+    found: list[tuple[str, FhirTime | None]]
+    if rtype == "Procedure":
+        end = procedure_end(resource, as_of)
+        found = [(end[1], end[0])] if end is not None else []
+    elif rtype == "Observation":
+        found = [
+            ("effective", observation_effective(resource, as_of)),
+            ("issued", parse_fhir_time(resource.get("issued"), as_of)),
+        ]
+    elif rtype == "Condition":
+        found = [
+            ("onset", condition_onset(resource, as_of)),
+            ("recordedDate", parse_fhir_time(resource.get("recordedDate"), as_of)),
+        ]
+    else:
+        return None
+    for element, time in found:
+        if time is not None and time.earliest > as_of:
+            return element, time
+    return None
+
+
+def observation_effective(resource: Resource, reference: datetime | None = None) -> FhirTime | None:
+    """effectiveDateTime, else effectivePeriod.start, else effectiveInstant (not issued)."""
+    period = get_dict(resource, "effectivePeriod") or {}
+    for value in (
+        resource.get("effectiveDateTime"),
+        period.get("start"),
+        resource.get("effectiveInstant"),
+    ):
+        parsed = parse_fhir_time(value, reference)
+        if parsed is not None:
+            return parsed
+    return None

@@ -20,6 +20,9 @@ class Reason(StrEnum):
     """Why an input could not be derived or why the patient must not be scored (stable codes)."""
 
     NO_ABLATION = "no-ablation"
+    #: A resource the rules read is not in FHIR R4 form (e.g. STU3's string clinicalStatus); it
+    #: may be a recurrence, a later treatment or the ablation itself, so nothing is scored.
+    UNREADABLE_RECORD = "unreadable-record"
     PROCEDURE_NOT_COMPLETED = "procedure-not-completed"
     PROCEDURE_DATE_MISSING = "procedure-date-missing"
     PERIOD_WITHOUT_TIMES = "period-without-times"
@@ -136,6 +139,8 @@ class PatientInputs:
     diagnosis: Diagnosis | None
     exclusions: tuple[Problem, ...] = ()  # facts that rule scoring out (repeat RFA, recurrence…)
     ignored: tuple[str, ...] = field(default=())  # resources set aside and why (ids only, no PHI)
+    #: Completed ablations set aside because they ended after the as-of date (not yet on record).
+    ablations_after_as_of: tuple[Provenance, ...] = ()
 
     @property
     def problems(self) -> tuple[Problem, ...]:
