@@ -24,6 +24,7 @@ from cds_service.model import ModelCard
 from cds_service.presentation import NO_CI_STATEMENT, RANGE_STATEMENT
 from cds_service.presentation.statement import CI_STATEMENT
 from cds_service.runtime import Runtime
+from fhir_mappings import roman
 
 # The template and the style sheet are the SMART app's (smart/templates/smart/model_card.html,
 # smart/static/smart.css): create_app always mounts that blueprint, configured or not, and the
@@ -62,6 +63,8 @@ def page() -> Response:
         uncertainty=uncertainty_statement(card),
         range_statement=RANGE_STATEMENT,
         thresholds=_thresholds(card),
+        roman={grade: roman(grade) for grade in range(1, 7)},
+        sentence=_sentence,
         json_url=url_for(".card_json_view"),
     )
     return _static(Response(html, mimetype="text/html"), card)
@@ -108,6 +111,14 @@ def _thresholds(card: ModelCard) -> dict[str, str]:
             out[tier.id] = f"{low} to under {upper * 100:g}%"
         upper = tier.min_risk_12m
     return out
+
+
+def _sentence(text: str) -> str:
+    """A card's basis note as a sentence: capital first letter, full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _finite(value: Any) -> Any:

@@ -62,8 +62,9 @@ def test_the_html_page_shows_the_whole_card(app: Flask) -> None:
         NO_CI_STATEMENT,
         RANGE_STATEMENT,
         card.reference_basis,
-        card.baseline_basis,
-        card.scenarios.basis,
+        card.baseline_basis[1:],  # written as sentences: the first letter is capitalised
+        card.scenarios.basis[1:],
+        card.tier_basis[1:],
         card.version,
         card.sha256,
         *card.assumptions,

@@ -8,7 +8,6 @@ app's ``frame-ancestors`` must name the EHR, exactly as in a real cross-site EHR
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from cds_service import create_app
 from cds_service.model import RecurrenceModel
+from cds_service.presentation import percent
+from cds_service.smart.context import app_context_for
 from tests.hook_calls import HookCaller
 from tests.smart.served import FakeClock, Seed, ServeSmart
 from tests.smart.shim import EhrShim
@@ -66,8 +67,16 @@ def test_ehr_launch_in_an_iframe_shows_the_cards_numbers(
         SMART_COOKIE_SECURE=True,  # the production default
     )
     procedure = next(r for r in resources if r["resourceType"] == "Procedure")
+    grade = next(r for r in resources if r["resourceType"] == "Observation")
+    # The card's appContext in full: the inputs it used (as the server versions them) and its figure.
     launch = shim.new_launch(
-        PATIENT, app_context=json.dumps({"procedure": f"Procedure/{procedure['id']}/_history/1"})
+        PATIENT,
+        app_context=app_context_for(
+            f"Procedure/{procedure['id']}/_history/1",
+            hb_grade=f"Observation/{grade['id']}/_history/1",
+            operation_time=f"Procedure/{procedure['id']}/_history/1",
+            risk_12m=model.risk_with_range(42, 2, [12])[0][0],
+        ),
     )
 
     context = chromium.new_context(viewport={"width": 1200, "height": 900})
@@ -105,20 +114,23 @@ def test_ehr_launch_in_an_iframe_shows_the_cards_numbers(
     card_risks = card["extension"]["org.example.hfs-cds.assessment"]["risks"]
     assert {str(r["month"]): r["risk"] for r in card_risks} == {m: v[0] for m, v in shown.items()}
     for risk in card_risks:
-        text = f"{risk['risk'] * 100:.0f}%"
+        text = percent(risk["risk"])
         assert shown[str(risk["month"])][1] == text
-        assert text in card["detail"]
+        assert f"**{text}**" in card["detail"]
     assert f"{shown['12'][1]} by 12 months" in card["summary"]
 
-    assert (
-        app.locator("[data-testid=tier]")
-        .inner_text()
-        .lower()
-        .startswith(card["extension"]["org.example.hfs-cds.assessment"]["tier"])
+    # The same estimate tier, risk sentence and schedule as the card, and no difference notice.
+    tier = app.locator("[data-testid=tier]").inner_text()  # "Intermediate estimate"
+    assert f"({tier.lower()})" in card["summary"]
+    assert app.locator("[data-testid=risk-sentence]").inner_text() in card["detail"].replace(
+        "**", ""
     )
+    assert app.locator("[data-testid=schedule]").inner_text() in card["detail"]
+    assert app.locator("[data-testid=card-notice]").count() == 0
     assert app.locator("[data-testid=patient-banner]").is_visible()
     assert app.locator("[data-testid=risk-chart]").is_visible()
     assert app.locator("[data-testid=assumptions] li").count() == len(model.card.assumptions)
+    assert app.locator("[data-testid=limitations] li").count() == len(model.card.limitations)
     assert f"Procedure/{procedure['id']}" in app.locator(".summary__sub").inner_text()
 
     # The session cookie survived the cross-site iframe with the production attributes.
@@ -132,11 +144,40 @@ def test_ehr_launch_in_an_iframe_shows_the_cards_numbers(
     app.locator("select[name=hb]").select_option("I")
     expected = model.risk_with_range(42, 1, [3, 6, 12])[0]
     cell = app.locator("[data-what-if-month='12'] .value")
-    cell.filter(has_text=f"{expected[2] * 100:.0f}%").wait_for(timeout=TIMEOUT_MS)
+    cell.filter(has_text=percent(float(expected[2]))).wait_for(timeout=TIMEOUT_MS)
     assert app.locator("#what-if-line").get_attribute("visibility") is None
     _screenshot(page, ARTIFACTS / "smart-risk-page-what-if.png")
 
     assert console_errors == []  # no CSP violation, no script error
+    context.close()
+
+
+def test_the_public_model_card_page_renders(
+    chromium: Browser, serve_smart: ServeSmart, model: RecurrenceModel
+) -> None:
+    """``/model-card`` in a real browser, with no session: styled (CSP allows its style sheet),
+    every limitation listed, nothing blocked."""
+    served = serve_smart()
+    context = chromium.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    console_errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        # The browser's own favicon request (this service has none) is the one allowed 404.
+        if message.type == "error" and not message.location["url"].endswith("/favicon.ico"):
+            console_errors.append(message.text)
+
+    page.on("console", on_console)
+    response = page.goto(served.url("/model-card"))
+    assert response is not None and response.status == 200
+    assert page.locator("[data-testid=limitations] li").count() == len(model.card.limitations)
+    # The style sheet applied: the app bar has its colour.
+    bar = page.locator(".app-bar").evaluate("el => getComputedStyle(el).backgroundColor")
+    assert bar == "rgb(31, 78, 140)"
+    assert context.cookies() == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "model-card-page.png"), full_page=True)
+    assert console_errors == []
     context.close()
 
 
