@@ -3,6 +3,7 @@ session store, the chart, log redaction, and pages that need no EHR."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -15,12 +16,21 @@ import pytest
 from flask import Flask
 
 from cds_service import create_app
+from cds_service.assessment import Assessor
 from cds_service.config import ConfigError
 from cds_service.model import RecurrenceModel
+from cds_service.presentation import present
 from cds_service.shared_state import SharedState
 from cds_service.smart import RedactSmartQueries, init_smart, launch_url
 from cds_service.smart.chart import build_chart, curve
-from cds_service.smart.context import CardProcedure, app_context_for, card_procedure
+from cds_service.smart.context import (
+    CardInputs,
+    CardProcedure,
+    CardReference,
+    app_context_for,
+    card_inputs,
+    card_procedure,
+)
 from cds_service.smart.errors import Failure, SmartError
 from cds_service.smart.oauth import (
     OAuthClient,
@@ -30,7 +40,7 @@ from cds_service.smart.oauth import (
     parse_token_response,
     s256,
 )
-from cds_service.smart.page import WhatIfInput, parse_what_if
+from cds_service.smart.page import WhatIfInput, card_notice, parse_what_if
 from cds_service.smart.runtime import default_frame_ancestors
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.settings import DEFAULT_SCOPES, SmartSettings
@@ -45,6 +55,7 @@ from cds_service.smart.store import (
     Sessions,
     SessionStore,
 )
+from tests.hook_calls import recent_patient
 from tests.smart.pages import Page
 from tests.smart.served import FakeClock
 
@@ -681,3 +692,126 @@ def test_the_settings_refuse_plain_http_outside_development_mode() -> None:
                 "SMART_ALLOWED_ISSUERS": "http://127.0.0.1:1/fhir",
             }
         )
+
+
+# -- card and app agree, or say why not (clinical-presentation.md §5) -------------------------------
+
+
+def test_the_full_app_context_names_every_input_and_the_figure() -> None:
+    context = app_context_for(
+        "Procedure/rfa1/_history/2",
+        hb_grade="Observation/hb1/_history/3",
+        operation_time="Observation/dur1/_history/1",
+        risk_12m=0.60571,
+    )
+    assert card_inputs(context, ()) == CardInputs(
+        CardProcedure("rfa1", "2"),
+        hb_grade=CardReference("Observation", "hb1", "3"),
+        operation_time=CardReference("Observation", "dur1", "1"),
+        risk_12m=0.6057,
+    )
+    # The older forms still work, and carry nothing else.
+    assert card_inputs('{"procedure": "Procedure/rfa1"}', ()) == CardInputs(
+        CardProcedure("rfa1", None)
+    )
+    assert card_inputs("Procedure/rfa1/_history/2", ()) == CardInputs(CardProcedure("rfa1", "2"))
+    # Members that do not parse are dropped one by one; no procedure, nothing to compare.
+    odd = json.dumps(
+        {
+            "procedure": "Procedure/rfa1",
+            "hbGrade": "Patient/p1",
+            "operationTime": 42,
+            "risk12m": "61%",
+        }
+    )
+    assert card_inputs(odd, ()) == CardInputs(CardProcedure("rfa1", None))
+    assert card_inputs(json.dumps({"procedure": 1, "risk12m": 0.5}), ()) is None
+    assert card_inputs(json.dumps({"procedure": "Procedure/a", "risk12m": 1.5}), ()) == CardInputs(
+        CardProcedure("a", None)
+    )
+
+
+def _versioned(resources: list[dict[str, Any]], **versions: str) -> list[dict[str, Any]]:
+    """Give resources by id the versionId (and a lastUpdated) the FHIR server would."""
+    for r in resources:
+        if r["id"] in versions:
+            r["meta"] = {"versionId": versions[r["id"]], "lastUpdated": "2026-05-02T14:02:09+08:00"}
+    return resources
+
+
+def _card(**members: Any) -> CardInputs:
+    refs = {"hbGrade": "Observation/hb1/_history/1", "operationTime": "Procedure/rfa1/_history/1"}
+    context = {"procedure": "Procedure/rfa1/_history/1", **refs, **members}
+    parsed = card_inputs(json.dumps({k: v for k, v in context.items() if v is not None}), ())
+    assert parsed is not None
+    return parsed
+
+
+def test_nothing_is_said_when_the_card_and_the_record_agree(assessor: Assessor) -> None:
+    a = assessor.assess(_versioned(recent_patient(), rfa1="1", hb1="1"), "p1")
+    st = present(a)
+    assert st.horizon is not None
+    assert card_notice(st, _card(risk12m=st.horizon.risk)) is None
+    assert card_notice(st, None) is None
+    assert card_notice(st, _card(hbGrade=None, operationTime=None)) is None  # an older card
+
+
+def test_a_corrected_grade_is_said_with_the_old_and_new_value(assessor: Assessor) -> None:
+    now = assessor.assess(_versioned(recent_patient(hb="II"), rfa1="1", hb1="2"), "p1")
+    before = assessor.assess(_versioned(recent_patient(hb="I"), rfa1="1", hb1="1"), "p1")
+    st, was = present(now), present(before)
+    assert st.horizon and was.horizon
+    card = _card(risk12m=was.horizon.risk)
+    updated = {"Observation/hb1": "2026-05-02T14:02:09+08:00"}
+
+    notice = card_notice(st, card, previous=before, updated=updated)
+
+    assert notice is not None
+    assert notice.changes == (
+        "House-Brackmann grade corrected from I to II at 2026-05-02 06:02 UTC "
+        "(Observation/hb1 version 1 → 2).",
+    )
+    assert notice.figures == "The card showed >95% by 12 months; this page shows 61%."
+    assert notice.text.endswith("This page uses the current record.")
+    # Without the card's version from the EHR: the change, without the old value.
+    blind = card_notice(st, card, previous=None, updated=updated)
+    assert blind is not None and blind.changes == (
+        "The House-Brackmann grade on record has changed since the card "
+        "(Observation/hb1 version 1 → 2 at 2026-05-02 06:02 UTC).",
+    )
+
+
+def test_a_procedure_edited_without_changing_the_inputs_is_said_once(assessor: Assessor) -> None:
+    before = assessor.assess(_versioned(recent_patient(), rfa1="1", hb1="1"), "p1")
+    now = assessor.assess(_versioned(recent_patient(), rfa1="2", hb1="1"), "p1")
+    st = present(now)
+    assert st.horizon is not None
+    notice = card_notice(st, _card(risk12m=st.horizon.risk), previous=before)
+    assert notice is not None
+    assert notice.changes == (
+        "Procedure/rfa1 was updated since the card (Procedure/rfa1 version 1 → 2); "
+        "the operation time is still 42 min.",
+    )
+    assert notice.figures == "The 12-month estimate is the same as on the card (61%)."
+
+
+def test_a_figure_that_moved_is_said_even_when_no_input_did(assessor: Assessor) -> None:
+    st = present(assessor.assess(_versioned(recent_patient(), rfa1="1", hb1="1"), "p1"))
+    notice = card_notice(st, _card(risk12m=0.35))
+    assert notice is not None
+    assert notice.changes == ("The record or the model has changed since the card was shown.",)
+    assert notice.figures == "The card showed 35% by 12 months; this page shows 61%."
+
+
+def test_a_grade_that_no_longer_scores_is_said(assessor: Assessor) -> None:
+    st = present(assessor.assess(_versioned(recent_patient(hb=None), rfa1="1"), "p1"))
+    notice = card_notice(st, _card(risk12m=0.6057))
+    assert notice is not None
+    assert notice.changes == (
+        "The card used the House-Brackmann grade in Observation/hb1/_history/1; the current "
+        "record gives none the model can use.",
+    )
+    assert notice.figures == (
+        "The card showed 61% by 12 months; from the current record the risk cannot be "
+        "calculated (see below)."
+    )
