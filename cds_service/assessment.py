@@ -191,9 +191,12 @@ class Assessor:
         patient_id: str | None = None,
         as_of: datetime | None = None,
     ) -> Assessment:
-        """Map the patient's resources, then score them or say exactly why not."""
+        """Map the patient's resources as of ``as_of`` (default now), then score them or say
+        exactly why not. Everything dated after ``as_of`` is ignored, as not yet on record."""
         now = as_of or datetime.now(UTC)
-        inputs = map_patient(resources, patient_id, self.mapping_parameters, self.value_sets)
+        inputs = map_patient(
+            resources, patient_id, self.mapping_parameters, self.value_sets, as_of=now
+        )
 
         def result(status: Status, **details: Any) -> Assessment:
             return Assessment(status, inputs, self.card, now, **details)
@@ -201,7 +204,10 @@ class Assessor:
         if inputs.ablation is None:
             if any(p.reason is not Reason.NO_ABLATION for p in inputs.exclusions):
                 return result(Status.NOT_SCORED)  # e.g. an ablation not yet completed
-            return result(Status.NOT_APPLICABLE, not_applicable_because="no ablation on record")
+            because = "no ablation on record"
+            if inputs.ablations_after_as_of:  # assessed as of a date before the ablation
+                because += f" as of {_moment(now)}"
+            return result(Status.NOT_APPLICABLE, not_applicable_because=because)
         elapsed_days = (now - inputs.ablation.ended_at).total_seconds() / 86400.0
         months_since = max(0.0, elapsed_days / self.card.days_per_month)
         if months_since > self.card.horizon_months:
@@ -255,6 +261,13 @@ class Assessor:
             x1=model.coded_x1(minutes),
             x2=float(grade),
         )
+
+
+def _moment(when: datetime) -> str:
+    """A date when the moment is midnight (``--at 2026-04-30``), else the minute with its offset."""
+    if when.time() == datetime.min.time():
+        return when.date().isoformat()
+    return when.isoformat(timespec="minutes")
 
 
 def _r(value: float) -> float:
