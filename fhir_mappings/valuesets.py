@@ -25,6 +25,11 @@ SET_NAMES = (
     "hemifacial_spasm_condition",
     "recurrence_finding",
 )
+#: Named sets a file may omit: a site's file written before they existed still loads and gets
+#: the packaged set. Not mapping inputs, so not in :attr:`ValueSets.relevant`.
+OPTIONAL_SET_NAMES = (
+    "follow_up_order",  # follow-up and referral orders (ServiceRequest.code) after the ablation
+)
 
 
 class ValueSetError(ValueError):
@@ -75,6 +80,7 @@ class ValueSets:
     hb_grade_observation: CodeSet
     hemifacial_spasm_condition: CodeSet
     recurrence_finding: CodeSet
+    follow_up_order: CodeSet
     #: Every (system, code) any rule looks for: resources with none of them are never read.
     relevant: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
 
@@ -83,8 +89,9 @@ class ValueSets:
         object.__setattr__(self, "relevant", frozenset(keys))
 
     def code_set(self, name: str) -> CodeSet:
-        if name not in SET_NAMES:
-            raise KeyError(f"unknown value set {name!r}; known: {', '.join(SET_NAMES)}")
+        if name not in SET_NAMES and name not in OPTIONAL_SET_NAMES:
+            known = ", ".join(SET_NAMES + OPTIONAL_SET_NAMES)
+            raise KeyError(f"unknown value set {name!r}; known: {known}")
         value: CodeSet = getattr(self, name)
         return value
 
@@ -113,6 +120,13 @@ def parse_value_sets(text: str, source: str = "value sets") -> ValueSets:
     if not isinstance(data, dict):
         raise ValueSetError(f"{source}: the top level must be a JSON object")
     sets = {name: CodeSet(name, _codes(data, name, source)) for name in SET_NAMES}
+    for name in OPTIONAL_SET_NAMES:
+        # The packaged file defines every optional set, so this never recurses.
+        sets[name] = (
+            CodeSet(name, _codes(data, name, source))
+            if name in data
+            else _packaged().code_set(name)
+        )
     return ValueSets(
         version=_text(data, "version", source),
         project_code_system=_text(data, "project_code_system", source),
