@@ -144,7 +144,8 @@ def test_scored_record_has_model_risks_tier_and_inputs_with_their_resources(
     )
     assert inputs["procedureEnd"].value == "2026-05-01T09:42:00+08:00"
     assert record.reasons == ()
-    assert record.suggestion_ids == (card["suggestions"][0]["uuid"],)
+    # Every suggestion (follow-up order, RiskAssessment record) can be named in acceptedSuggestions.
+    assert record.suggestion_ids == tuple(s["uuid"] for s in card["suggestions"])
     assert (record.patient_id, record.issuer, record.tenant) == (
         "p1",
         "https://ehr.example.org",

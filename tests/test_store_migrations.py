@@ -45,8 +45,9 @@ def test_upgrade_creates_the_schema_once(database_url: str) -> None:
         assert upgrade(engine) == []
         with engine.connect() as conn:
             assert current_version(conn) == HEAD
-            (row,) = conn.execute(select(schema_version)).all()
-        assert row.version == 1 and row.applied_at.tzinfo is not None
+            rows = conn.execute(select(schema_version).order_by(schema_version.c.version)).all()
+        assert [r.version for r in rows] == [m.version for m in MIGRATIONS]
+        assert all(r.applied_at.tzinfo is not None for r in rows)
     finally:
         engine.dispose()
     open_store(database_url).close()

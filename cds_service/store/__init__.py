@@ -6,6 +6,7 @@ What the web layer calls::
     writer = AuditWriter(store)                                             # one per process
     writer.submit(audit_record_from(assessment, card, service_id=..., hook=..., hook_instance=...))
     result = store.save_feedback(service_id, parse_feedback(body), issuer=..., tenant=...)
+    store.acted_on_since(inputs_key(assessment, issuer=..., tenant=...), since, issuer=..., tenant=...)
     writer.close(); store.close()                                           # at shutdown
 
 ``hfs-cds db upgrade`` creates the schema; :func:`open_store` refuses a database whose schema is
@@ -32,6 +33,7 @@ from cds_service.store.errors import (
     StoreUnavailable,
     UnsupportedDatabase,
 )
+from cds_service.store.inputs_key import inputs_key
 from cds_service.store.migrations import HEAD, upgrade
 from cds_service.store.settings import StoreSettings
 from cds_service.store.writer import AuditWriter, WriterStats
@@ -56,6 +58,7 @@ __all__ = [
     "WriterStats",
     "audit_record_from",
     "database_url",
+    "inputs_key",
     "open_engine",
     "open_store",
     "upgrade",

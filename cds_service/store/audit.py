@@ -17,7 +17,9 @@ What is kept and why:
   ranges, the conditional risk, and months since the procedure;
 - every input value with the resource it came from (type, id, version and the FHIR date used);
 - the reason codes when the patient was not scored;
-- the EHR's ``iss`` and tenant from the JWT, when known.
+- the EHR's ``iss`` and tenant from the JWT, when known;
+- the inputs key (:mod:`.inputs_key`, a hash): feedback on this card silences patient-view for
+  the same inputs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from cds_service.assessment import Assessment
+from cds_service.store.inputs_key import inputs_key
 from fhir_mappings import Provenance
 
 # Column widths (see schema.py); longer EHR-supplied identifiers are cut rather than failing a batch.
@@ -135,6 +138,7 @@ class AuditRecord:
     suggestion_ids: tuple[str, ...] = ()
     issuer: str | None = None
     tenant: str | None = None
+    inputs_key: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         """The ``audit_record`` row (see :mod:`cds_service.store.schema`)."""
@@ -160,6 +164,7 @@ class AuditRecord:
             "inputs": [i.to_json() for i in self.inputs],
             "reasons": [r.to_json() for r in self.reasons],
             "suggestion_ids": list(self.suggestion_ids),
+            "inputs_key": self.inputs_key,
         }
 
 
@@ -219,6 +224,7 @@ def audit_record_from(
         ),
         issuer=_clip_opt(issuer, _LONG),
         tenant=_clip_opt(tenant, _LONG),
+        inputs_key=inputs_key(a, issuer=issuer, tenant=tenant),
     )
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     delete,
     event,
     exists,
+    literal,
     select,
     text,
 )
@@ -304,6 +305,41 @@ class Store:
             unknown = sum(1 for e in entries if e.card not in known_cards)
         return FeedbackResult(stored=stored, duplicates=duplicates, unknown_cards=unknown)
 
+    def acted_on_since(
+        self, inputs_key: str, since: datetime, *, issuer: str | None, tenant: str | None
+    ) -> bool:
+        """Did a clinician act on a card with these inputs (accepted or overridden) since ``since``?
+
+        One indexed read on the hook path (patient-view suppression): the audit records with this
+        inputs key, joined to their feedback by card uuid, scoped to the calling EHR's issuer and
+        tenant. An action counts from the earlier of the EHR's ``outcomeTimestamp`` and our
+        receipt time, so a clock running ahead in the EHR cannot stretch the silence. Raises
+        :class:`~cds_service.store.errors.StoreError` on any database failure.
+        """
+        query = (
+            select(literal(1))
+            .select_from(
+                audit_record.join(feedback, feedback.c.card_uuid == audit_record.c.card_uuid)
+            )
+            .where(
+                audit_record.c.inputs_key == inputs_key,
+                feedback.c.outcome_at >= since,
+                feedback.c.received_at >= since,
+                _same(feedback.c.issuer, issuer[:255] if issuer else None),
+                _same(feedback.c.tenant, tenant[:255] if tenant else None),
+            )
+            .limit(1)
+        )
+        try:
+            with self.engine.connect() as conn:
+                # A read: never take SQLite's write lock (the audit writer needs it).
+                conn.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+                return conn.execute(query).first() is not None
+        except OperationalError as exc:
+            raise unavailable(exc, self.describe()) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"feedback could not be read: {type(exc).__name__}") from exc
+
     # -- audit: called in batches by the AuditWriter's thread ------------------------------------
 
     def write_audit(self, records: Iterable[AuditRecord]) -> None:
@@ -342,6 +378,11 @@ class Store:
             total += deleted
             if deleted < batch:
                 return total
+
+
+def _same(column: Any, value: str | None) -> Any:
+    """``column = value``, or ``column IS NULL`` when there is no value (no JWT, no tenant)."""
+    return column.is_(None) if value is None else column == value
 
 
 def database_url(settings: StoreSettings | None = None) -> str:

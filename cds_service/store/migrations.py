@@ -110,8 +110,18 @@ def _v1_audit_and_feedback(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _v2_audit_inputs_key(conn: Connection) -> None:
+    """Version 2: the inputs key on audit records, indexed for the patient-view suppression read.
+
+    Plain DDL that both backends accept (ADD COLUMN of a nullable column is instant on both).
+    """
+    conn.execute(text("ALTER TABLE audit_record ADD COLUMN inputs_key VARCHAR(64)"))
+    conn.execute(text("CREATE INDEX ix_audit_record_inputs_key ON audit_record (inputs_key)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit records and feedback", _v1_audit_and_feedback),
+    Migration(2, "inputs key on audit records", _v2_audit_inputs_key),
 )
 #: The schema version this code reads and writes.
 HEAD = MIGRATIONS[-1].version

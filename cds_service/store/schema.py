@@ -104,8 +104,11 @@ audit_record = Table(
     Column("inputs", json_type(), nullable=False),
     Column("reasons", json_type(), nullable=False),
     Column("suggestion_ids", json_type(), nullable=False),
+    # Hash of what the card was derived from (store/inputs_key.py); NULL on rows from schema 1.
+    Column("inputs_key", String(64)),
     Index("ix_audit_record_recorded_at", "recorded_at"),
     Index("ix_audit_record_patient_id", "patient_id"),
+    Index("ix_audit_record_inputs_key", "inputs_key"),
 )
 
 #: One row per distinct feedback entry (repeats are ignored through ``natural_key``).
