@@ -42,7 +42,12 @@ class Payloads:
 
 
 def _typical() -> list[dict[str, Any]]:
-    """1 ablation, 3 HB Observations, 1 Condition (the issue's typical prefetch)."""
+    """1 ablation, 3 HB Observations, 1 Condition (the issue's typical prefetch).
+
+    Sent to patient-view with every prefetch key (``followUpOrders`` an empty Bundle, so nothing
+    is fetched) and never followed by feedback: S2 always answers with a card, after paying the
+    suppression read on the audit store as a real chart opening does.
+    """
     resources = recent_patient(patient=PATIENT)
     first = datetime.fromisoformat(resources[-1]["effectiveDateTime"])
     for i, hours in ((2, 24), (3, 48)):

@@ -25,6 +25,7 @@ PREFETCH_KEYS = {
     "Procedure": "procedures",
     "Observation": "observations",
     "Condition": "conditions",
+    "ServiceRequest": "followUpOrders",  # open follow-up orders (optional key; empty: none)
 }
 
 

@@ -27,14 +27,17 @@ def test_discovery_lists_one_service_per_hook(client: FlaskClient) -> None:
 
 def test_prefetch_templates_use_only_valid_tokens_and_narrow_codes(client: FlaskClient) -> None:
     for service in client.get("/cds-services").get_json()["services"]:
-        assert set(service["prefetch"]) == {"procedures", "observations", "conditions"}
+        keys = {"procedures", "observations", "conditions", "followUpOrders"}
+        assert set(service["prefetch"]) == keys
         for template in service["prefetch"].values():
             assert not template.startswith("/") and "://" not in template  # relative URL
             assert _TOKEN.findall(template) == ["context.patientId"]
             resource_type, query = template.split("?", 1)
-            assert resource_type in {"Procedure", "Observation", "Condition"}
+            assert resource_type in {"Procedure", "Observation", "Condition", "ServiceRequest"}
             params = dict(p.split("=", 1) for p in query.split("&"))
-            assert set(params) == {"patient", "code"}
+            # Open follow-up orders only: the search also filters on status.
+            extra = {"status"} if resource_type == "ServiceRequest" else set()
+            assert set(params) == {"patient", "code"} | extra
             # system|code tokens, percent-encoded: no raw '|' or ':' in the value.
             assert "|" not in params["code"] and ":" not in params["code"]
             assert all("%7C" in token for token in params["code"].split(","))

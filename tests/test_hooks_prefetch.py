@@ -126,6 +126,7 @@ def test_absent_keys_are_fetched_with_the_bearer_token(
         "/fhir/Condition",
         "/fhir/Observation",
         "/fhir/Procedure",
+        "/fhir/ServiceRequest",  # the optional followUpOrders key, fetched in the same batch
     ]
     assert {r.authorization for r in fhir.seen} == {f"Bearer {TOKEN}"}
     procedure_query = next(r.query for r in fhir.seen if r.path == "/fhir/Procedure")

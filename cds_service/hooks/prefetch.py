@@ -4,11 +4,19 @@ Every key arrives in one of five shapes (CDS Hooks 2.0 §prefetch): absent, ``nu
 filled Bundle, a single resource, or an OperationOutcome. ``null`` and empty Bundles mean "no data"
 and are never re-queried; absent keys, OperationOutcomes and values of the wrong shape are fetched
 from ``fhirServer`` when the service may, otherwise the call ends in 412.
+
+Optional keys (``CdsService.optional_prefetch``: the open follow-up orders) are resolved the same
+way, but never cause a 412: when one cannot be had the card is still shown, only less informed
+(a suggestion that may duplicate an order is safer than no card). They are fetched in the same
+concurrent batch as the required keys; if that batch fails quickly, the required keys are tried
+once more alone, so a FHIR server that refuses only the optional search still yields a card.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +26,8 @@ from cds_service.hooks.request import HookRequest
 from cds_service.hooks.services import CdsService
 from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from fhir_mappings import Resource, resources_from_bundle
+
+log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
 
@@ -91,12 +101,16 @@ def resolve_prefetch(
     )
     resources: list[Resource] = []
     to_fetch: dict[str, str] = {}
+    optional: dict[str, str] = {}  # optional keys to fetch, and why they must be
     unusable: list[str] = []
     for key, template in service.prefetch.items():
         value = request.prefetch.get(key)
         found, why = _classify(value, template) if key in request.prefetch else (None, "absent")
         if found is None:
-            unusable.append(f"'{key}' was {why}")
+            if key in service.optional_prefetch:
+                optional[key] = why
+            else:
+                unusable.append(f"'{key}' was {why}")
             to_fetch[key] = render_template(template, request.context)
             continue
         if may_fetch and isinstance(value, dict) and _has_next(value):
@@ -104,23 +118,70 @@ def resolve_prefetch(
             try:
                 found = client.follow_pages(request.fhir_server, value, token, issuer_fhir_servers)
             except FhirFetchError as exc:
-                raise PrefetchUnavailable(
-                    f"prefetch '{key}' is paginated and the next page failed: {exc}"
-                ) from exc
+                if key not in service.optional_prefetch:
+                    raise PrefetchUnavailable(
+                        f"prefetch '{key}' is paginated and the next page failed: {exc}"
+                    ) from exc
+                log.warning(
+                    "optional prefetch '%s': next page failed (%s); first page used", key, exc
+                )
         resources.extend(found)
     if not to_fetch:
         return resources
+    if not unusable:  # only optional keys are missing
+        return resources + _optional_only(
+            request, client, may_fetch, to_fetch, optional, issuer_fhir_servers
+        )
     problem = "; ".join(unusable)
     if request.fhir_server is None:
         raise PrefetchUnavailable(f"prefetch {problem}, and the request has no fhirServer to query")
     if not may_fetch:
         raise PrefetchUnavailable(f"prefetch {problem}, and the request has no fhirAuthorization")
+    started = time.monotonic()
     try:
         fetched = client.fetch_all(request.fhir_server, to_fetch, token, issuer_fhir_servers)
     except FhirFetchError as exc:
-        raise PrefetchUnavailable(
-            f"prefetch {problem}, and querying fhirServer failed: {exc}"
-        ) from exc
+        quick = time.monotonic() - started < client.budget_seconds / 2
+        if not optional or not quick:  # a slow failure: no time for a second try
+            raise PrefetchUnavailable(
+                f"prefetch {problem}, and querying fhirServer failed: {exc}"
+            ) from exc
+        # Perhaps only the optional search was refused: the required keys alone, once more.
+        required = {k: q for k, q in to_fetch.items() if k not in optional}
+        try:
+            fetched = client.fetch_all(request.fhir_server, required, token, issuer_fhir_servers)
+        except FhirFetchError as again:
+            raise PrefetchUnavailable(
+                f"prefetch {problem}, and querying fhirServer failed: {again}"
+            ) from again
+        log.warning("optional prefetch %s could not be fetched: %s", _keys(optional), exc)
     for items in fetched.values():
         resources.extend(items)
     return resources
+
+
+def _optional_only(
+    request: HookRequest,
+    client: FhirClient,
+    may_fetch: bool,
+    queries: dict[str, str],
+    why: dict[str, str],
+    issuer_fhir_servers: tuple[str, ...],
+) -> list[Resource]:
+    """Fetch missing optional keys when the service may; on any failure, nothing (logged)."""
+    if not may_fetch:
+        log.info("optional prefetch %s not fetched: no fhirServer or authorization", _keys(why))
+        return []
+    assert request.fhir_server is not None
+    token = request.fhir_authorization.access_token if request.fhir_authorization else None
+    try:
+        fetched = client.fetch_all(request.fhir_server, queries, token, issuer_fhir_servers)
+    except FhirFetchError as exc:
+        log.warning("optional prefetch %s could not be fetched: %s", _keys(why), exc)
+        return []
+    return [r for items in fetched.values() for r in items]
+
+
+def _keys(why: dict[str, str]) -> str:
+    """``'key' (absent)`` for each key: names and shapes only, never values."""
+    return ", ".join(f"'{k}' ({reason})" for k, reason in why.items())

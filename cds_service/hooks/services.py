@@ -33,6 +33,8 @@ class CdsService:
     prefetch: dict[str, str]
     usage_requirements: str
     hook_version: str | None = None
+    #: Keys whose absence degrades the card instead of failing the call with 412 (see prefetch.py).
+    optional_prefetch: frozenset[str] = frozenset()
 
     def discovery_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -59,7 +61,8 @@ _DESCRIPTION = (
     "the operation time and the post-ablation House-Brackmann grade, with follow-up advice."
 )
 _USAGE = (
-    "Needs FHIR R4 Procedure, Observation and Condition data, from prefetch or from fhirServer "
+    "Needs FHIR R4 Procedure, Observation and Condition data (and open ServiceRequests, to "
+    "know whether follow-up is already ordered), from prefetch or from fhirServer "
     "(with fhirAuthorization, or on an allowlisted open server). Informational only; recalibrate on "
     "local patients before clinical use."
 )
@@ -68,6 +71,11 @@ _USAGE = (
 def _token_list(pairs: list[tuple[str, str]]) -> str:
     """A token search value: comma-separated ``system|code``, each part percent-encoded."""
     return ",".join(f"{quote(system, safe='')}%7C{quote(code, safe='')}" for system, code in pairs)
+
+
+#: Open follow-up/referral orders: the card then offers no follow-up suggestion. Optional: when it
+#: cannot be had, the card still shows (with the suggestion), since a missing card is worse.
+FOLLOW_UP_ORDERS_KEY = "followUpOrders"
 
 
 def build_prefetch(value_sets: ValueSets) -> dict[str, str]:
@@ -88,6 +96,10 @@ def build_prefetch(value_sets: ValueSets) -> dict[str, str]:
         "procedures": f"Procedure?patient={patient}&code={_token_list(procedures)}",
         "observations": f"Observation?patient={patient}&code={_token_list(observations)}",
         "conditions": f"Condition?patient={patient}&code={_token_list(conditions)}",
+        FOLLOW_UP_ORDERS_KEY: (
+            f"ServiceRequest?patient={patient}&status=active,draft"
+            f"&code={_token_list(value_sets.codes('follow_up_order'))}"
+        ),
     }
 
 
@@ -133,6 +145,7 @@ def build_services(value_sets: ValueSets) -> dict[str, CdsService]:
             prefetch=prefetch,
             usage_requirements=_USAGE,
             hook_version="1.0",
+            optional_prefetch=frozenset({FOLLOW_UP_ORDERS_KEY}),
         )
         for service_id, hook, when, context in _SERVICES
     }
