@@ -20,7 +20,8 @@ PATIENT = "it-fallback-1"
 @pytest.fixture(scope="module")
 def seeded(fhir_server: FhirServerProcess) -> FhirServerProcess:
     """The FHIR server holding one scorable patient (ids prefixed so other tests don't collide)."""
-    resources = [fb.patient(id=PATIENT), *recent_patient(patient=PATIENT)]
+    # Two days after the ablation, so order-sign, discharge and note-sign answer too.
+    resources = [fb.patient(id=PATIENT), *recent_patient(days_ago=2, patient=PATIENT)]
     for r in resources[1:]:
         r["id"] = f"{r['id']}-{PATIENT}"
     fhir_server.put_all(resources)

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from cds_service.assessment import Assessment, Status
 from cds_service.feedback import InvalidFeedback, parse_feedback
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.hooks.errors import (
     FeedbackNotStored,
     HookError,
     InvalidHookRequest,
+    PrefetchUnavailable,
     UnknownService,
     UnsupportedMediaType,
     outcome_response,
 )
 from cds_service.hooks.prefetch import resolve_prefetch
+from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security.ehr_auth import AuthenticationError
 from cds_service.smart import launch_url
-from cds_service.store import StoreError, audit_record_from
+from cds_service.store import StoreError, audit_record_from, inputs_key
+from fhir_mappings.orders import follow_up_ordered
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds_hooks", __name__)
@@ -83,18 +88,41 @@ def call_service(service_id: str) -> Response:
         runtime.fetch_policy,
         issuer_fhir_servers=ehr.fhir_servers if ehr else (),
     )
-    assessment = runtime.assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
+    assessor = runtime.assessor
+    assessment = assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
     context = hook_request.context
-    cards = build_cards(
-        assessment,
-        CardContext(
-            patient_id=hook_request.patient_id,
-            user_id=context.get("userId"),
-            encounter_id=context.get("encounterId"),
-            app_launch_url=launch_url(current_app, lambda: request.host_url),
-        ),
-    )
     issuer, tenant = (ehr.iss, ehr.tenant) if ehr else (None, None)
+    follow_up_codes = assessor.value_sets.follow_up_order
+    # Alert fatigue (clinical-presentation.md §4): workflow hooks speak only when relevant, and
+    # patient-view stays silent after the clinician acted on a card for the same inputs.
+    silenced = None
+    if not is_relevant(
+        hook_request.hook,
+        context,
+        assessment.inputs.ablation,
+        assessment.as_of,
+        assessor.card.alerting.post_ablation_window_days,
+        follow_up_codes,
+    ):
+        silenced = "not-relevant"
+    elif service.hook == "patient-view" and _acted_on(runtime, assessment, issuer, tenant):
+        silenced = "acted-on"
+    cards = (
+        []
+        if silenced
+        else build_cards(
+            assessment,
+            CardContext(
+                patient_id=hook_request.patient_id,
+                user_id=context.get("userId"),
+                encounter_id=context.get("encounterId"),
+                app_launch_url=launch_url(current_app, lambda: request.host_url),
+                follow_up_ordered=follow_up_ordered(
+                    resources, hook_request.patient_id, follow_up_codes
+                ),
+            ),
+        )
+    )
     for card in cards:  # queued for a background writer: the response does not wait for the disk
         runtime.audit.submit(
             audit_record_from(
@@ -113,11 +141,36 @@ def call_service(service_id: str) -> Response:
         "cards": len(cards),
         "hook_instance": g.hook_instance,
     }
+    if silenced:
+        outcome["silenced"] = silenced
     # Under gunicorn the access line carries the outcome (one line per call: a second line cost
     # a measurable share of a loaded worker); other servers see it at DEBUG.
     request.environ[OUTCOME_ENVIRON_KEY] = outcome
     log.debug("hook answered", extra=outcome)
     return Response(orjson.dumps({"cards": cards}), mimetype="application/json")
+
+
+def _acted_on(
+    runtime: Runtime, assessment: Assessment, issuer: str | None, tenant: str | None
+) -> bool:
+    """Feedback on a card with these inputs within the suppression period (one indexed read).
+
+    Skipped when suppression is off or no card would be shown. A store failure shows the card:
+    an alert repeated once too often is better than one hidden by an outage.
+    """
+    days = runtime.assessor.card.alerting.suppress_after_feedback_days
+    if days <= 0 or assessment.status not in (Status.SCORED, Status.NOT_SCORED):
+        return False
+    try:
+        return runtime.store.acted_on_since(
+            inputs_key(assessment, issuer=issuer, tenant=tenant),
+            assessment.as_of - timedelta(days=days),
+            issuer=issuer,
+            tenant=tenant,
+        )
+    except Exception as exc:  # any failure at all: never hide a card because of the store
+        log.warning("feedback suppression check failed, card shown: %s", type(exc).__name__)
+        return False
 
 
 @bp.post("/cds-services/<service_id>/feedback")
@@ -138,6 +191,7 @@ def feedback(service_id: str) -> Response:
         result = runtime.store.save_feedback(
             service_id,
             entries,
+            received_at=runtime.clock(),  # the app's one "now" (suppression periods count from it)
             issuer=ehr.iss if ehr else None,
             tenant=ehr.tenant if ehr else None,
         )
@@ -161,7 +215,16 @@ def feedback(service_id: str) -> Response:
 
 @bp.errorhandler(HookError)
 def hook_error(error: HookError) -> Response:
-    log.info("hook call refused: %s %s", error.status, error.diagnostics)
+    if isinstance(error, PrefetchUnavailable):
+        # The EHR shows no card for a 412, which a clinician cannot tell from "nothing to say":
+        # make it visible to operators. Diagnostics name keys and failures, never values or tokens.
+        log.warning(
+            "hook call answered 412, data could not be obtained (no card shown): %s",
+            error.diagnostics,
+            extra={"hook_instance": g.get("hook_instance", "-")},
+        )
+    else:
+        log.info("hook call refused: %s %s", error.status, error.diagnostics)
     return outcome_response(error.status, error.diagnostics, error.issue_code)
 
 
