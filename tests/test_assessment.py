@@ -60,9 +60,22 @@ def test_the_schedule_tier_reads_the_upper_end_and_the_estimate_tier_the_point(
     assert a.to_json()["tier"] == "low" and a.to_json()["scheduleTier"] == "intermediate"
 
 
-def test_ablation_in_the_future_counts_as_just_done(assessor: Assessor) -> None:
+def test_an_ablation_after_the_as_of_date_is_not_yet_on_record(assessor: Assessor) -> None:
     a = assessor.assess(fb.typical_patient(), as_of=at(-1))
-    assert a.status is Status.SCORED and a.months_since_procedure == 0.0
+    assert a.status is Status.NOT_APPLICABLE
+    assert a.not_applicable_because == "no ablation on record as of 2026-04-30T01:42+00:00"
+
+
+def test_a_grade_dated_minutes_ahead_of_our_clock_is_on_record(assessor: Assessor) -> None:
+    """EHR and service clocks drift: a grade just recorded must not vanish as "future"."""
+    resources = [
+        fb.ablation_procedure(start="2026-05-01T09:00:00+00:00", end="2026-05-01T09:42:00+00:00"),
+        fb.hb_observation(effective="2026-05-02T10:02:00+00:00"),
+    ]
+    as_of = datetime(2026, 5, 2, 10, 0, tzinfo=UTC)  # the grade is 2 minutes "ahead"
+    assert assessor.assess(resources, "p1", as_of=as_of).status is Status.SCORED
+    later = datetime(2026, 5, 2, 9, 0, tzinfo=UTC)  # an hour before the grade: not yet recorded
+    assert assessor.assess(resources, "p1", as_of=later).status is Status.NOT_SCORED
 
 
 def test_beyond_the_horizon_is_not_applicable(assessor: Assessor) -> None:

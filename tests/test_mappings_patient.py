@@ -211,6 +211,7 @@ def test_every_reason_has_a_test_in_this_suite() -> None:
         Reason.DURATION_UNSUPPORTED_UNIT, Reason.NO_HB_IN_WINDOW, Reason.HB_PRELIMINARY_ONLY,
         Reason.HB_OUTSIDE_MODEL, Reason.HB_UNSUPPORTED_VALUE, Reason.REPEAT_PROCEDURE,
         Reason.RECURRENCE_RECORDED, Reason.LATER_TREATMENT,
+        Reason.UNREADABLE_RECORD,  # tests/test_mappings_shapes.py
     }  # fmt: skip
     assert tested == set(Reason)
 

@@ -280,9 +280,12 @@ DSTU2_SHAPED: list[Any] = [
 ]
 
 
-def test_dstu2_shaped_and_wrongly_typed_resources_are_treated_as_absent() -> None:
+def test_dstu2_shaped_resources_are_never_read_and_a_dstu2_relapse_blocks_scoring() -> None:
+    """The DSTU2 Condition (``patient``, ``clinicalStatus: "relapse"``) is a recurrence that cannot
+    be read: it used to be skipped in silence, and the patient scored as if none were recorded."""
     inputs = map_patient(DSTU2_SHAPED, "p1")
     check_invariants(inputs)
     assert inputs.ablation is None and inputs.diagnosis is None
     mixed = map_patient([*DSTU2_SHAPED, ablation_procedure(), hb_observation()], "p1")
-    assert mixed.scorable
+    assert not mixed.scorable
+    assert [p.reason for p in mixed.problems] == [Reason.UNREADABLE_RECORD]

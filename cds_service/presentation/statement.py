@@ -40,6 +40,7 @@ NOT_SCORED_HEADLINES: dict[Reason, str] = {
     Reason.RECURRENCE_RECORDED: "a recurrence is already recorded",
     Reason.LATER_TREATMENT: "a later treatment is recorded",
     Reason.PROCEDURE_NOT_COMPLETED: "the ablation is not recorded as completed",
+    Reason.UNREADABLE_RECORD: "a record is not in FHIR R4 form and cannot be read",
 }
 NOT_SCORED_FALLBACK = "inputs are missing or invalid"
 
