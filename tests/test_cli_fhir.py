@@ -47,7 +47,7 @@ def test_fhir_prints_the_risk_assessment_of_the_pipeline(
 @pytest.mark.parametrize(
     ("resources", "reason"),
     [
-        (recent_patient(hb=None), "inputs are missing or invalid"),
+        (recent_patient(hb=None), "no House-Brackmann grade recorded after the ablation"),
         (recent_patient(hb="IV"), "House-Brackmann grade is outside the model's range"),
         ([fb.patient(), fb.hfs_condition()], "no ablation on record"),
         (recent_patient(days_ago=400), "beyond the model's 12-month horizon"),

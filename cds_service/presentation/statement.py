@@ -41,6 +41,14 @@ NOT_SCORED_HEADLINES: dict[Reason, str] = {
     Reason.LATER_TREATMENT: "a later treatment is recorded",
     Reason.PROCEDURE_NOT_COMPLETED: "the ablation is not recorded as completed",
     Reason.UNREADABLE_RECORD: "a record is not in FHIR R4 form and cannot be read",
+    Reason.NO_HB_IN_WINDOW: "no House-Brackmann grade recorded after the ablation",
+    Reason.HB_PRELIMINARY_ONLY: "the House-Brackmann grade is only preliminary",
+    Reason.HB_UNSUPPORTED_VALUE: "the House-Brackmann grade cannot be read",
+    Reason.PROCEDURE_DATE_MISSING: "the ablation has no date",
+    Reason.PERIOD_WITHOUT_TIMES: "the operation time cannot be derived",
+    Reason.DURATION_INVALID: "the operation time cannot be derived",
+    Reason.DURATION_OUT_OF_RANGE: "the recorded operation time is implausible",
+    Reason.DURATION_UNSUPPORTED_UNIT: "the operation time's unit is not supported",
 }
 NOT_SCORED_FALLBACK = "inputs are missing or invalid"
 
