@@ -81,25 +81,44 @@ def test_an_ehr_clock_running_ahead_cannot_stretch_the_silence(store: Store) -> 
     assert not store.acted_on_since("k1", T0 + timedelta(days=1), issuer=EHR, tenant="hospital-1")
 
 
-def test_the_read_uses_the_inputs_key_index(store: Store) -> None:
-    """One indexed query on the hook path: SQLite's plan searches by the inputs key."""
+def test_the_read_is_one_probe_of_the_feedback_index(store: Store) -> None:
+    """On the hook path: SQLite's plan searches feedback by the inputs key and reads nothing of
+    the audit trail (which grows with every chart opening)."""
     if store.backend != "sqlite":
         pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
     _card_with_feedback(store, "k1")
     with store.engine.connect() as conn:
         plan = conn.execute(
             text(
-                "EXPLAIN QUERY PLAN SELECT 1 FROM audit_record JOIN feedback "
-                "ON feedback.card_uuid = audit_record.card_uuid "
-                "WHERE audit_record.inputs_key = 'k1' LIMIT 1"
+                "EXPLAIN QUERY PLAN SELECT 1 FROM feedback WHERE feedback.inputs_key = 'k1' "
+                "AND feedback.outcome_at >= '2026-01-01' AND feedback.received_at >= '2026-01-01' "
+                "AND feedback.issuer IS NULL AND feedback.tenant IS NULL LIMIT 1"
             )
         ).all()
     details = " ".join(str(row[-1]) for row in plan)
-    assert "ix_audit_record_inputs_key" in details and "ix_feedback_card_uuid" in details
+    assert "ix_feedback_inputs_key" in details and "audit_record" not in details
+
+
+def test_many_cards_without_feedback_do_not_count(store: Store) -> None:
+    """A chart opened hundreds of times leaves hundreds of cards with one key and no feedback."""
+    records = [
+        dataclasses.replace(synthetic_record(f"card-{i}", T0), inputs_key="k1") for i in range(300)
+    ]
+    store.write_audit(records)
+    assert not store.acted_on_since("k1", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
+
+
+def test_feedback_on_an_unknown_card_never_silences(store: Store) -> None:
+    """Feedback that arrives before (or without) its card's audit record has no key: it is kept,
+    but it cannot silence anything; the card is shown rather than hidden by a race."""
+    entry = FeedbackEntry("card-x", Outcome.OVERRIDDEN, T0)
+    store.save_feedback(SERVICE, [entry], received_at=T0, issuer=EHR, tenant="hospital-1")
+    store.write_audit([dataclasses.replace(synthetic_record("card-x", T0), inputs_key="k1")])
+    assert not store.acted_on_since("k1", T0 - timedelta(days=1), issuer=EHR, tenant="hospital-1")
 
 
 def test_upgrading_from_version_1_keeps_the_audit_trail(database_url: str) -> None:
-    """Schema 2 adds the key to a live database: old rows stay, with no key (never suppressing)."""
+    """Schema 2 and 3 add the key to a live database: old rows stay, with no key."""
     engine = open_engine(database_url, create_directory=True)
     try:
         upgrade(engine, target=1)
@@ -115,6 +134,34 @@ def test_upgrading_from_version_1_keeps_the_audit_trail(database_url: str) -> No
         with opened.engine.connect() as conn:
             (old,) = conn.execute(select(audit_record)).mappings().all()
         assert old["card_uuid"] == "old-card" and old["inputs_key"] is None
+    finally:
+        opened.close()
+
+
+def test_upgrading_from_version_2_copies_the_key_onto_stored_feedback(database_url: str) -> None:
+    """Feedback stored under schema 2 keeps silencing its inputs after the upgrade to 3."""
+    engine = open_engine(database_url, create_directory=True)
+    try:
+        upgrade(engine, target=2)
+        with engine.begin() as conn:
+            row = dataclasses.replace(synthetic_record("card-1", T0), inputs_key="k1").to_row()
+            conn.execute(audit_record.insert().values(**row))
+            conn.execute(
+                text(
+                    "INSERT INTO feedback (natural_key, received_at, service_id, card_uuid, "
+                    "card_known, outcome, outcome_at, accepted_suggestions, has_comment, issuer, "
+                    "tenant) VALUES ('n1', :t, :s, 'card-1', true, 'overridden', :t, '[]', false, "
+                    ":i, 'hospital-1')"
+                ),
+                {"t": T0.replace(tzinfo=None), "s": SERVICE, "i": EHR},
+            )
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    opened = open_store(database_url)
+    try:
+        since = T0 - timedelta(days=1)
+        assert opened.acted_on_since("k1", since, issuer=EHR, tenant="hospital-1")
     finally:
         opened.close()
 

@@ -272,6 +272,13 @@ class Store:
             )
             for entry in entries:
                 known = exists().where(audit_record.c.card_uuid == entry.card)
+                # NULL when the card is unknown (or its audit record not written yet): such
+                # feedback never silences a card, which errs on the side of showing it.
+                key = (
+                    select(audit_record.c.inputs_key)
+                    .where(audit_record.c.card_uuid == entry.card)
+                    .scalar_subquery()
+                )
                 result = conn.execute(
                     insert.values(
                         natural_key=entry.natural_key(service_id),
@@ -288,6 +295,7 @@ class Store:
                         comment_length=entry.comment_length,
                         issuer=issuer[:255] if issuer else None,
                         tenant=tenant[:255] if tenant else None,
+                        inputs_key=key,
                     )
                 )
                 # RETURNING gives a row only when the entry was new (rowcount is unreliable here:
@@ -310,19 +318,18 @@ class Store:
     ) -> bool:
         """Did a clinician act on a card with these inputs (accepted or overridden) since ``since``?
 
-        One indexed read on the hook path (patient-view suppression): the audit records with this
-        inputs key, joined to their feedback by card uuid, scoped to the calling EHR's issuer and
-        tenant. An action counts from the earlier of the EHR's ``outcomeTimestamp`` and our
-        receipt time, so a clock running ahead in the EHR cannot stretch the silence. Raises
+        One indexed read on the hook path (patient-view suppression): the feedback rows carrying
+        this inputs key (copied from the card's audit record when stored), scoped to the calling
+        EHR's issuer and tenant. An action counts from the earlier of the EHR's
+        ``outcomeTimestamp`` and our receipt time, so a clock running ahead in the EHR cannot
+        stretch the silence. Raises
         :class:`~cds_service.store.errors.StoreError` on any database failure.
         """
         query = (
             select(literal(1))
-            .select_from(
-                audit_record.join(feedback, feedback.c.card_uuid == audit_record.c.card_uuid)
-            )
+            .select_from(feedback)
             .where(
-                audit_record.c.inputs_key == inputs_key,
+                feedback.c.inputs_key == inputs_key,
                 feedback.c.outcome_at >= since,
                 feedback.c.received_at >= since,
                 _same(feedback.c.issuer, issuer[:255] if issuer else None),

@@ -11,7 +11,8 @@ patient-view stays silent after a clinician acted on a card *for the same inputs
 - the reason codes (and resources) when the patient was not scored, so e.g. a recurrence recorded
   later gives a new card at once.
 
-Only the hash is stored (64 hex characters), on the audit record; it reveals nothing by itself.
+Only the hash is stored (64 hex characters), on the audit record and copied onto the card's
+feedback (where the hook path reads it); it reveals nothing by itself.
 """
 
 from __future__ import annotations

@@ -119,9 +119,26 @@ def _v2_audit_inputs_key(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_audit_record_inputs_key ON audit_record (inputs_key)"))
 
 
+def _v3_feedback_inputs_key(conn: Connection) -> None:
+    """Version 3: the inputs key on feedback too, copied from the card's audit record.
+
+    Reading it there costs one index probe per hook call; joining from the audit records cost one
+    probe per card ever shown for those inputs (every chart opening), which grew without bound.
+    """
+    conn.execute(text("ALTER TABLE feedback ADD COLUMN inputs_key VARCHAR(64)"))
+    conn.execute(text("CREATE INDEX ix_feedback_inputs_key ON feedback (inputs_key)"))
+    conn.execute(
+        text(
+            "UPDATE feedback SET inputs_key = (SELECT audit_record.inputs_key FROM audit_record "
+            "WHERE audit_record.card_uuid = feedback.card_uuid)"
+        )
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit records and feedback", _v1_audit_and_feedback),
     Migration(2, "inputs key on audit records", _v2_audit_inputs_key),
+    Migration(3, "inputs key on feedback", _v3_feedback_inputs_key),
 )
 #: The schema version this code reads and writes.
 HEAD = MIGRATIONS[-1].version

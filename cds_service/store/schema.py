@@ -130,6 +130,10 @@ feedback = Table(
     Column("comment_length", Integer),
     Column("issuer", String(255)),
     Column("tenant", String(255)),
+    # The inputs key of the card, copied from its audit record when the feedback is stored, so the
+    # patient-view suppression read touches only feedback rows (few), never every card shown.
+    Column("inputs_key", String(64)),
     Index("ix_feedback_card_uuid", "card_uuid"),
     Index("ix_feedback_received_at", "received_at"),
+    Index("ix_feedback_inputs_key", "inputs_key"),
 )
