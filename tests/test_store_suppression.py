@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 
 import tests.postgres
 from cds_service.feedback import FeedbackEntry, Outcome
-from cds_service.store import Store, inputs_key, open_engine, open_store, upgrade
+from cds_service.store import Store, StoreError, inputs_key, open_engine, open_store, upgrade
 from cds_service.store.schema import audit_record
 from tests import fhir_builders as fb
 from tests.test_store_audit import synthetic_record
@@ -97,6 +97,16 @@ def test_the_read_is_one_probe_of_the_feedback_index(store: Store) -> None:
         ).all()
     details = " ".join(str(row[-1]) for row in plan)
     assert "ix_feedback_inputs_key" in details and "audit_record" not in details
+
+
+def test_a_database_error_is_a_store_error_naming_no_values(store: Store) -> None:
+    """The read runs on a raw DBAPI cursor: its errors must still arrive as StoreError (the hook
+    then shows the card), with the class name only."""
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE feedback"))
+    with pytest.raises(StoreError, match="feedback could not be read") as raised:
+        store.acted_on_since("k-secret", T0, issuer=EHR, tenant="hospital-1")
+    assert "k-secret" not in str(raised.value) and EHR not in str(raised.value)
 
 
 def test_many_cards_without_feedback_do_not_count(store: Store) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -50,6 +51,7 @@ from cds_service.store.errors import (
     UnsupportedDatabase,
 )
 from cds_service.store.migrations import check_schema
+from cds_service.store.prepared import PreparedRead
 from cds_service.store.schema import audit_record, feedback
 from cds_service.store.settings import StoreSettings
 
@@ -200,6 +202,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._acted_on = PreparedRead(engine, _ACTED_ON)
         # A server that forks workers after start-up (gunicorn --preload) must not share pooled
         # connections between processes: the child drops the parent's pool without closing it.
         ref = weakref.ref(self)
@@ -325,26 +328,18 @@ class Store:
         stretch the silence. Raises
         :class:`~cds_service.store.errors.StoreError` on any database failure.
         """
-        query = (
-            select(literal(1))
-            .select_from(feedback)
-            .where(
-                feedback.c.inputs_key == inputs_key,
-                feedback.c.outcome_at >= since,
-                feedback.c.received_at >= since,
-                _same(feedback.c.issuer, issuer[:255] if issuer else None),
-                _same(feedback.c.tenant, tenant[:255] if tenant else None),
-            )
-            .limit(1)
-        )
+        params = {
+            "key": inputs_key,
+            "since": since,
+            "issuer": issuer[:255] if issuer else None,
+            "tenant": tenant[:255] if tenant else None,
+        }
         try:
-            with self.engine.connect() as conn:
-                # A read: never take SQLite's write lock (the audit writer needs it).
-                conn.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
-                return conn.execute(query).first() is not None
+            return self._acted_on.first(params) is not None
         except OperationalError as exc:
             raise unavailable(exc, self.describe()) from exc
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
+            # DBAPI errors arrive unwrapped here (a raw cursor); name the class, never the text.
             raise StoreError(f"feedback could not be read: {type(exc).__name__}") from exc
 
     # -- audit: called in batches by the AuditWriter's thread ------------------------------------
@@ -387,9 +382,20 @@ class Store:
                 return total
 
 
-def _same(column: Any, value: str | None) -> Any:
-    """``column = value``, or ``column IS NULL`` when there is no value (no JWT, no tenant)."""
-    return column.is_(None) if value is None else column == value
+#: Built once: constructing the expression per call cost more than running it.
+#: ``IS NOT DISTINCT FROM`` (SQLite: ``IS``) matches a NULL issuer/tenant (no JWT) to NULL.
+_ACTED_ON = (
+    select(literal(1))
+    .select_from(feedback)
+    .where(
+        feedback.c.inputs_key == bindparam("key"),
+        feedback.c.outcome_at >= bindparam("since"),
+        feedback.c.received_at >= bindparam("since"),
+        feedback.c.issuer.is_not_distinct_from(bindparam("issuer")),
+        feedback.c.tenant.is_not_distinct_from(bindparam("tenant")),
+    )
+    .limit(1)
+)
 
 
 def database_url(settings: StoreSettings | None = None) -> str:

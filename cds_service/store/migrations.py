@@ -127,6 +127,8 @@ def _v3_feedback_inputs_key(conn: Connection) -> None:
     """
     conn.execute(text("ALTER TABLE feedback ADD COLUMN inputs_key VARCHAR(64)"))
     conn.execute(text("CREATE INDEX ix_feedback_inputs_key ON feedback (inputs_key)"))
+    # Nothing reads audit records by key any more; the index only cost every audit insert.
+    conn.execute(text("DROP INDEX ix_audit_record_inputs_key"))
     conn.execute(
         text(
             "UPDATE feedback SET inputs_key = (SELECT audit_record.inputs_key FROM audit_record "

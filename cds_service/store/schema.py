@@ -108,7 +108,6 @@ audit_record = Table(
     Column("inputs_key", String(64)),
     Index("ix_audit_record_recorded_at", "recorded_at"),
     Index("ix_audit_record_patient_id", "patient_id"),
-    Index("ix_audit_record_inputs_key", "inputs_key"),
 )
 
 #: One row per distinct feedback entry (repeats are ignored through ``natural_key``).
