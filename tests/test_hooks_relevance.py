@@ -127,8 +127,14 @@ def test_the_window_closes_after_seven_days(hooks: HookCaller, clock: Clock) -> 
 def test_a_follow_up_or_referral_order_later_gets_the_card(
     hooks: HookCaller, coding: fb.Coding
 ) -> None:
-    """Ordering the follow-up is exactly when the risk (and the schedule) helps, however late."""
-    _one_card(_sign(hooks, _prescription(), _referral(coding)))
+    """Ordering the follow-up is exactly when the risk (and the schedule) helps, however late;
+    the card then offers no second follow-up order (one is being signed)."""
+    card = _one_card(_sign(hooks, _prescription(), _referral(coding)))
+    assert not any(
+        a.get("resource", {}).get("resourceType") == "ServiceRequest"
+        for s in card.get("suggestions", [])
+        for a in s["actions"]
+    )
 
 
 # -- encounter-discharge and note-sign ---------------------------------------------------------------

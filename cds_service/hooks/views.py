@@ -29,7 +29,7 @@ from cds_service.runtime import Runtime
 from cds_service.security.ehr_auth import AuthenticationError
 from cds_service.smart import launch_url
 from cds_service.store import StoreError, audit_record_from, inputs_key
-from fhir_mappings.orders import follow_up_ordered
+from fhir_mappings.orders import drafts_follow_up, follow_up_ordered
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds_hooks", __name__)
@@ -117,9 +117,11 @@ def call_service(service_id: str) -> Response:
                 user_id=context.get("userId"),
                 encounter_id=context.get("encounterId"),
                 app_launch_url=launch_url(current_app, lambda: request.host_url),
+                # On record, or being signed right now (order-sign's draftOrders).
                 follow_up_ordered=follow_up_ordered(
                     resources, hook_request.patient_id, follow_up_codes
-                ),
+                )
+                or drafts_follow_up(context.get("draftOrders"), follow_up_codes),
             ),
         )
     )
