@@ -40,8 +40,10 @@ def assessor() -> Assessor:
 
 @pytest.fixture
 def app_config() -> dict[str, Any]:
-    """Overrides for ``create_app``; a test may edit it before requesting ``app`` or ``client``."""
-    return {"TESTING": True, "AUTH_REQUIRED": False}
+    """Overrides for ``create_app``; a test may edit it before requesting ``app`` or ``client``.
+
+    The public base is https, as behind any hospital's TLS proxy: cards link to pages on it."""
+    return {"TESTING": True, "AUTH_REQUIRED": False, "PUBLIC_BASE_URL": "https://cds.test"}
 
 
 @pytest.fixture

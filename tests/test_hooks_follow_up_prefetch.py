@@ -146,6 +146,7 @@ def fallback_app(fhir: FakeFhirServer) -> Iterator[Flask]:
             "TESTING": True,
             "AUTH_REQUIRED": False,
             "DEV_MODE": True,
+            "PUBLIC_BASE_URL": "https://cds.test",
             "FHIR_ALLOWLIST": fhir.base,
             "FHIR_BUDGET_SECONDS": 1.0,
         }
@@ -235,6 +236,7 @@ def test_follow_up_orders_fetched_from_a_real_fhir_server(fhir_server: FhirServe
             "TESTING": True,
             "AUTH_REQUIRED": False,
             "DEV_MODE": True,
+            "PUBLIC_BASE_URL": "https://cds.test",
             "FHIR_ALLOWLIST": fhir_server.base,
         }
     )

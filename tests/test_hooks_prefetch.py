@@ -46,6 +46,7 @@ def fallback_client(fhir: FakeFhirServer) -> Iterator[FlaskClient]:
             "TESTING": True,
             "AUTH_REQUIRED": False,
             "DEV_MODE": True,
+            "PUBLIC_BASE_URL": "https://cds.test",
             "FHIR_ALLOWLIST": fhir.base,
             "FHIR_BUDGET_SECONDS": 1.0,
         }
@@ -264,6 +265,7 @@ def test_no_token_means_no_fetch_unless_configured(fhir: FakeFhirServer) -> None
             "TESTING": True,
             "AUTH_REQUIRED": False,
             "DEV_MODE": True,
+            "PUBLIC_BASE_URL": "https://cds.test",
             "FHIR_ALLOWLIST": fhir.base,
             "FHIR_FETCH_WITHOUT_TOKEN": True,
         }

@@ -312,3 +312,27 @@ def test_card_links_to_the_smart_app_with_the_procedure(hooks: HookCaller) -> No
         "risk12m": 0.606,
     }
     assert all(link["type"] == "absolute" and "appContext" not in link for link in others)
+
+
+def test_every_card_links_to_the_public_model_card_page(
+    hooks: HookCaller, client: FlaskClient
+) -> None:
+    """The full assumptions and limitations are one click away, without the SMART app or sign-in."""
+    for resources in (recent_patient(), recent_patient(hb=None)):  # scored and not scored
+        card = _card(hooks.call("patient-view", resources))
+        (link,) = [x for x in card["links"] if x["label"].startswith("Model card")]
+        assert link == {
+            "label": "Model card: assumptions and limitations",
+            "url": "https://cds.test/model-card",
+            "type": "absolute",
+        }
+    page = client.get("/model-card")
+    assert page.status_code == 200 and "Limitations" in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("app_config", [{"TESTING": True, "AUTH_REQUIRED": False}])
+def test_no_model_card_link_on_an_internal_http_address(hooks: HookCaller) -> None:
+    """Behind a TLS proxy without CDS_PUBLIC_BASE_URL the request's http host is internal: a link
+    to it would be broken in the clinician's browser, so the card leaves it out."""
+    card = _card(hooks.call("patient-view", recent_patient()))
+    assert not [x for x in card["links"] if x["label"].startswith("Model card")]

@@ -62,8 +62,20 @@ def authenticate_ehr() -> Response | None:
 
 def _endpoint_audience() -> str:
     """The URL the EHR called, from the configured public base (a proxy may rewrite request.url)."""
+    return _public_url(request.path)
+
+
+def _public_url(path: str) -> str:
+    """An absolute URL of this service, on the configured public base when there is one."""
     base = _runtime().settings.public_base_url or request.host_url
-    return base.rstrip("/") + request.path
+    return base.rstrip("/") + path
+
+
+def _model_card_url() -> str | None:
+    """The public model-card page for the card's link: only on an https base (or in development
+    mode), since a clinician's browser cannot follow an internal http address behind a proxy."""
+    url = _public_url("/model-card")
+    return url if url.startswith("https://") or _runtime().settings.dev_mode else None
 
 
 @bp.get("/cds-services")
@@ -122,6 +134,7 @@ def call_service(service_id: str) -> Response:
                     resources, hook_request.patient_id, follow_up_codes
                 )
                 or drafts_follow_up(context.get("draftOrders"), follow_up_codes),
+                model_card_url=_model_card_url(),
             ),
         )
     )
