@@ -36,6 +36,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.hooks.cards import EXTENSION_KEY
+from cds_service.hooks.relevance import is_relevant
+from cds_service.hooks.services import NOTE_SIGN_HOOK
 from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError, next_link, outcome_text
 from cds_service.sandbox.synth import (
     EXPECTED_TAG_SYSTEM,
@@ -365,7 +367,18 @@ def hook_context(hook: str, patient_id: str) -> dict[str, Any]:
                         "id": "hfs-cds-smoke-follow-up",
                         "status": "draft",
                         "intent": "order",
-                        "code": {"text": "Facial nerve function review after RFA"},
+                        # A follow-up order: order-sign answers for it at any time after the
+                        # ablation (an unrelated order past the post-ablation window gets none).
+                        "code": {
+                            "coding": [
+                                {
+                                    "system": "http://snomed.info/sct",
+                                    "code": "390906007",
+                                    "display": "Follow-up encounter",
+                                }
+                            ],
+                            "text": "Facial nerve function review after RFA",
+                        },
                         "subject": {"reference": f"Patient/{patient_id}"},
                     }
                 }
@@ -379,14 +392,18 @@ def hook_context(hook: str, patient_id: str) -> dict[str, Any]:
 # -- comparing ------------------------------------------------------------------------------------
 
 
-def compare(expected: Assessment, status: int, answer: Any) -> list[str]:
-    """What differs between the service's answer and the locally computed assessment."""
+def compare(expected: Assessment, status: int, answer: Any, relevant: bool = True) -> list[str]:
+    """What differs between the service's answer and the locally computed assessment.
+
+    ``relevant`` is False when the hook call is not one the service answers (e.g. a discharge
+    long after the ablation): then no card is expected.
+    """
     if status != 200:
         return [f"HTTP {status}: {outcome_text(answer)}"]
     cards = answer.get("cards") if isinstance(answer, dict) else None
     if not isinstance(cards, list):
         return ["the answer has no 'cards' array"]
-    if expected.status is Status.NOT_APPLICABLE:
+    if expected.status is Status.NOT_APPLICABLE or not relevant:
         return [] if not cards else [f"{len(cards)} card(s) where no card was expected"]
     if len(cards) != 1:
         return [f"{len(cards)} cards where one {expected.status.value} card was expected"]
@@ -612,7 +629,19 @@ def _smoke_patient(
             row.problems.append(str(exc))
             row.verdicts = dict.fromkeys(modes, "ERROR")
             continue
-        expected = assessor.assess(prefetch_resources(prefetch), patient.id, as_of=clock())
+        now = clock()
+        expected = assessor.assess(prefetch_resources(prefetch), patient.id, as_of=now)
+        ablation = expected.inputs.ablation
+        if service.hook == NOTE_SIGN_HOOK and ablation is not None and ablation.provenance.id:
+            context = {**context, "procedureId": ablation.provenance.id}  # the note documents it
+        relevant = is_relevant(
+            service.hook,
+            context,
+            ablation,
+            now,
+            assessor.card.alerting.post_ablation_window_days,
+            assessor.value_sets.follow_up_order,
+        )
         drift = scenario_problems(patient.expected, expected)
         row.problems += drift
         for mode in modes:
@@ -640,7 +669,7 @@ def _smoke_patient(
                 row.verdicts[mode] = "ERROR"
                 row.problems.append(f"{mode}: {exc}")
                 continue
-            differences = compare(expected, status, answer)
+            differences = compare(expected, status, answer, relevant)
             if status != 200:
                 row.verdicts[mode] = "ERROR"
             elif differences or drift:
