@@ -815,3 +815,15 @@ def test_a_grade_that_no_longer_scores_is_said(assessor: Assessor) -> None:
         "The card showed 61% by 12 months; from the current record the risk cannot be "
         "calculated (see below)."
     )
+
+
+def test_the_app_queries_only_what_its_scopes_grant(assessor: Assessor) -> None:
+    """The follow-up-orders search serves the card's suggestion; the app is granted Patient,
+    Procedure, Observation and Condition only, and a refused search would fail the whole page."""
+    from cds_service.security.fhir_client import FhirAllowlist, FhirClient
+    from cds_service.smart.record import RecordReader
+
+    reader = RecordReader(assessor, FhirClient(FhirAllowlist(())), lambda: datetime.now())
+    granted = {scope.split("/")[1].split(".")[0] for scope in DEFAULT_SCOPES if "/" in scope}
+    queried = {query.split("?")[0] for query in reader.queries("p1").values()}
+    assert queried and queried <= granted

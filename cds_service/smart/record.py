@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from cds_service.assessment import Assessment, Assessor
 from cds_service.hooks.prefetch import render_template
-from cds_service.hooks.services import build_prefetch
+from cds_service.hooks.services import FOLLOW_UP_ORDERS_KEY, build_prefetch
 from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from cds_service.smart.context import CardReference
 from cds_service.smart.errors import Failure, SmartError
@@ -67,7 +67,13 @@ class RecordReader:
         self.assessor = assessor
         self.client = client
         self.clock = clock
-        self._templates = build_prefetch(assessor.value_sets)
+        # Only what the assessment reads: the follow-up-orders search serves the card's suggestion,
+        # and the app's scopes do not grant ServiceRequest (the EHR would refuse the whole page).
+        self._templates = {
+            key: template
+            for key, template in build_prefetch(assessor.value_sets).items()
+            if key != FOLLOW_UP_ORDERS_KEY
+        }
 
     def queries(self, patient_id: str) -> dict[str, str]:
         """Relative FHIR searches for the patient: the CDS services' prefetch templates, filled."""
