@@ -32,7 +32,13 @@ def seeded(fhir_server: FhirServerProcess) -> FhirServerProcess:
 def fhir_client(seeded: FhirServerProcess) -> Iterator[FlaskClient]:
     """The app allowed to query the real FHIR server (development mode: http on loopback)."""
     app = create_app(
-        {"TESTING": True, "AUTH_REQUIRED": False, "DEV_MODE": True, "FHIR_ALLOWLIST": seeded.base}
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "DEV_MODE": True,
+            "FHIR_ALLOWLIST": seeded.base,
+            "PUBLIC_BASE_URL": "https://cds.test",
+        }
     )
     yield app.test_client()
     app.extensions["hfs_cds"].close()
