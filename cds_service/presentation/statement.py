@@ -9,7 +9,7 @@ formats a risk or chooses a tier, so they cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
@@ -54,22 +54,27 @@ NOT_SCORED_FALLBACK = "inputs are missing or invalid"
 
 
 @dataclass(frozen=True, slots=True)
-class RiskFigure:
-    """One horizon's risk as people read it; the raw fractions stay beside the text."""
+class _Figure:
+    """A risk with its range over the codings, and both as people read them (formatted once:
+    every surface reads them several times)."""
 
-    month: float
     risk: float
     low: float
     high: float
-    ci: tuple[float, float] | None = None  # 95% CI, only for a card with a covariance
+    text: str = field(init=False)
+    range_text: str = field(init=False)
 
-    @property
-    def text(self) -> str:
-        return percent(self.risk)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", percent(self.risk))
+        object.__setattr__(self, "range_text", percent_range(self.low, self.high))
 
-    @property
-    def range_text(self) -> str:
-        return percent_range(self.low, self.high)
+
+@dataclass(frozen=True, slots=True)
+class RiskFigure(_Figure):
+    """One horizon's risk (by ``month`` after the ablation); the raw fractions stay beside the text."""
+
+    month: float = field(kw_only=True)
+    ci: tuple[float, float] | None = field(default=None, kw_only=True)  # a refit card's 95% CI
 
     @property
     def ci_text(self) -> str | None:
@@ -81,22 +86,11 @@ class RiskFigure:
 
 
 @dataclass(frozen=True, slots=True)
-class ConditionalFigure:
+class ConditionalFigure(_Figure):
     """The risk by ``to_month`` for a patient still free of spasm ``from_month`` after ablation."""
 
-    from_month: float
-    to_month: float
-    risk: float
-    low: float
-    high: float
-
-    @property
-    def text(self) -> str:
-        return percent(self.risk)
-
-    @property
-    def range_text(self) -> str:
-        return percent_range(self.low, self.high)
+    from_month: float = field(kw_only=True)
+    to_month: float = field(kw_only=True)
 
     @property
     def sentence(self) -> str:
@@ -201,13 +195,13 @@ def _scored(a: Assessment, card: ModelCard) -> Statement:
     assert a.operation_time is not None and a.hb_grade is not None
     intervals = _intervals(a, card)
     risks = tuple(
-        RiskFigure(p.month, p.risk, p.low, p.high, intervals[i] if intervals else None)
+        RiskFigure(p.risk, p.low, p.high, month=p.month, ci=intervals[i] if intervals else None)
         for i, p in enumerate(a.risks)
     )
     at_horizon = a.risk_at(card.horizon_months)
     horizon = next(
         (r for r in risks if r.month == card.horizon_months),
-        RiskFigure(at_horizon.month, at_horizon.risk, at_horizon.low, at_horizon.high),
+        RiskFigure(at_horizon.risk, at_horizon.low, at_horizon.high, month=at_horizon.month),
     )
     estimate, schedule = a.estimate_tier, a.schedule_tier
     assert estimate is not None and schedule is not None
@@ -226,7 +220,9 @@ def _scored(a: Assessment, card: ModelCard) -> Statement:
     conditional = None
     if a.conditional:
         c = a.conditional
-        conditional = ConditionalFigure(c.from_month, c.to_month, c.risk, c.low, c.high)
+        conditional = ConditionalFigure(
+            c.risk, c.low, c.high, from_month=c.from_month, to_month=c.to_month
+        )
     summary = (
         f"Hemifacial spasm recurrence after RFA: {horizon.text} by {card.horizon_months:g} "
         f"months ({estimate.label.lower()} estimate)"

@@ -83,7 +83,7 @@ def what_if(model: RecurrenceModel, chosen: WhatIfInput) -> tuple[WhatIf, Curve]
     months = sorted({*card.report_months, card.horizon_months})
     point, low, high = model.risk_with_range(chosen.minutes, chosen.hb_grade, months)
     rows = tuple(
-        RiskFigure(float(m), float(point[i]), float(low[i]), float(high[i]))
+        RiskFigure(float(point[i]), float(low[i]), float(high[i]), month=float(m))
         for i, m in enumerate(months)
         if m in card.report_months
     )
