@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from cds_service.store import (
     open_store,
     upgrade,
 )
+from cds_service.store.recent_actions import RecentActions
 from fhir_mappings import load_value_sets
 
 
@@ -46,6 +48,9 @@ class Runtime:
     authenticator: EhrAuthenticator | None  # None only when CDS_AUTH_REQUIRED is off
     store: Store
     audit: AuditWriter  # audit records are written off the request path
+    #: Recent feedback actions for patient-view suppression, refreshed from the store at most once
+    #: a second (tests move its monotonic clock with ``create_app({"MONOTONIC": ...})``).
+    recent_actions: RecentActions
     #: "Now" for assessments; tests pin it with ``create_app({"CLOCK": ...})``.
     clock: Callable[[], datetime]
 
@@ -74,6 +79,11 @@ class Runtime:
             authenticator=_authenticator(settings, shared),
             store=(store := _store(settings)),
             audit=AuditWriter(store),
+            recent_actions=RecentActions(
+                store,
+                period_days=card.alerting.suppress_after_feedback_days,
+                monotonic=settings.flask.get("MONOTONIC") or time.monotonic,
+            ),
             clock=settings.flask.get("CLOCK") or _utc_now,
         )
 

@@ -20,6 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import create_app
+from cds_service.feedback import FeedbackEntry, Outcome
 from cds_service.store import StoreUnavailable
 from tests import fhir_builders as fb
 from tests.cds_invariants import assert_valid_cds_response
@@ -226,14 +227,18 @@ def test_a_store_failure_shows_the_card_and_warns_without_phi(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Never hide a card because the store cannot be read; say so at WARNING, naming no patient."""
-    _override(client, _card(hooks, patient="p-secret-7"), clock, {"userComment": "ok"})
+    """Never hide a card because the store cannot be read; say so at WARNING, naming no patient.
+
+    The suppression index reads the store off the request (see test_store_recent_actions.py);
+    here it never could, so the feedback stored meanwhile is unknown to it."""
+    card = _card(hooks, patient="p-secret-7")
     store = app.extensions["hfs_cds"].store
 
     def down(*args: Any, **kwargs: Any) -> bool:
         raise StoreUnavailable("cannot use the database sqlite:///x: disk I/O error")
 
-    monkeypatch.setattr(store, "acted_on_since", down)
+    monkeypatch.setattr(store, "feedback_actions", down)
+    _override(client, card, clock, {"userComment": "ok"})
     with caplog.at_level(logging.WARNING, logger="cds_service.hooks.views"):
         _card(hooks, patient="p-secret-7")
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -267,7 +272,7 @@ def test_zero_days_disables_suppression_and_the_store_read(
         def no_read(*args: Any, **kwargs: Any) -> bool:
             raise AssertionError("the store was read although suppression is off")
 
-        monkeypatch.setattr(app.extensions["hfs_cds"].store, "acted_on_since", no_read)
+        monkeypatch.setattr(app.extensions["hfs_cds"].store, "feedback_actions", no_read)
         _card(hooks)
     finally:
         app.extensions["hfs_cds"].close()
@@ -281,5 +286,42 @@ def test_no_card_means_no_store_read(
     def no_read(*args: Any, **kwargs: Any) -> bool:
         raise AssertionError("the store was read for a patient without a card")
 
-    monkeypatch.setattr(app.extensions["hfs_cds"].store, "acted_on_since", no_read)
+    monkeypatch.setattr(app.extensions["hfs_cds"].store, "feedback_actions", no_read)
     assert hooks.call("patient-view", [fb.hfs_condition()]).get_json() == EMPTY
+
+
+@dataclass
+class Monotonic:
+    """The suppression index's refresh clock (seconds), moved by the test."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_feedback_silences_this_worker_at_once_and_another_within_the_refresh_interval(
+    app_config: dict[str, Any], clock: Clock
+) -> None:
+    """Feedback posted to this worker refreshes its index at once; feedback another worker stored
+    (written straight into the shared store here) is seen at the next refresh, a second later,
+    and not before: until then the card is shown once more."""
+    monotonic = Monotonic()
+    app = create_app({**app_config, "MONOTONIC": monotonic})
+    runtime = app.extensions["hfs_cds"]
+    try:
+        hooks, client = HookCaller(app.test_client()), app.test_client()
+        _override(client, _card(hooks), clock, {"userComment": "ok"})
+        assert _call(hooks) == EMPTY  # the same monotonic instant: no refresh was due
+
+        elsewhere = _card(hooks, patient="p2")
+        assert runtime.audit.flush(10.0)
+        entry = FeedbackEntry(elsewhere["uuid"], Outcome.OVERRIDDEN, clock.now)
+        runtime.store.save_feedback(PATIENT_VIEW, [entry], received_at=clock.now)
+        monotonic.now += 0.5
+        _card(hooks, patient="p2")  # not refreshed yet: shown once more
+        monotonic.now += 0.6
+        assert _call(hooks, patient="p2") == EMPTY
+        _card(hooks, patient="p3")  # and nobody else is silenced
+    finally:
+        runtime.close()

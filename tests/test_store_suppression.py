@@ -1,6 +1,7 @@
-"""The store read behind patient-view suppression (``Store.acted_on_since``), on SQLite and
-PostgreSQL: scoped to the inputs key, the issuer and tenant, and the period; one indexed query;
-and the schema migration that added the key."""
+"""The store read behind patient-view suppression (``Store.feedback_actions``, indexed in memory
+by :class:`~cds_service.store.recent_actions.RecentActions`), on SQLite and PostgreSQL: scoped to
+the inputs key, the issuer and tenant, and the period; and the schema migration that added the key.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from sqlalchemy import select, text
 
 import tests.postgres
 from cds_service.feedback import FeedbackEntry, Outcome
-from cds_service.store import Store, StoreError, inputs_key, open_engine, open_store, upgrade
+from cds_service.store import (
+    RecentActions,
+    Store,
+    StoreError,
+    inputs_key,
+    open_engine,
+    open_store,
+    upgrade,
+)
 from cds_service.store.schema import audit_record
 from tests import fhir_builders as fb
 from tests.test_store_audit import synthetic_record
@@ -25,6 +34,7 @@ store = tests.postgres.store
 SERVICE = "hfs-rfa-recurrence-patient-view"
 T0 = datetime(2026, 5, 20, 8, 0, tzinfo=UTC)
 EHR = "https://ehr.example.org"
+PERIOD_DAYS = 30.0
 
 
 def _card_with_feedback(
@@ -43,13 +53,23 @@ def _card_with_feedback(
     store.save_feedback(SERVICE, [entry], received_at=received_at, issuer=issuer, tenant=tenant)
 
 
+def acted_on_since(
+    store: Store, key: str, since: datetime, *, issuer: str | None, tenant: str | None
+) -> bool:
+    """What the hook asks: a fresh index over the store, "now" one period after ``since``."""
+    recent = RecentActions(store, period_days=PERIOD_DAYS)
+    now = since + timedelta(days=PERIOD_DAYS)
+    return recent.acted_on_since(key, since, issuer=issuer, tenant=tenant, now=now)
+
+
 def test_feedback_on_a_card_with_the_key_counts_within_the_period(store: Store) -> None:
     _card_with_feedback(store, "k1")
-    assert store.acted_on_since("k1", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
-    assert not store.acted_on_since(
-        "k1", T0 + timedelta(seconds=1), issuer=EHR, tenant="hospital-1"
+    assert acted_on_since(store, "k1", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
+    assert acted_on_since(store, "k1", T0, issuer=EHR, tenant="hospital-1")  # boundary included
+    assert not acted_on_since(
+        store, "k1", T0 + timedelta(seconds=1), issuer=EHR, tenant="hospital-1"
     )
-    assert not store.acted_on_since("k2", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
+    assert not acted_on_since(store, "k2", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
 
 
 @pytest.mark.parametrize(
@@ -66,47 +86,63 @@ def test_feedback_from_another_ehr_or_tenant_does_not_count(
 ) -> None:
     """Patient ids are unique only within one EHR: feedback is scoped as the store keeps it."""
     _card_with_feedback(store, "k1")
-    assert not store.acted_on_since("k1", T0 - timedelta(days=1), issuer=issuer, tenant=tenant)
+    assert not acted_on_since(store, "k1", T0 - timedelta(days=1), issuer=issuer, tenant=tenant)
 
 
 def test_without_a_jwt_issuer_feedback_matches_on_null(store: Store) -> None:
     """Development mode (no EHR authentication): no issuer on either side still matches."""
     _card_with_feedback(store, "k1", issuer=None, tenant=None)
-    assert store.acted_on_since("k1", T0 - timedelta(days=1), issuer=None, tenant=None)
+    assert acted_on_since(store, "k1", T0 - timedelta(days=1), issuer=None, tenant=None)
+
+
+def test_a_long_issuer_matches_as_the_store_keeps_it(store: Store) -> None:
+    """The store keeps 255 characters of the issuer and tenant; the lookup clips the same way."""
+    issuer, tenant = EHR + "/" + "x" * 300, "t" * 300
+    _card_with_feedback(store, "k1", issuer=issuer, tenant=tenant)
+    assert acted_on_since(store, "k1", T0 - timedelta(days=1), issuer=issuer, tenant=tenant)
 
 
 def test_an_ehr_clock_running_ahead_cannot_stretch_the_silence(store: Store) -> None:
     """The action counts from the earlier of outcomeTimestamp and our receipt."""
     _card_with_feedback(store, "k1", outcome_at=T0 + timedelta(days=365), received_at=T0)
-    assert not store.acted_on_since("k1", T0 + timedelta(days=1), issuer=EHR, tenant="hospital-1")
+    assert not acted_on_since(store, "k1", T0 + timedelta(days=1), issuer=EHR, tenant="hospital-1")
+    (row,) = store.feedback_actions(0)
+    assert row[1:] == ("k1", EHR, "hospital-1", T0)
 
 
-def test_the_read_is_one_probe_of_the_feedback_index(store: Store) -> None:
-    """On the hook path: SQLite's plan searches feedback by the inputs key and reads nothing of
-    the audit trail (which grows with every chart opening)."""
-    if store.backend != "sqlite":
-        pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
-    _card_with_feedback(store, "k1")
-    with store.engine.connect() as conn:
-        plan = conn.execute(
-            text(
-                "EXPLAIN QUERY PLAN SELECT 1 FROM feedback WHERE feedback.inputs_key = 'k1' "
-                "AND feedback.outcome_at >= '2026-01-01' AND feedback.received_at >= '2026-01-01' "
-                "AND feedback.issuer IS NULL AND feedback.tenant IS NULL LIMIT 1"
-            )
-        ).all()
-    details = " ".join(str(row[-1]) for row in plan)
-    assert "ix_feedback_inputs_key" in details and "audit_record" not in details
+def test_an_outcome_before_the_period_does_not_count(store: Store) -> None:
+    """Received within the period, acted on before it (a late feedback POST): not silenced."""
+    _card_with_feedback(store, "k1", outcome_at=T0 - timedelta(days=40), received_at=T0)
+    assert not acted_on_since(store, "k1", T0 - timedelta(days=1), issuer=EHR, tenant="hospital-1")
+    assert acted_on_since(store, "k1", T0 - timedelta(days=40), issuer=EHR, tenant="hospital-1")
+
+
+def test_the_read_returns_new_rows_only_in_id_order(store: Store) -> None:
+    """``after_id`` makes the refresh incremental; ``received_since`` bounds the first load."""
+    _card_with_feedback(store, "k1", card="c1", received_at=T0 - timedelta(days=60))
+    _card_with_feedback(store, "k2", card="c2", received_at=T0)
+    _card_with_feedback(store, "k3", card="c3", received_at=T0 + timedelta(hours=1))
+    rows = store.feedback_actions(0)
+    assert [r[1] for r in rows] == ["k1", "k2", "k3"]
+    ids = [r[0] for r in rows]
+    assert ids == sorted(ids)
+    assert [r[1] for r in store.feedback_actions(ids[1])] == ["k3"]
+    assert [r[1] for r in store.feedback_actions(0, T0)] == ["k2", "k3"]
+    assert store.feedback_actions(ids[2]) == []
+    assert all(r[4].tzinfo is not None and r[4].utcoffset() == timedelta(0) for r in rows)
 
 
 def test_a_database_error_is_a_store_error_naming_no_values(store: Store) -> None:
-    """The read runs on a raw DBAPI cursor: its errors must still arrive as StoreError (the hook
-    then shows the card), with the class name only."""
+    """The refresh's read fails as StoreError with the class name only; the index then answers
+    from what it had (here nothing), so the card is shown."""
+    _card_with_feedback(store, "k-secret")
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE feedback"))
     with pytest.raises(StoreError, match="feedback could not be read") as raised:
-        store.acted_on_since("k-secret", T0, issuer=EHR, tenant="hospital-1")
-    assert "k-secret" not in str(raised.value) and EHR not in str(raised.value)
+        store.feedback_actions(0, T0)
+    message = str(raised.value)
+    assert "k-secret" not in message and EHR not in message and "SELECT" not in message
+    assert not acted_on_since(store, "k-secret", T0, issuer=EHR, tenant="hospital-1")
 
 
 def test_many_cards_without_feedback_do_not_count(store: Store) -> None:
@@ -115,7 +151,8 @@ def test_many_cards_without_feedback_do_not_count(store: Store) -> None:
         dataclasses.replace(synthetic_record(f"card-{i}", T0), inputs_key="k1") for i in range(300)
     ]
     store.write_audit(records)
-    assert not store.acted_on_since("k1", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
+    assert store.feedback_actions(0) == []
+    assert not acted_on_since(store, "k1", T0 - timedelta(days=30), issuer=EHR, tenant="hospital-1")
 
 
 def test_feedback_on_an_unknown_card_never_silences(store: Store) -> None:
@@ -124,7 +161,8 @@ def test_feedback_on_an_unknown_card_never_silences(store: Store) -> None:
     entry = FeedbackEntry("card-x", Outcome.OVERRIDDEN, T0)
     store.save_feedback(SERVICE, [entry], received_at=T0, issuer=EHR, tenant="hospital-1")
     store.write_audit([dataclasses.replace(synthetic_record("card-x", T0), inputs_key="k1")])
-    assert not store.acted_on_since("k1", T0 - timedelta(days=1), issuer=EHR, tenant="hospital-1")
+    assert store.feedback_actions(0) == []
+    assert not acted_on_since(store, "k1", T0 - timedelta(days=1), issuer=EHR, tenant="hospital-1")
 
 
 def test_upgrading_from_version_1_keeps_the_audit_trail(database_url: str) -> None:
@@ -171,7 +209,7 @@ def test_upgrading_from_version_2_copies_the_key_onto_stored_feedback(database_u
     opened = open_store(database_url)
     try:
         since = T0 - timedelta(days=1)
-        assert opened.acted_on_since("k1", since, issuer=EHR, tenant="hospital-1")
+        assert acted_on_since(opened, "k1", since, issuer=EHR, tenant="hospital-1")
     finally:
         opened.close()
 

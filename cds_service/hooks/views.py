@@ -168,20 +168,23 @@ def call_service(service_id: str) -> Response:
 def _acted_on(
     runtime: Runtime, assessment: Assessment, issuer: str | None, tenant: str | None
 ) -> bool:
-    """Feedback on a card with these inputs within the suppression period (one indexed read).
+    """Feedback on a card with these inputs within the suppression period.
 
-    Skipped when suppression is off or no card would be shown. A store failure shows the card:
-    an alert repeated once too often is better than one hidden by an outage.
+    Answered from the process's index of recent actions (a dict lookup; the store is read at most
+    once a second, see :mod:`cds_service.store.recent_actions`). Skipped when suppression is off
+    or no card would be shown. A store failure shows the card unless feedback read before says
+    otherwise: an alert repeated once too often is better than one hidden by an outage.
     """
     days = runtime.assessor.card.alerting.suppress_after_feedback_days
     if days <= 0 or assessment.status not in (Status.SCORED, Status.NOT_SCORED):
         return False
     try:
-        return runtime.store.acted_on_since(
+        return runtime.recent_actions.acted_on_since(
             inputs_key(assessment, issuer=issuer, tenant=tenant),
             assessment.as_of - timedelta(days=days),
             issuer=issuer,
             tenant=tenant,
+            now=assessment.as_of,
         )
     except Exception as exc:  # any failure at all: never hide a card because of the store
         log.warning("feedback suppression check failed, card shown: %s", type(exc).__name__)
@@ -215,6 +218,8 @@ def feedback(service_id: str) -> Response:
         raise FeedbackNotStored(
             "feedback could not be stored now; nothing was kept, send it again"
         ) from exc
+    # This worker silences the next patient-view at once; other workers within a second.
+    runtime.recent_actions.force_refresh(runtime.clock())
     log.info("feedback stored", extra={"service": service_id, "cards": result.received})
     return Response(
         orjson.dumps(

@@ -6,7 +6,9 @@ What the web layer calls::
     writer = AuditWriter(store)                                             # one per process
     writer.submit(audit_record_from(assessment, card, service_id=..., hook=..., hook_instance=...))
     result = store.save_feedback(service_id, parse_feedback(body), issuer=..., tenant=...)
-    store.acted_on_since(inputs_key(assessment, issuer=..., tenant=...), since, issuer=..., tenant=...)
+    recent = RecentActions(store, period_days=card.alerting.suppress_after_feedback_days)
+    recent.force_refresh(now)                                   # after save_feedback
+    recent.acted_on_since(inputs_key(assessment, ...), since, issuer=..., tenant=..., now=...)
     writer.close(); store.close()                                           # at shutdown
 
 ``hfs-cds db upgrade`` creates the schema; :func:`open_store` refuses a database whose schema is
@@ -35,6 +37,7 @@ from cds_service.store.errors import (
 )
 from cds_service.store.inputs_key import inputs_key
 from cds_service.store.migrations import HEAD, upgrade
+from cds_service.store.recent_actions import RecentActions
 from cds_service.store.settings import StoreSettings
 from cds_service.store.writer import AuditWriter, WriterStats
 
@@ -46,6 +49,7 @@ __all__ = [
     "AuditWriter",
     "FeedbackResult",
     "PurgeResult",
+    "RecentActions",
     "SchemaError",
     "SchemaNotInitialised",
     "SchemaOutdated",

@@ -27,12 +27,10 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    bindparam,
     create_engine,
     delete,
     event,
     exists,
-    literal,
     select,
     text,
 )
@@ -51,7 +49,6 @@ from cds_service.store.errors import (
     UnsupportedDatabase,
 )
 from cds_service.store.migrations import check_schema
-from cds_service.store.prepared import PreparedRead
 from cds_service.store.schema import audit_record, feedback
 from cds_service.store.settings import StoreSettings
 
@@ -177,6 +174,11 @@ def insert_ignoring_duplicates(conn: Connection, table: Table, unique: Column[An
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=[unique])
 
 
+#: One feedback action as :meth:`Store.feedback_actions` reads it:
+#: ``(id, inputs_key, issuer, tenant, acted_at)`` with ``acted_at = min(outcome_at, received_at)``.
+FeedbackAction = tuple[int, str, str | None, str | None, datetime]
+
+
 @dataclass(frozen=True, slots=True)
 class FeedbackResult:
     """What :meth:`Store.save_feedback` did with one POST."""
@@ -202,7 +204,6 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._acted_on = PreparedRead(engine, _ACTED_ON)
         # A server that forks workers after start-up (gunicorn --preload) must not share pooled
         # connections between processes: the child drops the parent's pool without closing it.
         ref = weakref.ref(self)
@@ -316,31 +317,40 @@ class Store:
             unknown = sum(1 for e in entries if e.card not in known_cards)
         return FeedbackResult(stored=stored, duplicates=duplicates, unknown_cards=unknown)
 
-    def acted_on_since(
-        self, inputs_key: str, since: datetime, *, issuer: str | None, tenant: str | None
-    ) -> bool:
-        """Did a clinician act on a card with these inputs (accepted or overridden) since ``since``?
+    def feedback_actions(
+        self, after_id: int, received_since: datetime | None = None
+    ) -> list[FeedbackAction]:
+        """Feedback rows that can silence a card: ``(id, inputs_key, issuer, tenant, acted_at)``.
 
-        One indexed read on the hook path (patient-view suppression): the feedback rows carrying
-        this inputs key (copied from the card's audit record when stored), scoped to the calling
-        EHR's issuer and tenant. An action counts from the earlier of the EHR's
-        ``outcomeTimestamp`` and our receipt time, so a clock running ahead in the EHR cannot
-        stretch the silence. Raises
-        :class:`~cds_service.store.errors.StoreError` on any database failure.
+        Rows with ``id > after_id`` and an inputs key (feedback on an unknown card has none and
+        never silences), received at or after ``received_since`` when given, in id order. An action
+        counts from the earlier of the EHR's ``outcomeTimestamp`` and our receipt time
+        (``acted_at``), so a clock running ahead in the EHR cannot stretch the silence. Read by
+        :class:`~cds_service.store.recent_actions.RecentActions` off the hook's hot path (at most
+        once a second per process). Raises :class:`~cds_service.store.errors.StoreError` on any
+        database failure, naming only the exception class.
         """
-        params = {
-            "key": inputs_key,
-            "since": since,
-            "issuer": issuer[:255] if issuer else None,
-            "tenant": tenant[:255] if tenant else None,
-        }
+        f = feedback
+        query = (
+            select(f.c.id, f.c.inputs_key, f.c.issuer, f.c.tenant, f.c.outcome_at, f.c.received_at)
+            .where(f.c.id > after_id, f.c.inputs_key.is_not(None))
+            .order_by(f.c.id)
+        )
+        if received_since is not None:
+            query = query.where(f.c.received_at >= received_since)
         try:
-            return self._acted_on.first(params) is not None
-        except OperationalError as exc:
-            raise unavailable(exc, self.describe()) from exc
-        except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
-            # DBAPI errors arrive unwrapped here (a raw cursor); name the class, never the text.
+            with self.engine.connect() as conn:
+                # A read: never take SQLite's write lock (the audit writer holds it often).
+                conn.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+                rows = conn.execute(query).all()
+        except OperationalError as exc:  # the class only: a driver's message may quote values
+            raise StoreUnavailable(f"feedback could not be read: {type(exc).__name__}") from exc
+        except SQLAlchemyError as exc:
             raise StoreError(f"feedback could not be read: {type(exc).__name__}") from exc
+        return [
+            (row_id, key, issuer, tenant, min(outcome_at, received_at))
+            for row_id, key, issuer, tenant, outcome_at, received_at in rows
+        ]
 
     # -- audit: called in batches by the AuditWriter's thread ------------------------------------
 
@@ -380,22 +390,6 @@ class Store:
             total += deleted
             if deleted < batch:
                 return total
-
-
-#: Built once: constructing the expression per call cost more than running it.
-#: ``IS NOT DISTINCT FROM`` (SQLite: ``IS``) matches a NULL issuer/tenant (no JWT) to NULL.
-_ACTED_ON = (
-    select(literal(1))
-    .select_from(feedback)
-    .where(
-        feedback.c.inputs_key == bindparam("key"),
-        feedback.c.outcome_at >= bindparam("since"),
-        feedback.c.received_at >= bindparam("since"),
-        feedback.c.issuer.is_not_distinct_from(bindparam("issuer")),
-        feedback.c.tenant.is_not_distinct_from(bindparam("tenant")),
-    )
-    .limit(1)
-)
 
 
 def database_url(settings: StoreSettings | None = None) -> str:
