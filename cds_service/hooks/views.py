@@ -104,6 +104,12 @@ def call_service(service_id: str) -> Response:
     assessment = assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
     context = hook_request.context
     issuer, tenant = (ehr.iss, ehr.tenant) if ehr else (None, None)
+    # For suppression and the audit; only a patient who gets a card has one (most charts don't).
+    key = (
+        inputs_key(assessment, issuer=issuer, tenant=tenant)
+        if assessment.status is not Status.NOT_APPLICABLE
+        else ""
+    )
     follow_up_codes = assessor.value_sets.follow_up_order
     # Alert fatigue (clinical-presentation.md §4): workflow hooks speak only when relevant, and
     # patient-view stays silent after the clinician acted on a card for the same inputs.
@@ -117,7 +123,7 @@ def call_service(service_id: str) -> Response:
         follow_up_codes,
     ):
         silenced = "not-relevant"
-    elif service.hook == "patient-view" and _acted_on(runtime, assessment, issuer, tenant):
+    elif service.hook == "patient-view" and _acted_on(runtime, assessment, key, issuer, tenant):
         silenced = "acted-on"
     cards = (
         []
@@ -148,6 +154,7 @@ def call_service(service_id: str) -> Response:
                 hook_instance=hook_request.hook_instance,
                 issuer=issuer,
                 tenant=tenant,
+                inputs_key=key,
             )
         )
     outcome = {
@@ -166,7 +173,7 @@ def call_service(service_id: str) -> Response:
 
 
 def _acted_on(
-    runtime: Runtime, assessment: Assessment, issuer: str | None, tenant: str | None
+    runtime: Runtime, assessment: Assessment, key: str, issuer: str | None, tenant: str | None
 ) -> bool:
     """Feedback on a card with these inputs within the suppression period.
 
@@ -180,7 +187,7 @@ def _acted_on(
         return False
     try:
         return runtime.recent_actions.acted_on_since(
-            inputs_key(assessment, issuer=issuer, tenant=tenant),
+            key,
             assessment.as_of - timedelta(days=days),
             issuer=issuer,
             tenant=tenant,

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from cds_service.assessment import Assessment
-from cds_service.store.inputs_key import inputs_key
+from cds_service.store.inputs_key import inputs_key as compute_inputs_key
 from fhir_mappings import Provenance
 
 # Column widths (see schema.py); longer EHR-supplied identifiers are cut rather than failing a batch.
@@ -178,12 +178,14 @@ def audit_record_from(
     issuer: str | None = None,
     tenant: str | None = None,
     recorded_at: datetime | None = None,
+    inputs_key: str | None = None,
 ) -> AuditRecord:
     """The audit record of one card built by ``hooks.cards.build_cards`` from ``assessment``.
 
     ``recorded_at`` defaults to the assessment's ``as_of`` (the moment the service assessed, which
     is "now" in the service and pinned in tests). ``card`` must carry the ``uuid`` the EHR will
-    quote in feedback.
+    quote in feedback. ``inputs_key`` is computed when not given (the hook passes the one it
+    already computed for suppression).
     """
     card_uuid = card.get("uuid")
     if not isinstance(card_uuid, str) or not card_uuid:
@@ -224,7 +226,7 @@ def audit_record_from(
         ),
         issuer=_clip_opt(issuer, _LONG),
         tenant=_clip_opt(tenant, _LONG),
-        inputs_key=inputs_key(a, issuer=issuer, tenant=tenant),
+        inputs_key=inputs_key or compute_inputs_key(a, issuer=issuer, tenant=tenant),
     )
 
 
