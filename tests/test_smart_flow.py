@@ -20,6 +20,7 @@ import requests
 from cds_service.assessment import Assessor
 from cds_service.model import RecurrenceModel
 from cds_service.presentation import percent, percent_range, present, tier_for
+from cds_service.presentation.risk_assessment import risk_assessment
 from cds_service.smart.context import app_context_for
 from cds_service.smart.oauth import new_pkce, s256
 from tests import fhir_builders as fb
@@ -554,6 +555,11 @@ def test_the_json_sibling_is_the_same_assessment(
         r.on.isoformat() for r in st.reviews_ahead
     ]
     assert "cardNotice" not in display
+    # The RiskAssessment the card offers to record, as of the page's moment.
+    fhir = body.pop("riskAssessment")
+    offered = risk_assessment(st, "smart-json-1")
+    assert fhir.pop("occurrenceDateTime") and offered.pop("occurrenceDateTime")
+    assert fhir == offered
     for text in (display["schedule"], display["advice"], display["riskSentence"]):
         assert text in Page(page.text).text
     body.pop("asOf"), expected.pop("asOf"), body.pop("monthsSinceProcedure")

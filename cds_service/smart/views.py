@@ -29,6 +29,7 @@ from werkzeug.wrappers import Response
 
 from cds_service.assessment import Status
 from cds_service.presentation import RANGE_STATEMENT, Statement, present
+from cds_service.presentation.risk_assessment import risk_assessment
 from cds_service.smart.chart import line_path
 from cds_service.smart.context import CardInputs, card_inputs
 from cds_service.smart.errors import Failure, SmartError
@@ -257,13 +258,15 @@ def risk_page(ref: str) -> Response:
 @bp.get("/app/<ref>/assessment.json")
 def assessment_json(ref: str) -> Response:
     """The page's assessment as JSON: ``Assessment.to_json()`` (as in the card extension) plus
-    ``display``, the same texts the page shows (and the card-difference notice, if any)."""
+    ``display``, the same texts the page shows (and the card-difference notice, if any), and for a
+    scored patient ``riskAssessment``, the FHIR R4 RiskAssessment the card offers to record."""
     launch_context = _launch(ref)
     record = _read_record(launch_context)
     st = present(record.assessment)
     from_card = card_inputs(launch_context.app_context, launch_context.fhir_context)
     notice = _card_notice(launch_context, record, st, from_card)
-    return jsonify({**record.assessment.to_json(), "display": display_json(st, notice)})
+    fhir = {"riskAssessment": risk_assessment(st, launch_context.patient_id)} if st.scored else {}
+    return jsonify({**record.assessment.to_json(), "display": display_json(st, notice), **fhir})
 
 
 @bp.get("/app/<ref>/what-if.json")
