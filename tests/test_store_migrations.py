@@ -142,7 +142,11 @@ def test_concurrent_upgrades_apply_each_migration_once(database_url: str) -> Non
     for engine in engines:
         engine.dispose()
     assert not errors, errors
-    assert sorted(results) == [[], [], [], [m.version for m in MIGRATIONS]]
+    # Each step runs in its own transaction, so upgraders may share the work (one applies 1 and 2,
+    # another 3): what matters is that every migration is applied exactly once, in order.
+    applied = [version for versions in results for version in versions]
+    assert sorted(applied) == [m.version for m in MIGRATIONS]
+    assert all(versions == sorted(versions) for versions in results)
 
 
 def test_the_wal_switch_is_retried_while_sqlite_answers_busy() -> None:
