@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from cds_service.assessment import Assessor
 from cds_service.config import ConfigError, Settings
-from cds_service.hooks.prefetch import FetchPolicy
+from cds_service.gather.prefetch import FetchPolicy
 from cds_service.hooks.services import CdsService, build_services
 from cds_service.model import load_model_card
 from cds_service.security.ehr_auth import EhrAuthenticator, replay_ttl_needed

@@ -178,7 +178,7 @@ def test_a_failed_follow_up_fetch_still_gives_the_card_and_warns(
     prefetch = prefetch_for(recent_patient())
     del prefetch["followUpOrders"]
     body = hook_body("patient-view", prefetch=prefetch, **_auth(fhir.base))
-    with caplog.at_level(logging.WARNING, logger="cds_service.hooks.prefetch"):
+    with caplog.at_level(logging.WARNING, logger="cds_service.gather.prefetch"):
         card = _card(HookCaller(fallback_app.test_client()).post(SERVICE_IDS["patient-view"], body))
     assert len(_follow_up_suggestions(card)) == 1
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

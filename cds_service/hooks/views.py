@@ -21,7 +21,7 @@ from cds_service.hooks.errors import (
     UnsupportedMediaType,
     outcome_response,
 )
-from cds_service.hooks.prefetch import resolve_prefetch
+from cds_service.gather.prefetch import resolve_prefetch
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
 from cds_service.logging_setup import plain_token

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cds_service.assessment import Assessment, Assessor
-from cds_service.hooks.prefetch import render_template
+from cds_service.gather.prefetch import render_template
 from cds_service.hooks.services import FOLLOW_UP_ORDERS_KEY, build_prefetch
 from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from cds_service.smart.context import CardReference

@@ -1,0 +1,1 @@
+"""What data an assessment needs: the query templates, prefetch resolution, the fetch."""
