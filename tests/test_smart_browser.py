@@ -15,9 +15,9 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from cds_service import create_app
+from cds_service.gather.app_context import app_context_for
 from cds_service.model import RecurrenceModel
 from cds_service.presentation import percent
-from cds_service.smart.context import app_context_for
 from tests.hook_calls import HookCaller
 from tests.smart.served import FakeClock, Seed, ServeSmart
 from tests.smart.shim import EhrShim

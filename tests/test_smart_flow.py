@@ -18,10 +18,10 @@ import pytest
 import requests
 
 from cds_service.assessment import Assessor
+from cds_service.gather.app_context import app_context_for
 from cds_service.model import RecurrenceModel
 from cds_service.presentation import percent, percent_range, present, tier_for
 from cds_service.presentation.risk_assessment import risk_assessment
-from cds_service.smart.context import app_context_for
 from cds_service.smart.oauth import new_pkce, s256
 from tests import fhir_builders as fb
 from tests.fhir_server import FhirServerProcess

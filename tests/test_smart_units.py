@@ -18,12 +18,7 @@ from flask import Flask
 from cds_service import create_app
 from cds_service.assessment import Assessor
 from cds_service.config import ConfigError
-from cds_service.model import RecurrenceModel
-from cds_service.presentation import present
-from cds_service.shared_state import SharedState
-from cds_service.smart import RedactSmartQueries, init_smart, launch_url
-from cds_service.smart.chart import build_chart, curve
-from cds_service.smart.context import (
+from cds_service.gather.app_context import (
     CardInputs,
     CardProcedure,
     CardReference,
@@ -31,6 +26,11 @@ from cds_service.smart.context import (
     card_inputs,
     card_procedure,
 )
+from cds_service.model import RecurrenceModel
+from cds_service.presentation import present
+from cds_service.shared_state import SharedState
+from cds_service.smart import RedactSmartQueries, init_smart, launch_url
+from cds_service.smart.chart import build_chart, curve
 from cds_service.smart.errors import Failure, SmartError
 from cds_service.smart.oauth import (
     OAuthClient,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service.assessment import Assessment, Status
+from cds_service.gather.app_context import app_context_for
 from cds_service.presentation import Statement, present
 from cds_service.presentation.risk_assessment import record_suggestion
-from cds_service.smart.context import app_context_for
 from fhir_mappings import Provenance, roman
 
 #: Reverse-domain key of the machine-readable assessment in ``card.extension``.

@@ -2,8 +2,8 @@
 
 ``init_smart(app, settings)`` mounts it at ``/smart`` on an app built by ``create_app``. It reads
 ``SMART_*`` settings from the environment, with ``create_app(config)`` overrides by the same names,
-and uses the app's one :class:`~cds_service.assessment.Assessor`. Importing this package is cheap
-(``app_context_for`` for the card builder); the app itself loads in :func:`init_smart`.
+and uses the app's one :class:`~cds_service.assessment.Assessor`. Importing this package is cheap;
+the app itself loads in :func:`init_smart`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
-
-from cds_service.smart.context import app_context_for
 
 if TYPE_CHECKING:  # the app's modules load only when it is mounted (see the module docstring)
     from flask import Flask
@@ -30,7 +28,6 @@ __all__ = [
     "EXTENSION",
     "LAUNCH_PATH",
     "RedactSmartQueries",
-    "app_context_for",
     "init_smart",
     "launch_url",
 ]

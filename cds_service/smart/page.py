@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cds_service.assessment import Assessment, Status
+from cds_service.gather.app_context import CardInputs, CardReference
 from cds_service.model import RecurrenceModel, Tier
 from cds_service.presentation import RiskFigure, Statement, percent, tier_for
 from cds_service.smart.chart import Chart, Curve, build_chart, curve
-from cds_service.smart.context import CardInputs, CardReference
 from fhir_mappings import Provenance, grade_from_roman, roman
 
 #: Grade -> numeral for the templates (the shared code set of fhir_mappings).

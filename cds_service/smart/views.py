@@ -28,10 +28,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from cds_service.assessment import Status
+from cds_service.gather.app_context import CardInputs, card_inputs
 from cds_service.presentation import RANGE_STATEMENT, Statement, present
 from cds_service.presentation.risk_assessment import risk_assessment
 from cds_service.smart.chart import line_path
-from cds_service.smart.context import CardInputs, card_inputs
 from cds_service.smart.errors import Failure, SmartError
 from cds_service.smart.oauth import TokenResponse, missing_access, new_pkce, new_state
 from cds_service.smart.page import (

@@ -9,8 +9,8 @@ input the card used, with versions, and the 12-month figure it showed::
 so the app can say what changed when the record moved on (clinical-presentation.md §5). The app
 reads it when the EHR passes it on with the token,
 and also accepts a bare ``Procedure/<id>[/_history/<v>]`` or a Procedure in ``fhirContext``. It is
-optional: the page is computed from FHIR either way. No imports beyond the standard library, so
-the card builder can use :func:`app_context_for` without loading the app.
+optional: the page is computed from FHIR either way. The card builder writes it and the app reads
+it, so the contract lives here, where both get their data from, and neither imports the other.
 """
 
 from __future__ import annotations
