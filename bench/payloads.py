@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cds_service.hooks.services import build_prefetch
+from cds_service.gather.queries import build_prefetch
 from fhir_mappings import load_value_sets
 from tests import fhir_builders as fb
 from tests.fhir_server import FhirServerProcess

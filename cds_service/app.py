@@ -12,11 +12,11 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.config import Settings
 from cds_service.hooks.errors import outcome_response
-from cds_service.hooks.views import bp as hooks_bp
+from cds_service.hooks.views import init_hooks
 from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
 from cds_service.model_card_page import bp as model_card_bp
 from cds_service.runtime import Runtime
-from cds_service.smart import init_smart
+from cds_service.smart import init_smart, launch_path
 from cds_service.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     runtime = Runtime.build(settings)
     app.extensions["hfs_cds"] = runtime
     init_smart(app, settings)
-    app.register_blueprint(hooks_bp)
+    init_hooks(app, app_launch_path=launch_path(app))
     app.register_blueprint(model_card_bp)
     quiet_third_party_loggers()
 

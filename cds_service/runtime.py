@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from datetime import UTC, datetime
 from cds_service.assessment import Assessor
 from cds_service.config import ConfigError, Settings
 from cds_service.gather.prefetch import FetchPolicy
-from cds_service.hooks.services import CdsService, build_services
 from cds_service.model import load_model_card
 from cds_service.security.ehr_auth import EhrAuthenticator, replay_ttl_needed
 from cds_service.security.fhir_client import FhirAllowlist, FhirClient
@@ -39,8 +37,6 @@ from fhir_mappings import load_value_sets
 class Runtime:
     settings: Settings
     assessor: Assessor
-    services: dict[str, CdsService]
-    discovery_json: str
     fhir_client: FhirClient
     fetch_policy: FetchPolicy
     #: State every worker process of this instance shares (JWT replay cache, SMART sessions).
@@ -56,11 +52,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        """Load the model card and value sets, build the registry; fails fast on bad files."""
+        """Load the model card and value sets; fails fast on bad files."""
         card = load_model_card(settings.model_card or None)
         value_sets = load_value_sets(settings.valuesets_file or None)
-        services = build_services(value_sets)
-        discovery = {"services": [s.discovery_entry() for s in services.values()]}
         client = FhirClient(
             FhirAllowlist(settings.fhir_allowlist, allow_loopback_http=settings.dev_mode),
             budget_seconds=settings.fhir_budget_seconds,
@@ -71,8 +65,6 @@ class Runtime:
         return cls(
             settings=settings,
             assessor=Assessor(card, value_sets),
-            services=services,
-            discovery_json=json.dumps(discovery, separators=(",", ":")),
             fhir_client=client,
             fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
             shared_state=shared,

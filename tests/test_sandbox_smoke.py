@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from cds_service.assessment import Assessment, Assessor
+from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY, CardContext, build_cards
 from cds_service.sandbox.smoke import (
     FoundPatient,
@@ -27,7 +28,6 @@ from cds_service.sandbox.smoke import (
     compare,
     hook_context,
     prefetch_resources,
-    render_template,
     scenario_problems,
 )
 from cds_service.sandbox.synth import build_bundle, stored_resources, synthetic_patients

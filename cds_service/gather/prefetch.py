@@ -5,7 +5,7 @@ filled Bundle, a single resource, or an OperationOutcome. ``null`` and empty Bun
 and are never re-queried; absent keys, OperationOutcomes and values of the wrong shape are fetched
 from ``fhirServer`` when the service may, otherwise the call ends in 412.
 
-Optional keys (``CdsService.optional_prefetch``: the open follow-up orders) are resolved the same
+Optional keys (the open follow-up orders) are resolved the same
 way, but never cause a 412: when one cannot be had the card is still shown, only less informed
 (a suggestion that may duplicate an order is safer than no card). They are fetched in the same
 concurrent batch as the required keys; if that batch fails quickly, the required keys are tried
@@ -15,21 +15,24 @@ once more alone, so a FHIR server that refuses only the optional search still yi
 from __future__ import annotations
 
 import logging
-import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-from cds_service.hooks.errors import PrefetchUnavailable
-from cds_service.hooks.request import HookRequest
-from cds_service.hooks.services import CdsService
+from cds_service.gather.queries import fill_template
 from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from fhir_mappings import Resource, resources_from_bundle
 
 log = logging.getLogger(__name__)
 
-_TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
+
+class PrefetchUnavailable(Exception):
+    """Required data is neither in prefetch nor obtainable from the FHIR server."""
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics  # names keys and failures, never values or tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +42,12 @@ class FetchPolicy:
     fetch_without_token: bool = False  # open sandboxes send fhirServer but no fhirAuthorization
 
 
-def render_template(template: str, context: dict[str, Any]) -> str:
-    """Fill ``{{context.x}}`` tokens with percent-encoded context values."""
-
-    def value(match: re.Match[str]) -> str:
-        field = context.get(match.group(1))
-        if not isinstance(field, str):
-            raise PrefetchUnavailable(
-                f"prefetch token context.{match.group(1)} has no string value"
-            )
-        return quote(field, safe="")
-
-    return _TOKEN.sub(value, template)
+def _query(template: str, context: Mapping[str, Any]) -> str:
+    """The filled template; PrefetchUnavailable when a token has no value."""
+    rendered, missing = fill_template(template, context)
+    if missing:
+        raise PrefetchUnavailable(f"prefetch token {missing} has no string value")
+    return rendered
 
 
 def _classify(value: Any, template: str) -> tuple[list[Resource] | None, str]:
@@ -84,41 +81,44 @@ def _has_next(bundle: Any) -> bool:
 
 
 def resolve_prefetch(
-    request: HookRequest,
-    service: CdsService,
+    templates: Mapping[str, str],
+    prefetch: Mapping[str, Any],
+    context: Mapping[str, Any],
+    *,
+    fhir_server: str | None,
+    token: str | None,
     client: FhirClient,
     policy: FetchPolicy,
+    optional_keys: frozenset[str] = frozenset(),
     issuer_fhir_servers: tuple[str, ...] = (),
 ) -> list[Resource]:
-    """All resources for the patient: usable prefetch plus what had to be fetched.
+    """All resources for the patient: usable ``prefetch`` plus what had to be fetched.
 
-    ``issuer_fhir_servers`` are the FHIR bases the calling EHR's trust entry allows, on top of
-    the service-wide allowlist.
+    ``templates`` are the queries by prefetch key, filled from ``context``; ``fhir_server`` and
+    ``token`` are where (and as whom) missing keys may be fetched. ``issuer_fhir_servers`` are the
+    FHIR bases the calling EHR's trust entry allows, on top of the service-wide allowlist.
     """
-    token = request.fhir_authorization.access_token if request.fhir_authorization else None
-    may_fetch = request.fhir_server is not None and (
-        token is not None or policy.fetch_without_token
-    )
+    may_fetch = fhir_server is not None and (token is not None or policy.fetch_without_token)
     resources: list[Resource] = []
     to_fetch: dict[str, str] = {}
     optional: dict[str, str] = {}  # optional keys to fetch, and why they must be
     unusable: list[str] = []
-    for key, template in service.prefetch.items():
-        value = request.prefetch.get(key)
-        found, why = _classify(value, template) if key in request.prefetch else (None, "absent")
+    for key, template in templates.items():
+        value = prefetch.get(key)
+        found, why = _classify(value, template) if key in prefetch else (None, "absent")
         if found is None:
-            if key in service.optional_prefetch:
+            if key in optional_keys:
                 optional[key] = why
             else:
                 unusable.append(f"'{key}' was {why}")
-            to_fetch[key] = render_template(template, request.context)
+            to_fetch[key] = _query(template, context)
             continue
         if may_fetch and isinstance(value, dict) and _has_next(value):
-            assert request.fhir_server is not None
+            assert fhir_server is not None
             try:
-                found = client.follow_pages(request.fhir_server, value, token, issuer_fhir_servers)
+                found = client.follow_pages(fhir_server, value, token, issuer_fhir_servers)
             except FhirFetchError as exc:
-                if key not in service.optional_prefetch:
+                if key not in optional_keys:
                     raise PrefetchUnavailable(
                         f"prefetch '{key}' is paginated and the next page failed: {exc}"
                     ) from exc
@@ -129,17 +129,26 @@ def resolve_prefetch(
     if not to_fetch:
         return resources
     if not unusable:  # only optional keys are missing
-        return resources + _optional_only(
-            request, client, may_fetch, to_fetch, optional, issuer_fhir_servers
-        )
+        if not may_fetch:
+            log.info(
+                "optional prefetch %s not fetched: no fhirServer or authorization", _keys(optional)
+            )
+            return resources
+        assert fhir_server is not None
+        try:
+            fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers)
+        except FhirFetchError as exc:
+            log.warning("optional prefetch %s could not be fetched: %s", _keys(optional), exc)
+            return resources
+        return resources + [r for items in fetched.values() for r in items]
     problem = "; ".join(unusable)
-    if request.fhir_server is None:
+    if fhir_server is None:
         raise PrefetchUnavailable(f"prefetch {problem}, and the request has no fhirServer to query")
     if not may_fetch:
         raise PrefetchUnavailable(f"prefetch {problem}, and the request has no fhirAuthorization")
     started = time.monotonic()
     try:
-        fetched = client.fetch_all(request.fhir_server, to_fetch, token, issuer_fhir_servers)
+        fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers)
     except FhirFetchError as exc:
         quick = time.monotonic() - started < client.budget_seconds / 2
         if not optional or not quick:  # a slow failure: no time for a second try
@@ -149,7 +158,7 @@ def resolve_prefetch(
         # Perhaps only the optional search was refused: the required keys alone, once more.
         required = {k: q for k, q in to_fetch.items() if k not in optional}
         try:
-            fetched = client.fetch_all(request.fhir_server, required, token, issuer_fhir_servers)
+            fetched = client.fetch_all(fhir_server, required, token, issuer_fhir_servers)
         except FhirFetchError as again:
             raise PrefetchUnavailable(
                 f"prefetch {problem}, and querying fhirServer failed: {again}"
@@ -158,28 +167,6 @@ def resolve_prefetch(
     for items in fetched.values():
         resources.extend(items)
     return resources
-
-
-def _optional_only(
-    request: HookRequest,
-    client: FhirClient,
-    may_fetch: bool,
-    queries: dict[str, str],
-    why: dict[str, str],
-    issuer_fhir_servers: tuple[str, ...],
-) -> list[Resource]:
-    """Fetch missing optional keys when the service may; on any failure, nothing (logged)."""
-    if not may_fetch:
-        log.info("optional prefetch %s not fetched: no fhirServer or authorization", _keys(why))
-        return []
-    assert request.fhir_server is not None
-    token = request.fhir_authorization.access_token if request.fhir_authorization else None
-    try:
-        fetched = client.fetch_all(request.fhir_server, queries, token, issuer_fhir_servers)
-    except FhirFetchError as exc:
-        log.warning("optional prefetch %s could not be fetched: %s", _keys(why), exc)
-        return []
-    return [r for items in fetched.values() for r in items]
 
 
 def _keys(why: dict[str, str]) -> str:

@@ -43,13 +43,6 @@ class FeedbackNotStored(HookError):
     issue_code = "transient"
 
 
-class PrefetchUnavailable(HookError):
-    """Required data is neither in prefetch nor obtainable from the FHIR server (412)."""
-
-    status = 412
-    issue_code = "processing"
-
-
 def operation_outcome(
     diagnostics: str, code: str = "processing", severity: str = "error"
 ) -> dict[str, Any]:

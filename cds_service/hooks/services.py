@@ -6,10 +6,11 @@ hide all but the last). Scoring is hook-agnostic: every service asks for the sam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
+from cds_service.gather.queries import FOLLOW_UP_ORDERS_KEY, build_prefetch
 from fhir_mappings import ValueSets
 
 #: Reverse-domain name of our organisation-specific hook (no standard note-signing hook exists).
@@ -33,7 +34,7 @@ class CdsService:
     prefetch: dict[str, str]
     usage_requirements: str
     hook_version: str | None = None
-    #: Keys whose absence degrades the card instead of failing the call with 412 (see prefetch.py).
+    #: Keys whose absence degrades the card instead of failing the call with 412 (gather.prefetch).
     optional_prefetch: frozenset[str] = frozenset()
 
     def discovery_entry(self) -> dict[str, Any]:
@@ -66,41 +67,6 @@ _USAGE = (
     "(with fhirAuthorization, or on an allowlisted open server). Informational only; recalibrate on "
     "local patients before clinical use."
 )
-
-
-def _token_list(pairs: list[tuple[str, str]]) -> str:
-    """A token search value: comma-separated ``system|code``, each part percent-encoded."""
-    return ",".join(f"{quote(system, safe='')}%7C{quote(code, safe='')}" for system, code in pairs)
-
-
-#: Open follow-up/referral orders: the card then offers no follow-up suggestion. Optional: when it
-#: cannot be had, the card still shows (with the suggestion), since a missing card is worse.
-FOLLOW_UP_ORDERS_KEY = "followUpOrders"
-
-
-def build_prefetch(value_sets: ValueSets) -> dict[str, str]:
-    """Prefetch templates asking only for the codes the mapping uses (so EHRs send little)."""
-    patient = "{{context.patientId}}"
-    procedures = value_sets.codes("ablation_procedure") + value_sets.codes(
-        "later_treatment_procedure"
-    )
-    observations = (
-        value_sets.codes("hb_grade_observation")
-        + value_sets.codes("operation_duration_observation")
-        + value_sets.codes("recurrence_finding")
-    )
-    conditions = value_sets.codes("hemifacial_spasm_condition") + value_sets.codes(
-        "recurrence_finding"
-    )
-    return {
-        "procedures": f"Procedure?patient={patient}&code={_token_list(procedures)}",
-        "observations": f"Observation?patient={patient}&code={_token_list(observations)}",
-        "conditions": f"Condition?patient={patient}&code={_token_list(conditions)}",
-        FOLLOW_UP_ORDERS_KEY: (
-            f"ServiceRequest?patient={patient}&status=active,draft"
-            f"&code={_token_list(value_sets.codes('follow_up_order'))}"
-        ),
-    }
 
 
 #: One service per hook: (id, hook, when the EHR fires it, context fields).
@@ -149,3 +115,19 @@ def build_services(value_sets: ValueSets) -> dict[str, CdsService]:
         )
         for service_id, hook, when, context in _SERVICES
     }
+
+
+@dataclass(frozen=True, slots=True)
+class HookServices:
+    """What the hooks prepare once per Flask app (``app.extensions["hfs_cds_hooks"]``)."""
+
+    services: dict[str, CdsService]
+    discovery_json: str  # built once: discovery is static and called often
+    #: The SMART app's launch path for the card's link, None when the app is not set up.
+    app_launch_path: str | None
+
+    @classmethod
+    def build(cls, value_sets: ValueSets, app_launch_path: str | None) -> HookServices:
+        services = build_services(value_sets)
+        discovery = {"services": [s.discovery_entry() for s in services.values()]}
+        return cls(services, json.dumps(discovery, separators=(",", ":")), app_launch_path)

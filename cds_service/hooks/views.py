@@ -7,27 +7,26 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from cds_service.assessment import Assessment, Status
 from cds_service.feedback import InvalidFeedback, parse_feedback
+from cds_service.gather.prefetch import PrefetchUnavailable, resolve_prefetch
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.hooks.errors import (
     FeedbackNotStored,
     HookError,
     InvalidHookRequest,
-    PrefetchUnavailable,
     UnknownService,
     UnsupportedMediaType,
     outcome_response,
 )
-from cds_service.gather.prefetch import resolve_prefetch
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
+from cds_service.hooks.services import HookServices
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security.ehr_auth import AuthenticationError
-from cds_service.smart import launch_url
 from cds_service.store import StoreError, audit_record_from, inputs_key
 from fhir_mappings.orders import drafts_follow_up, follow_up_ordered
 
@@ -36,11 +35,25 @@ bp = Blueprint("cds_hooks", __name__)
 
 #: WSGI environ key under which a hook call leaves its outcome for the access log line.
 OUTCOME_ENVIRON_KEY = "hfs_cds.outcome"
+EXTENSION = "hfs_cds_hooks"
+
+
+def init_hooks(app: Flask, app_launch_path: str | None) -> None:
+    """Mount the CDS Hooks endpoints on an app whose runtime is built. ``app_launch_path`` is the
+    SMART app's launch path (linked from cards on the public base), None without the app."""
+    runtime: Runtime = app.extensions["hfs_cds"]
+    app.extensions[EXTENSION] = HookServices.build(runtime.assessor.value_sets, app_launch_path)
+    app.register_blueprint(bp)
 
 
 def _runtime() -> Runtime:
     runtime: Runtime = current_app.extensions["hfs_cds"]
     return runtime
+
+
+def _hooks() -> HookServices:
+    hooks: HookServices = current_app.extensions[EXTENSION]
+    return hooks
 
 
 @bp.before_request
@@ -81,23 +94,28 @@ def _model_card_url() -> str | None:
 @bp.get("/cds-services")
 def discovery() -> Response:
     # Built once at start-up: discovery is static and called often.
-    return Response(_runtime().discovery_json, mimetype="application/json")
+    return Response(_hooks().discovery_json, mimetype="application/json")
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    runtime = _runtime()
-    service = runtime.services.get(service_id)
+    runtime, hooks = _runtime(), _hooks()
+    service = hooks.services.get(service_id)
     if service is None:
         raise UnknownService(f"no CDS service with id '{service_id[:64]}'")
     hook_request = parse_hook_request(_json_body(), service)
     g.hook_instance = plain_token(hook_request.hook_instance) or "not-a-plain-token"
     ehr = g.ehr_client
+    auth = hook_request.fhir_authorization
     resources = resolve_prefetch(
-        hook_request,
-        service,
-        runtime.fhir_client,
-        runtime.fetch_policy,
+        service.prefetch,
+        hook_request.prefetch,
+        hook_request.context,
+        fhir_server=hook_request.fhir_server,
+        token=auth.access_token if auth else None,
+        client=runtime.fhir_client,
+        policy=runtime.fetch_policy,
+        optional_keys=service.optional_prefetch,
         issuer_fhir_servers=ehr.fhir_servers if ehr else (),
     )
     assessor = runtime.assessor
@@ -134,7 +152,7 @@ def call_service(service_id: str) -> Response:
                 patient_id=hook_request.patient_id,
                 user_id=context.get("userId"),
                 encounter_id=context.get("encounterId"),
-                app_launch_url=launch_url(current_app, lambda: request.host_url),
+                app_launch_url=_public_url(path) if (path := hooks.app_launch_path) else None,
                 # On record, or being signed right now (order-sign's draftOrders).
                 follow_up_ordered=follow_up_ordered(
                     resources, hook_request.patient_id, follow_up_codes
@@ -202,7 +220,7 @@ def _acted_on(
 def feedback(service_id: str) -> Response:
     """CDS Hooks feedback: stored durably (and idempotently) before the 200."""
     runtime = _runtime()
-    if service_id not in runtime.services:
+    if service_id not in _hooks().services:
         raise UnknownService(f"no CDS service with id '{service_id[:64]}'")
     try:
         entries = parse_feedback(_json_body())
@@ -242,17 +260,23 @@ def feedback(service_id: str) -> Response:
 
 @bp.errorhandler(HookError)
 def hook_error(error: HookError) -> Response:
-    if isinstance(error, PrefetchUnavailable):
-        # The EHR shows no card for a 412, which a clinician cannot tell from "nothing to say":
-        # make it visible to operators. Diagnostics name keys and failures, never values or tokens.
-        log.warning(
-            "hook call answered 412, data could not be obtained (no card shown): %s",
-            error.diagnostics,
-            extra={"hook_instance": g.get("hook_instance", "-")},
-        )
-    else:
-        log.info("hook call refused: %s %s", error.status, error.diagnostics)
+    log.info("hook call refused: %s %s", error.status, error.diagnostics)
     return outcome_response(error.status, error.diagnostics, error.issue_code)
+
+
+@bp.errorhandler(PrefetchUnavailable)
+def prefetch_unavailable(error: PrefetchUnavailable) -> Response:
+    """412: required data is neither in prefetch nor obtainable from the FHIR server.
+
+    The EHR shows no card for a 412, which a clinician cannot tell from "nothing to say": make it
+    visible to operators. Diagnostics name keys and failures, never values or tokens.
+    """
+    log.warning(
+        "hook call answered 412, data could not be obtained (no card shown): %s",
+        error.diagnostics,
+        extra={"hook_instance": g.get("hook_instance", "-")},
+    )
+    return outcome_response(412, error.diagnostics, "processing")
 
 
 @bp.after_request

@@ -19,7 +19,6 @@ service refuses replayed ones.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.assessment import Assessment, Assessor, Status
+from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.services import NOTE_SIGN_HOOK
@@ -54,7 +54,6 @@ RISK_MONTHS = (3, 6, 12)
 #: Risks must agree to three decimals.
 RISK_TOLERANCE = 0.0005
 SMOKE_USER = "Practitioner/hfs-cds-smoke"
-_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
 # -- JWTs -----------------------------------------------------------------------------------------
@@ -193,27 +192,6 @@ def _tags(resource: Mapping[str, Any]) -> dict[str, str]:
         for t in tags or []
         if isinstance(t, dict) and t.get("system") and t.get("code")
     }
-
-
-def render_template(template: str, context: Mapping[str, Any]) -> str | None:
-    """Fill ``{{context.x}}`` and ``{{userPractitionerId}}``-style tokens; None if one is unknown
-    (the client then skips the template, as the CDS Hooks sandbox does)."""
-    user = str(context.get("userId", ""))
-    user_type, _, user_id = user.partition("/")
-    users = {f"user{user_type}Id": user_id} if user_id else {}
-    missing = False
-
-    def value(match: re.Match[str]) -> str:
-        nonlocal missing
-        name = match.group(1)
-        raw = context.get(name[8:]) if name.startswith("context.") else users.get(name)
-        if not isinstance(raw, str):
-            missing = True
-            return ""
-        return quote(raw, safe="")
-
-    rendered = _TOKEN.sub(value, template)
-    return None if missing else rendered
 
 
 def run_prefetch(endpoint: FhirEndpoint, template: str) -> Resource:
@@ -726,7 +704,6 @@ __all__ = [
     "find_synthetic_patients",
     "hook_context",
     "prefetch_resources",
-    "render_template",
     "run_prefetch",
     "run_smoke",
     "scenario_problems",

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the app's modules load only when it is mounted (see the mod
     from flask import Flask
 
     from cds_service.config import Settings
+    from cds_service.runtime import Runtime
     from cds_service.smart.runtime import SmartRuntime
 
 EXTENSION = "hfs_cds_smart"
@@ -29,6 +30,7 @@ __all__ = [
     "LAUNCH_PATH",
     "RedactSmartQueries",
     "init_smart",
+    "launch_path",
     "launch_url",
 ]
 
@@ -52,6 +54,12 @@ def init_smart(app: Flask, settings: Settings, environ: Mapping[str, str] | None
     _redact_request_log()
 
 
+def launch_path(app: Flask) -> str | None:
+    """The launch path for a card's ``smart`` link, or None when the app is not set up."""
+    smart: SmartRuntime | None = app.extensions.get(EXTENSION)
+    return LAUNCH_PATH if smart is not None and smart.settings.enabled else None
+
+
 def launch_url(app: Flask, host_url: str | Callable[[], str] | None = None) -> str | None:
     """The absolute launch URL for a card's ``smart`` link, or None when the app is not set up.
 
@@ -59,12 +67,13 @@ def launch_url(app: Flask, host_url: str | Callable[[], str] | None = None) -> s
     callable is only called without a public base URL: deriving ``request.host_url`` is not free
     on the hook's hot path.
     """
-    smart: SmartRuntime | None = app.extensions.get(EXTENSION)
-    if smart is None or not smart.settings.enabled:
+    path = launch_path(app)
+    if path is None:
         return None
-    base = smart.cds.settings.public_base_url or (host_url() if callable(host_url) else host_url)
+    cds: Runtime = app.extensions["hfs_cds"]
+    base = cds.settings.public_base_url or (host_url() if callable(host_url) else host_url)
     base = (base or "").rstrip("/")
-    return base + LAUNCH_PATH if base else None
+    return base + path if base else None
 
 
 class RedactSmartQueries(logging.Filter):

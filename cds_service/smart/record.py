@@ -1,7 +1,8 @@
-"""The patient's record for the risk page: the same FHIR queries as the CDS service, then assess().
+"""The patient's record for the risk page: the assessment's FHIR queries, then assess().
 
-The queries are the services' prefetch templates (``build_prefetch``) filled with the patient in
-context, plus a read of the Patient for the banner, all run concurrently by the shared
+The queries are gather's (``assessment_queries``: the CDS services' prefetch templates without the
+card's follow-up-orders search) filled with the patient in context, plus a read of the Patient for
+the banner, all run concurrently by the shared
 :class:`~cds_service.security.fhir_client.FhirClient` (allowlisted, time-bounded, no redirects).
 Nothing here maps or scores: :meth:`Assessor.assess` does.
 """
@@ -15,10 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from cds_service.assessment import Assessment, Assessor
-from cds_service.gather.prefetch import render_template
-from cds_service.hooks.services import FOLLOW_UP_ORDERS_KEY, build_prefetch
+from cds_service.gather.app_context import CardReference
+from cds_service.gather.queries import assessment_queries, fill_template
 from cds_service.security.fhir_client import FhirClient, FhirFetchError
-from cds_service.smart.context import CardReference
 from cds_service.smart.errors import Failure, SmartError
 from fhir_mappings import Resource
 
@@ -67,20 +67,14 @@ class RecordReader:
         self.assessor = assessor
         self.client = client
         self.clock = clock
-        # Only what the assessment reads: the follow-up-orders search serves the card's suggestion,
-        # and the app's scopes do not grant ServiceRequest (the EHR would refuse the whole page).
-        self._templates = {
-            key: template
-            for key, template in build_prefetch(assessor.value_sets).items()
-            if key != FOLLOW_UP_ORDERS_KEY
-        }
+        # Not the follow-up-orders search: the app's scopes do not grant ServiceRequest (the EHR
+        # would refuse the whole page).
+        self._templates = assessment_queries(assessor.value_sets)
 
     def queries(self, patient_id: str) -> dict[str, str]:
-        """Relative FHIR searches for the patient: the CDS services' prefetch templates, filled."""
-        return {
-            key: render_template(template, {"patientId": patient_id})
-            for key, template in self._templates.items()
-        }
+        """Relative FHIR searches for the patient: the assessment's templates, filled."""
+        context = {"patientId": patient_id}
+        return {key: fill_template(t, context)[0] for key, t in self._templates.items()}
 
     def read(self, fhir_base: str, patient_id: str, access_token: str) -> PatientRecord:
         """The patient's banner and assessment; FhirUnauthorized on 401/403, else SmartError.
