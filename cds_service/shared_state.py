@@ -1,7 +1,7 @@
 """One small SQLite file for the ephemeral state the worker processes of one instance share.
 
 The JWT replay cache (:mod:`cds_service.security.shared_replay`) and the SMART sessions
-(:mod:`cds_service.smart.shared_store`) live here, so gunicorn may run several workers. It is not
+(:mod:`cds_service.smart.shared_sessions`) live here, so gunicorn may run several workers. It is not
 the audit store: nothing in it must survive, so it is opened with the stdlib ``sqlite3`` (this is on
 the path of every authenticated request and must cost microseconds, not an ORM's milliseconds), in
 WAL mode with ``synchronous=OFF`` (a crash may lose the last writes, as a restart lost the old

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from cds_service.shared_state import SharedState
-from cds_service.smart import shared_store
+from cds_service.smart import shared_sessions
 from cds_service.smart.sealing import Sealer
-from cds_service.smart.shared_store import SharedSessionStore
-from cds_service.smart.store import LaunchContext, PendingAuthorization, RefreshedTokens
+from cds_service.smart.sessions import LaunchContext, PendingAuthorization, RefreshedTokens
+from cds_service.smart.shared_sessions import SharedSessionStore
 from tests.smart.served import FakeClock
 
 IDLE = timedelta(hours=1)
@@ -291,7 +291,7 @@ def _hold_lease(shared: SharedState, until: float) -> None:
 def test_a_lease_left_by_a_dead_holder_lapses(
     shared: SharedState, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shared_store, "LEASE_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(shared_sessions, "LEASE_POLL_SECONDS", 0.0)
     lease_clock = StepClock()
     store = SharedSessionStore(
         shared, Sealer(), clock, IDLE, lease_seconds=10, lease_clock=lease_clock
@@ -311,7 +311,7 @@ def test_a_lease_left_by_a_dead_holder_lapses(
 def test_a_waiter_gives_up_after_a_whole_lease(
     shared: SharedState, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shared_store, "LEASE_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(shared_sessions, "LEASE_POLL_SECONDS", 0.0)
     lease_clock = StepClock()
     store = SharedSessionStore(
         shared, Sealer(), clock, IDLE, lease_seconds=10, lease_clock=lease_clock

@@ -30,6 +30,7 @@ from cds_service.model import RecurrenceModel
 from cds_service.presentation import present
 from cds_service.shared_state import SharedState
 from cds_service.smart import RedactSmartQueries, init_smart, launch_url
+from cds_service.smart.app_state import default_frame_ancestors
 from cds_service.smart.chart import build_chart, curve
 from cds_service.smart.errors import Failure, SmartError
 from cds_service.smart.oauth import (
@@ -41,11 +42,8 @@ from cds_service.smart.oauth import (
     s256,
 )
 from cds_service.smart.page import WhatIfInput, card_notice, parse_what_if
-from cds_service.smart.runtime import default_frame_ancestors
 from cds_service.smart.sealing import Sealer
-from cds_service.smart.settings import DEFAULT_SCOPES, SmartSettings
-from cds_service.smart.shared_store import SharedSessionStore
-from cds_service.smart.store import (
+from cds_service.smart.sessions import (
     MAX_LAUNCHES_PER_SESSION,
     MAX_PENDING_PER_SESSION,
     MAX_USED_STATES,
@@ -55,6 +53,8 @@ from cds_service.smart.store import (
     Sessions,
     SessionStore,
 )
+from cds_service.smart.settings import DEFAULT_SCOPES, SmartSettings
+from cds_service.smart.shared_sessions import SharedSessionStore
 from tests.hook_calls import recent_patient
 from tests.smart.pages import Page
 from tests.smart.served import FakeClock

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the app's modules load only when it is mounted (see the mod
 
     from cds_service.config import Settings
     from cds_service.runtime import Runtime
-    from cds_service.smart.runtime import SmartRuntime
+    from cds_service.smart.app_state import SmartRuntime
 
 EXTENSION = "hfs_cds_smart"
 URL_PREFIX = "/smart"
@@ -43,7 +43,7 @@ def init_smart(app: Flask, settings: Settings, environ: Mapping[str, str] | None
     """
     if EXTENSION in app.extensions:
         return
-    from cds_service.smart.runtime import SmartRuntime
+    from cds_service.smart.app_state import SmartRuntime
     from cds_service.smart.settings import SmartSettings
     from cds_service.smart.views import bp
 

@@ -31,6 +31,7 @@ from cds_service.assessment import Status
 from cds_service.gather.app_context import CardInputs, card_inputs
 from cds_service.presentation import RANGE_STATEMENT, Statement, present
 from cds_service.presentation.risk_assessment import risk_assessment
+from cds_service.smart.app_state import SmartRuntime
 from cds_service.smart.chart import line_path
 from cds_service.smart.errors import Failure, SmartError
 from cds_service.smart.oauth import TokenResponse, missing_access, new_pkce, new_state
@@ -47,8 +48,7 @@ from cds_service.smart.page import (
     what_if_json_body,
 )
 from cds_service.smart.record import FhirUnauthorized, PatientRecord, last_updated
-from cds_service.smart.runtime import SmartRuntime
-from cds_service.smart.store import (
+from cds_service.smart.sessions import (
     LaunchContext,
     PendingAuthorization,
     RefreshedTokens,

@@ -6,7 +6,7 @@ verifier, single use, ten minutes) and the launches it completed (a random refer
 context), so two tabs with two patients do not mix. Sessions end after an idle period.
 
 :class:`Sessions` is what the app needs from a store. The app uses
-:class:`~cds_service.smart.shared_store.SharedSessionStore`, which every worker process of the
+:class:`~cds_service.smart.shared_sessions.SharedSessionStore`, which every worker process of the
 instance shares; :class:`SessionStore` here is the same in the memory of one process (tests,
 library use).
 """

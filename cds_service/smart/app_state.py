@@ -12,9 +12,9 @@ from cds_service.security.fhir_client import FhirAllowlist, FhirClient
 from cds_service.smart.oauth import OAuthClient
 from cds_service.smart.record import RecordReader
 from cds_service.smart.sealing import Sealer
+from cds_service.smart.sessions import Sessions
 from cds_service.smart.settings import SmartSettings
-from cds_service.smart.shared_store import SharedSessionStore
-from cds_service.smart.store import Sessions
+from cds_service.smart.shared_sessions import SharedSessionStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """SMART sessions in the shared-state file, so every worker process of the instance serves them.
 
-Same behaviour and bounds as the in-memory :class:`~cds_service.smart.store.SessionStore`: idle
+Same behaviour and bounds as the in-memory :class:`~cds_service.smart.sessions.SessionStore`: idle
 expiry, at most ``max_sessions`` sessions (least recently used evicted), per-session maxima of
 pending authorizations, launches and remembered used ``state`` values, pending authorizations
 valid for ``PENDING_TTL`` and usable once, and a cookie value never adopted unless this store
@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from cds_service.shared_state import SharedState
 from cds_service.smart.sealing import Sealer
-from cds_service.smart.store import (
+from cds_service.smart.sessions import (
     MAX_LAUNCHES_PER_SESSION,
     MAX_PENDING_PER_SESSION,
     MAX_SESSIONS,
@@ -210,7 +210,7 @@ class SharedSessionStore:
     def refresh_launch(
         self, cookie: str | None, ref: str, stale: str, refresh: Refresh
     ) -> LaunchContext | None:
-        """See :meth:`~cds_service.smart.store.Sessions.refresh_launch`: once across processes.
+        """See :meth:`~cds_service.smart.sessions.Sessions.refresh_launch`: once across processes.
 
         No SQLite lock is held during ``refresh`` (a network call): the lease is a column.
         """
