@@ -8,16 +8,8 @@ from typing import Any
 
 import pytest
 
-from cds_service.feedback import (
-    MAX_ENTRIES,
-    FeedbackEntry,
-    InvalidFeedback,
-    Outcome,
-    ReasonCoding,
-    parse_feedback,
-    parse_rfc3339,
-)
-from cds_service.hooks.cards import OVERRIDE_REASON_SYSTEM
+from cds_service.hooks.feedback import MAX_ENTRIES, InvalidFeedback, parse_feedback, parse_rfc3339
+from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, FeedbackEntry, Outcome, ReasonCoding
 from tests import fhir_builders as fb
 
 CARD = "9b6f2bd7-8f4b-4d0c-a0a3-5f0f3c1e2a11"

@@ -17,9 +17,15 @@ import pytest
 from sqlalchemy import func, select
 
 import tests.postgres
-from cds_service.feedback import FeedbackEntry, Outcome, ReasonCoding, parse_feedback
-from cds_service.hooks.cards import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
+from cds_service.hooks.feedback import parse_feedback
 from cds_service.store import FeedbackResult, Store, StoreError, open_store
+from cds_service.store.feedback import (
+    OVERRIDE_REASON_SYSTEM,
+    OVERRIDE_REASONS,
+    FeedbackEntry,
+    Outcome,
+    ReasonCoding,
+)
 from cds_service.store.schema import feedback
 from tests import fhir_builders as fb
 from tests.test_store_audit import all_text, synthetic_record

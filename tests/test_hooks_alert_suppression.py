@@ -20,8 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import create_app
-from cds_service.feedback import FeedbackEntry, Outcome
 from cds_service.store import StoreUnavailable
+from cds_service.store.feedback import FeedbackEntry, Outcome
 from tests import fhir_builders as fb
 from tests.cds_invariants import assert_valid_cds_response
 from tests.hook_calls import SERVICE_IDS, HookCaller

@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import select
 
 import tests.postgres
-from cds_service.feedback import FeedbackEntry, Outcome
 from cds_service.store import Store, open_store
+from cds_service.store.feedback import FeedbackEntry, Outcome
 from cds_service.store.schema import audit_record, feedback
 
 # Fixtures from tests/postgres.py (redundant once conftest.py lists it in pytest_plugins).

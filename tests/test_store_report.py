@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 import tests.postgres
-from cds_service.feedback import FeedbackEntry, Outcome, ReasonCoding
-from cds_service.hooks.cards import OVERRIDE_REASON_SYSTEM
 from cds_service.store import HEAD, Store, open_store
 from cds_service.store.commands import _labels, register
+from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, FeedbackEntry, Outcome, ReasonCoding
 from cds_service.store.report import (
     Durations,
     Report,

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select, text
 
 import tests.postgres
-from cds_service.feedback import FeedbackEntry, Outcome
 from cds_service.store import (
     RecentActions,
     Store,
@@ -22,6 +21,7 @@ from cds_service.store import (
     open_store,
     upgrade,
 )
+from cds_service.store.feedback import FeedbackEntry, Outcome
 from cds_service.store.schema import audit_record
 from tests import fhir_builders as fb
 from tests.test_store_audit import synthetic_record

@@ -19,17 +19,11 @@ from cds_service.assessment import Assessment, Status
 from cds_service.gather.app_context import app_context_for
 from cds_service.presentation import Statement, present
 from cds_service.presentation.risk_assessment import record_suggestion
+from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
 from fhir_mappings import Provenance, roman
 
 #: Reverse-domain key of the machine-readable assessment in ``card.extension``.
 EXTENSION_KEY = "org.example.hfs-cds.assessment"
-OVERRIDE_REASON_SYSTEM = "https://hfs-cds.example.org/fhir/CodeSystem/override-reason"
-OVERRIDE_REASONS = (
-    ("already-planned", "Follow-up already planned"),
-    ("inputs-incorrect", "Operation time or House-Brackmann grade on record is wrong"),
-    ("not-applicable", "Does not apply to this patient"),
-    ("clinical-judgement", "Different plan on clinical judgement"),
-)
 # Characters that carry inline markdown or HTML meaning; escaped in text outside code spans.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|<>&~#])")
 # Absolute URLs (code systems, often with "|code"): shown as code spans, never escaped, because

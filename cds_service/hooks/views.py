@@ -10,7 +10,6 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from cds_service.assessment import Assessment, Status
-from cds_service.feedback import InvalidFeedback, parse_feedback
 from cds_service.gather.prefetch import PrefetchUnavailable, resolve_prefetch
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.hooks.errors import (
@@ -21,6 +20,7 @@ from cds_service.hooks.errors import (
     UnsupportedMediaType,
     outcome_response,
 )
+from cds_service.hooks.feedback import InvalidFeedback, parse_feedback
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
 from cds_service.hooks.services import HookServices

@@ -199,8 +199,8 @@ def _report(args: argparse.Namespace) -> int:
 def _labels() -> Any:
     """Tier order and labels from the model card in use; display names of our override reasons."""
     from cds_service.config import Settings
-    from cds_service.hooks.cards import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
     from cds_service.model import load_model_card
+    from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
     from cds_service.store.report import ReportLabels
 
     card = load_model_card(Settings.from_env(os.environ).model_card or None)

@@ -21,19 +21,17 @@ protected health information, which the audit trail promises never to store. An 
 that a comment was made and its length (governance can then see *that* clinicians explain
 overrides, and follow up in the EHR, where the comment already lives under the EHR's own access
 control). The Coding ``display`` is dropped too: ``system`` and ``code`` identify the reason, and
-the report shows the display of the service's own reasons from ``hooks.cards.OVERRIDE_REASONS``.
+the report shows the display of the service's own reasons from ``store.feedback.OVERRIDE_REASONS``.
 Error messages name the offending member but never echo a value from the body.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from enum import StrEnum
 from typing import Any
+
+from cds_service.store.feedback import FeedbackEntry, Outcome, ReasonCoding
 
 #: Most entries accepted in one POST (an EHR batches a handful; this bounds the work of one call).
 MAX_ENTRIES = 1000
@@ -53,54 +51,6 @@ _RFC3339 = re.compile(
 
 class InvalidFeedback(ValueError):
     """The feedback body breaks the CDS Hooks rules; the message names the member (400 answer)."""
-
-
-class Outcome(StrEnum):
-    ACCEPTED = "accepted"
-    OVERRIDDEN = "overridden"
-
-
-@dataclass(frozen=True, slots=True)
-class ReasonCoding:
-    """The override reason the clinician picked: a Coding without its display."""
-
-    code: str
-    system: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackEntry:
-    """One validated feedback entry, holding nothing the store must not keep."""
-
-    card: str
-    outcome: Outcome
-    outcome_at: datetime  # UTC
-    accepted_suggestions: tuple[str, ...] = ()  # sorted, unique; only for ``accepted``
-    reason: ReasonCoding | None = None  # only for ``overridden``
-    comment_length: int | None = None  # length of the userComment, which itself is discarded
-
-    @property
-    def has_comment(self) -> bool:
-        return self.comment_length is not None
-
-    def natural_key(self, service_id: str) -> str:
-        """What makes two submissions "the same feedback" (hex SHA-256, the unique key in the store).
-
-        Service id, card uuid, outcome, the outcome instant (in UTC, so ``Z`` and ``+00:00`` agree),
-        the accepted suggestion ids (as a set) and the reason system and code. Whether a comment
-        was sent is not part of it: a repeat is a repeat even if the EHR trims the comment.
-        """
-        parts = [
-            service_id,
-            self.card,
-            self.outcome.value,
-            self.outcome_at.astimezone(UTC).isoformat(timespec="microseconds"),
-            list(self.accepted_suggestions),
-            self.reason.system if self.reason and self.reason.system else "",
-            self.reason.code if self.reason else "",
-        ]
-        canonical = json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def parse_feedback(body: Any) -> list[FeedbackEntry]:
