@@ -14,6 +14,7 @@ import numpy as np
 
 from cds_service.model import RecurrenceModel
 from cds_service.presentation import percent
+from cds_service.presentation.chart import Scale, path, ticks
 
 WIDTH, HEIGHT = 680, 320
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 34, 56
@@ -81,30 +82,15 @@ def curve(model: RecurrenceModel, minutes: float, hb_grade: int) -> Curve:
     )
 
 
-class Scale:
-    """Months → x and risk (0-1) → y inside the plot area."""
-
-    def __init__(self, horizon: float) -> None:
-        self.horizon = horizon
-        self.x0, self.x1 = float(LEFT), float(WIDTH - RIGHT)
-        self.y0, self.y1 = float(HEIGHT - BOTTOM), float(TOP)
-
-    def x(self, month: float) -> float:
-        return round(self.x0 + (self.x1 - self.x0) * month / self.horizon, 1)
-
-    def y(self, risk: float) -> float:
-        return round(self.y0 - (self.y0 - self.y1) * risk, 1)
-
-
-def path(scale: Scale, months: Sequence[float], values: Sequence[float]) -> str:
-    """An SVG polyline path through (month, value) points."""
-    points = [f"{scale.x(m):g},{scale.y(v):g}" for m, v in zip(months, values, strict=True)]
-    return "M" + " L".join(points)
+def scales(horizon: float) -> tuple[Scale, Scale]:
+    """Months -> x and risk (0-1) -> y inside the plot area."""
+    return Scale((0, horizon), (LEFT, WIDTH - RIGHT)), Scale((0, 1), (HEIGHT - BOTTOM, TOP))
 
 
 def line_path(horizon: float, c: Curve) -> str:
     """The point-estimate line of ``c`` (the what-if line the page's script swaps in)."""
-    return path(Scale(horizon), c.months, c.risk)
+    x, y = scales(horizon)
+    return path(y.points(x, c.months, c.risk))
 
 
 def build_chart(
@@ -115,50 +101,34 @@ def build_chart(
     what_if: Curve | None = None,
 ) -> Chart:
     """The chart for ``main`` with a marker per ``(month, risk)`` and "today" if inside the horizon."""
-    scale = Scale(horizon)
-    band_points = [
-        *zip(main.months, main.high, strict=True),
-        *reversed(list(zip(main.months, main.low, strict=True))),
-    ]
-    band = path(scale, [m for m, _ in band_points], [v for _, v in band_points]) + " Z"
-    step = 3 if horizon > 6 else 1
-    x_ticks = tuple(
-        Tick(scale.x(m), f"{m:g}") for m in np.arange(0, horizon + 1e-9, 1.0) if m % step == 0
-    )
+    x, y = scales(horizon)
+    band = y.points(x, main.months, main.high) + y.points(x, main.months, main.low)[::-1]
+    x_ticks = tuple(Tick(x(m), f"{m:g}") for m in ticks(horizon, 3 if horizon > 6 else 1))
     # Axis ticks are plain numbers (the axis title says "%"): "0%" and "100%" are never risks.
-    y_ticks = tuple(Tick(scale.y(r / 100), f"{r}") for r in range(0, 101, 20))
-    placed = []
-    for month, risk in markers:
-        y = scale.y(risk)
-        placed.append(
-            Marker(
-                month=month,
-                risk=risk,
-                x=scale.x(month),
-                y=y,
-                label=percent(risk),
-                label_y=y - 10,
-            )
-        )
+    y_ticks = tuple(Tick(y(r / 100), f"{r}") for r in range(0, 101, 20))
+    placed = tuple(
+        Marker(month, risk, x(month), y(risk), percent(risk), y(risk) - 10)
+        for month, risk in markers
+    )
     today_x = today_label = today_y = None
     if months_since is not None and 0 < months_since <= horizon:
-        today_x = scale.x(months_since)
+        today_x = x(months_since)
         today_label = f"Today ({months_since:.1f} mo)"
         # The label goes where the curve is not: low in the plot when the risk is high by then.
         risk_today = float(np.interp(months_since, main.months, main.risk))
-        today_y = scale.y0 - 8 if risk_today > 0.5 else scale.y1 + 12
+        today_y = y(0) - 8 if risk_today > 0.5 else y(1) + 12
     return Chart(
         width=WIDTH,
         height=HEIGHT,
-        left=scale.x0,
-        right=scale.x1,
-        top=scale.y1,
-        bottom=scale.y0,
+        left=x(0),
+        right=x(horizon),
+        top=y(1),
+        bottom=y(0),
         x_ticks=x_ticks,
         y_ticks=y_ticks,
-        line=path(scale, main.months, main.risk),
-        band=band,
-        markers=tuple(placed),
+        line=path(y.points(x, main.months, main.risk)),
+        band=path(band, close=True),
+        markers=placed,
         today_x=today_x,
         today_y=today_y,
         today_label=today_label,
