@@ -11,12 +11,12 @@ Counts come from the audit trail (cards shown) joined to feedback on the card uu
   the EHR and the service count as zero);
 - feedback naming a card the audit trail does not know (received in the period), counted apart;
 - per week (Monday, UTC): cards by tier, and the outcome of the cards shown that week. The HTML
-  format draws these as an inline SVG chart; the page loads nothing from anywhere.
+  format draws these as an inline SVG chart (``templates/report.html``, geometry from
+  :mod:`cds_service.presentation.chart`); the page loads nothing from anywhere.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import statistics
@@ -24,10 +24,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy import func, select
 
+from cds_service.presentation.chart import Scale, nice_max, stacked_bars
 from cds_service.store.database import SQLITE_BEGIN, Store
 from cds_service.store.schema import audit_record, feedback
 
@@ -39,6 +42,7 @@ _TIER_COLOURS = {"high": "#b03a2e", "intermediate": "#d68910", "low": "#1e8449"}
 _OTHER_COLOURS = ("#1f618d", "#6c3483", "#117864", "#935116", "#2e4053")
 _OUTCOME_COLOURS = {"accepted": "#2874a6", "overridden": "#884ea0", NO_FEEDBACK: "#d5d8dc"}
 _NOT_SCORED_COLOUR = "#7f8c8d"
+_WIDTH, _LEFT, _TOP, _PANEL_HEIGHT, _PANEL_GAP = 760, 50, 30, 170, 70
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,159 +345,89 @@ def render_json(report: Report) -> str:
 def render_html(report: Report) -> str:
     """A self-contained page: tables and an inline SVG chart, no scripts, no external assets."""
     r, labels = report, report.labels
-    e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(t.model_id)}</td><td>{e(t.model_version)}</td>"
-        f"<td>{e(labels.category(t.tier or NOT_SCORED))}</td>"
-        f"<td class=n>{t.cards}</td><td class=n>{_pct(t.cards, r.cards)}</td></tr>"
-        for t in r.by_tier
-    )
-    reason_rows = "".join(
-        f"<tr><td>{e(_reason_label(x))}</td><td class=n>{x.cards}</td></tr>"
-        for x in r.override_reasons
-    )
-    if r.overrides_without_reason:
-        reason_rows += (
-            f"<tr><td>(no reason given)</td><td class=n>{r.overrides_without_reason}</td></tr>"
-        )
     ttf = r.time_to_feedback
-    ttf_text = (
-        f"median {_duration(ttf.median_seconds)}, 90th percentile {_duration(ttf.p90_seconds)} "
-        f"(n = {ttf.n})"
-        if ttf
-        else "no feedback yet"
+    reasons = [(_reason_label(x), x.cards) for x in r.override_reasons]
+    if r.overrides_without_reason:
+        reasons.append(("(no reason given)", r.overrides_without_reason))
+    return (
+        _environment()
+        .get_template("report.html")
+        .render(
+            r=r,
+            period=_period(r),
+            generated=_iso(r.generated_at),
+            category=labels.category,
+            pct=_pct,
+            feedback=[
+                (
+                    "Cards with feedback",
+                    r.cards_with_feedback,
+                    _pct(r.cards_with_feedback, r.cards),
+                ),
+                ("Accepted", r.accepted, _pct(r.accepted, r.cards_with_feedback)),
+                ("Overridden", r.overridden, _pct(r.overridden, r.cards_with_feedback)),
+                ("Overrides with a comment (text not stored)", r.overrides_with_comment, ""),
+                ("Feedback for cards not in the audit trail", r.unknown_card_feedback, ""),
+            ],
+            time_to_feedback=(
+                f"median {_duration(ttf.median_seconds)}, 90th percentile "
+                f"{_duration(ttf.p90_seconds)} (n = {ttf.n})"
+                if ttf
+                else "no feedback yet"
+            ),
+            reasons=reasons,
+            weeks=r.weeks,
+            panels=_panels(r) if r.weeks else [],
+            width=_WIDTH,
+            height=_TOP + 2 * _PANEL_HEIGHT + _PANEL_GAP + 40,
+            left=_LEFT,
+            right=_WIDTH - 160,
+            label_every=max(1, math.ceil(len(r.weeks) / 8)),
+        )
     )
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>HFS-RFA CDS report</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #1c2833; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ padding: 0.25em 0.8em; border-bottom: 1px solid #d5d8dc; text-align: left; }}
-td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
-svg text {{ font: 11px system-ui, sans-serif; fill: #1c2833; }}
-</style>
-</head>
-<body>
-<h1>HFS-RFA recurrence CDS: cards and feedback</h1>
-<p>{e(_period(r).capitalize())}. Generated {e(_iso(r.generated_at))}.</p>
-<h2>Cards shown: {r.cards}</h2>
-<table><tr><th>Model</th><th>Version</th><th>Tier</th><th>Cards</th><th>Share</th></tr>{rows}</table>
-<h2>Feedback</h2>
-<table>
-{_row("Cards with feedback", r.cards_with_feedback, _pct(r.cards_with_feedback, r.cards))}
-{_row("Accepted", r.accepted, _pct(r.accepted, r.cards_with_feedback))}
-{_row("Overridden", r.overridden, _pct(r.overridden, r.cards_with_feedback))}
-{_row("Overrides with a comment (text not stored)", r.overrides_with_comment)}
-{_row("Feedback for cards not in the audit trail", r.unknown_card_feedback)}
-</table>
-<p>Time from card to feedback: {e(ttf_text)}.</p>
-<h3>Override reasons</h3>
-<table><tr><th>Reason</th><th>Cards</th></tr>{reason_rows}</table>
-<h2>By week</h2>
-{render_svg(r)}
-</body>
-</html>
-"""
 
 
-def _row(label: str, n: int, share: str = "") -> str:
-    return f"<tr><td>{html.escape(label)}</td><td class=n>{n}</td><td class=n>{share}</td></tr>"
+@cache
+def _environment() -> Environment:
+    return Environment(
+        loader=PackageLoader("cds_service.store", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
-def render_svg(report: Report, width: int = 760) -> str:
+def _panels(report: Report) -> list[dict[str, Any]]:
     """Two stacked-bar panels per week: cards by tier, and the outcome of those cards."""
-    weeks = report.weeks
-    if not weeks:
-        return "<p>No cards in the period.</p>"
     labels = report.labels
-    tier_series = [
-        (c, labels.category(c), _category_colour(c, i)) for i, c in enumerate(report.categories)
-    ]
-    outcome_series = [(o, _OUTCOME_LABELS[o], _OUTCOME_COLOURS[o]) for o in OUTCOMES]
-    panel_h, top, gap = 170, 30, 70
-    height = top + 2 * panel_h + gap + 40
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" '
-        'aria-label="Cards per week by tier, and the outcome of those cards">'
-    ]
-    parts += _panel(
-        "Cards per week by tier",
-        [w.cards for w in weeks],
-        tier_series,
-        weeks,
-        x0=50,
-        y0=top,
-        width=width - 210,
-        height=panel_h,
-    )
-    parts += _panel(
-        "Outcome of the cards shown each week",
-        [w.outcomes for w in weeks],
-        outcome_series,
-        weeks,
-        x0=50,
-        y0=top + panel_h + gap,
-        width=width - 210,
-        height=panel_h,
-    )
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _panel(
-    title: str,
-    values: list[Mapping[str, int]],
-    series: list[tuple[str, str, str]],
-    weeks: tuple[WeekCounts, ...],
-    *,
-    x0: int,
-    y0: int,
-    width: int,
-    height: int,
-) -> list[str]:
-    e = html.escape
-    totals = [sum(max(0, v.get(key, 0)) for key, _, _ in series) for v in values]
-    top = _nice_max(max(totals) if totals else 0)
-    slot = width / len(weeks)
-    bar = max(1.0, slot * 0.75)
-    out = [f'<text x="{x0}" y="{y0 - 12}" font-weight="bold">{e(title)}</text>']
-    for tick in (0, top // 2, top):
-        y = y0 + height - height * tick / top
-        out.append(
-            f'<line x1="{x0}" x2="{x0 + width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d5d8dc"/>'
-            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>'
+    tiers = {
+        c: (labels.category(c), _category_colour(c, i)) for i, c in enumerate(report.categories)
+    }
+    outcomes = {o: (_OUTCOME_LABELS[o], _OUTCOME_COLOURS[o]) for o in OUTCOMES}
+    panels = []
+    for k, (title, series, counts) in enumerate(
+        [
+            ("Cards per week by tier", tiers, [w.cards for w in report.weeks]),
+            ("Outcome of the cards shown each week", outcomes, [w.outcomes for w in report.weeks]),
+        ]
+    ):
+        stacks = [[(key, max(0, c.get(key, 0))) for key in series] for c in counts]
+        top = _TOP + k * (_PANEL_HEIGHT + _PANEL_GAP)
+        axis_max = nice_max(max(sum(n for _, n in stack) for stack in stacks))
+        y = Scale((0, axis_max), (top + _PANEL_HEIGHT, top), digits=None)
+        panels.append(
+            {
+                "title": title,
+                "series": series,
+                "top": top,
+                "bottom": top + _PANEL_HEIGHT,
+                "ticks": [(v, y(v)) for v in (0, axis_max // 2, axis_max)],
+                "bars": stacked_bars(y, _LEFT, _WIDTH - 210, stacks),
+            }
         )
-    label_every = max(1, math.ceil(len(weeks) / 8))
-    for i, (w, v) in enumerate(zip(weeks, values, strict=True)):
-        x = x0 + i * slot + (slot - bar) / 2
-        y = float(y0 + height)
-        for key, name, colour in series:
-            n = max(0, v.get(key, 0))
-            if not n:
-                continue
-            h = height * n / top
-            y -= h
-            out.append(
-                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}">'
-                f"<title>week of {w.week.isoformat()}: {e(name)} {n}</title></rect>"
-            )
-        if i % label_every == 0:
-            out.append(
-                f'<text x="{x + bar / 2:.1f}" y="{y0 + height + 14}" text-anchor="middle">'
-                f"{w.week.strftime('%d %b')}</text>"
-            )
-    lx = x0 + width + 20
-    for j, (_, name, colour) in enumerate(reversed(series)):
-        ly = y0 + 10 + j * 18
-        out.append(
-            f'<rect x="{lx}" y="{ly - 9}" width="12" height="12" fill="{colour}"/>'
-            f'<text x="{lx + 18}" y="{ly + 1}">{e(name)}</text>'
-        )
-    return out
+    return panels
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -544,18 +478,6 @@ def _category_colour(category: str, index: int) -> str:
     if category == NOT_SCORED:
         return _NOT_SCORED_COLOUR
     return _TIER_COLOURS.get(category, _OTHER_COLOURS[index % len(_OTHER_COLOURS)])
-
-
-def _nice_max(value: int) -> int:
-    """A round, even axis maximum at or above ``value`` (even, so the midpoint tick is whole)."""
-    if value <= 2:
-        return 2
-    magnitude = int(10 ** (len(str(value)) - 1))
-    for step in (1, 2, 4, 5, 6, 8, 10):
-        top = step * magnitude
-        if top >= value and top % 2 == 0:
-            return top
-    return 10 * magnitude
 
 
 def _reason_label(reason: ReasonCount) -> str:
