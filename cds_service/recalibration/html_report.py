@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from cds_service.presentation.chart import Scale, polyline, steps, ticks
 from cds_service.recalibration.cohort import Cohort
 from cds_service.recalibration.report import METRIC_LABELS, PERCENT_METRICS, report_json
 
@@ -98,18 +99,22 @@ def _number(value: float | None, digits: int = 2) -> str:
 # -- charts -------------------------------------------------------------------------------------------
 
 
-def _axes(x_ticks: Sequence[str], x_label: str, y_label: str) -> list[Shape]:
+_RISK = Scale((0.0, 1.0), (PAD + SIZE, PAD), clamp=True)  # the y axis of both charts
+
+
+def _axes(
+    x: Scale, x_ticks: Sequence[tuple[float, str]], x_label: str, y_label: str
+) -> list[Shape]:
     shapes: list[Shape] = [
         {"kind": "rect", "x": PAD, "y": PAD, "width": SIZE, "height": SIZE, "stroke": "#333"}
     ]
-    for i, tick in enumerate(x_ticks):
-        x = PAD + SIZE * i / (len(x_ticks) - 1)
-        shapes.append(_line(x, PAD + SIZE, x, PAD + SIZE + 4, "#333"))
-        shapes.append(_text(x, PAD + SIZE + 16, tick, "middle"))
-    for i in range(6):
-        y = PAD + SIZE - SIZE * i / 5
+    for value, label in x_ticks:
+        shapes.append(_line(x(value), PAD + SIZE, x(value), PAD + SIZE + 4, "#333"))
+        shapes.append(_text(x(value), PAD + SIZE + 16, label, "middle"))
+    for risk in ticks(1.0, 0.2):
+        y = _RISK(risk)
         shapes.append(_line(PAD - 4, y, PAD, y, "#333"))
-        shapes.append(_text(PAD - 6, y + 4, f"{20 * i}%", "end"))
+        shapes.append(_text(PAD - 6, y + 4, f"{risk:.0%}", "end"))
     shapes.append(_text(PAD + SIZE / 2, PAD + SIZE + 32, x_label, "middle"))
     shapes.append(
         {
@@ -148,36 +153,24 @@ def _polyline(
 ) -> Shape:
     return {
         "kind": "polyline",
-        "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in points),
+        "points": polyline(points),
         "stroke": stroke,
         "dash": dash,
         "width": width,
     }
 
 
-def _risk_y(p: float) -> float:
-    return PAD + (1.0 - min(max(p, 0.0), 1.0)) * SIZE
-
-
 def calibration_chart(v: Validation) -> dict[str, Any]:
     """Observed vs predicted per risk group and month, the diagonal and the smoothed curve."""
 
-    def sx(p: float) -> float:
-        return PAD + min(max(p, 0.0), 1.0) * SIZE
-
-    shapes = _axes([f"{p}%" for p in range(0, 101, 20)], "predicted risk", "observed risk")
-    shapes.append(_line(sx(0), _risk_y(0), sx(1), _risk_y(1), "#999", "4 3"))
+    sx = Scale((0.0, 1.0), (PAD, PAD + SIZE), clamp=True)
+    shapes = _axes(
+        sx, [(p, f"{p:.0%}") for p in ticks(1.0, 0.2)], "predicted risk", "observed risk"
+    )
+    shapes.append(_line(sx(0), _RISK(0), sx(1), _RISK(1), "#999", "4 3"))
     if v.curve.predicted.size:
-        shapes.append(
-            _polyline(
-                [
-                    (sx(float(p)), _risk_y(float(o)))
-                    for p, o in zip(v.curve.predicted, v.curve.observed, strict=True)
-                ],
-                "#555",
-                width=1.5,
-            )
-        )
+        curve = _RISK.points(sx, v.curve.predicted, v.curve.observed)
+        shapes.append(_polyline(curve, "#555", width=1.5))
     for k, month in enumerate(v.months):
         colour = _MONTH_COLOURS[k % len(_MONTH_COLOURS)]
         for c in (c for c in v.calibration if c.month == month):
@@ -185,14 +178,12 @@ def calibration_chart(v: Validation) -> dict[str, Any]:
                 continue
             x = sx(c.predicted)
             if not math.isnan(c.observed_low):
-                shapes.append(
-                    _line(x, _risk_y(c.observed_low), x, _risk_y(c.observed_high), colour)
-                )
+                shapes.append(_line(x, _RISK(c.observed_low), x, _RISK(c.observed_high), colour))
             shapes.append(
                 {
                     "kind": "circle",
-                    "cx": round(x, 1),
-                    "cy": round(_risk_y(c.observed), 1),
+                    "cx": x,
+                    "cy": _RISK(c.observed),
                     "r": 4,
                     "fill": colour,
                     "title": f"group {c.group}, {month:.4g} months: predicted {c.predicted:.1%}, "
@@ -221,27 +212,19 @@ def km_chart(v: Validation) -> dict[str, Any]:
     """Kaplan-Meier recurrence per risk group (solid) and mean predicted risk (dashed)."""
     horizon = v.card.horizon_months
 
-    def sx(m: float) -> float:
-        return PAD + min(m, horizon) / horizon * SIZE
-
-    ticks = [f"{horizon * i / 4:g}" for i in range(5)]
-    shapes = _axes(ticks, "months after the ablation", "recurrence")
+    sx = Scale((0.0, horizon), (PAD, PAD + SIZE), clamp=True)
+    quarters = [(m, f"{m:g}") for m in ticks(horizon, horizon / 4)]
+    shapes = _axes(sx, quarters, "months after the ablation", "recurrence")
     tau = v.horizon.months
     if tau < horizon:
         shapes.append(_line(sx(tau), PAD, sx(tau), PAD + SIZE, "#999", "2 2"))
         shapes.append(_text(sx(tau) - 3, PAD + SIZE - 6, f"{tau:.4g}", "end"))
     for g, km in enumerate(v.km, start=1):
         colour = _GROUP_COLOURS[(g - 1) % len(_GROUP_COLOURS)]
-        points = [(0.0, 0.0)]
-        for time, s in zip(km.times, km.survival, strict=True):
-            points.append((float(time), points[-1][1]))
-            points.append((float(time), 1.0 - float(s)))
-        points.append((min(km.last_time, horizon), points[-1][1]))
-        shapes.append(_polyline([(sx(m), _risk_y(p)) for m, p in points], colour))
-        predicted = [
-            (sx(float(m)), _risk_y(float(p)))
-            for m, p in zip(v.curve_months, v.predicted_curves[g - 1], strict=True)
-        ]
+        changes = zip(km.times.tolist(), (1.0 - km.survival).tolist(), strict=True)
+        observed = steps((0.0, 0.0), changes, min(km.last_time, horizon))
+        shapes.append(_polyline(_RISK.points(sx, *zip(*observed, strict=True)), colour))
+        predicted = _RISK.points(sx, v.curve_months, v.predicted_curves[g - 1])
         shapes.append(_polyline(predicted, colour, "5 3", 1.5))
         y = PAD + 10 + 15 * (g - 1)
         shapes.append(_line(PAD + 8, y, PAD + 24, y, colour, width=2))
