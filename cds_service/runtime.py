@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 from cds_service.assessment import Assessor
 from cds_service.config import ConfigError, Settings
+from cds_service.fhir import FhirAllowlist, FhirClient
 from cds_service.gather.prefetch import FetchPolicy
 from cds_service.model import load_model_card
 from cds_service.security.ehr_auth import EhrAuthenticator, replay_ttl_needed
-from cds_service.security.fhir_client import FhirAllowlist, FhirClient
 from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import (
     TrustConfigError,

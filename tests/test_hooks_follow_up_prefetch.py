@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import create_app
-from cds_service.security.fhir_client import FhirFetchError
+from cds_service.fhir import FhirError
 from tests import fhir_builders as fb
 from tests.cds_invariants import assert_valid_cds_response
 from tests.fake_fhir import FakeFhirServer, running_fake_fhir
@@ -198,7 +198,7 @@ def test_a_server_refusing_only_the_follow_up_search_still_gives_the_card(
     def refuse_service_requests(base: str, queries: dict[str, str], *args: Any) -> Any:
         batches.append(sorted(queries))
         if "followUpOrders" in queries:
-            raise FhirFetchError("the FHIR server answered HTTP 400", status=400)
+            raise FhirError("the FHIR server answered HTTP 400", status=400)
         return real(base, queries, *args)
 
     monkeypatch.setattr(client, "fetch_all", refuse_service_requests)

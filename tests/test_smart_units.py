@@ -820,7 +820,7 @@ def test_a_grade_that_no_longer_scores_is_said(assessor: Assessor) -> None:
 def test_the_app_queries_only_what_its_scopes_grant(assessor: Assessor) -> None:
     """The follow-up-orders search serves the card's suggestion; the app is granted Patient,
     Procedure, Observation and Condition only, and a refused search would fail the whole page."""
-    from cds_service.security.fhir_client import FhirAllowlist, FhirClient
+    from cds_service.fhir import FhirAllowlist, FhirClient
     from cds_service.smart.record import RecordReader
 
     reader = RecordReader(assessor, FhirClient(FhirAllowlist(())), lambda: datetime.now())

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cds_service.fhir import FhirClient, FhirError
 from cds_service.gather.queries import fill_template
-from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from fhir_mappings import Resource, resources_from_bundle
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def resolve_prefetch(
             assert fhir_server is not None
             try:
                 found = client.follow_pages(fhir_server, value, token, issuer_fhir_servers)
-            except FhirFetchError as exc:
+            except FhirError as exc:
                 if key not in optional_keys:
                     raise PrefetchUnavailable(
                         f"prefetch '{key}' is paginated and the next page failed: {exc}"
@@ -137,7 +137,7 @@ def resolve_prefetch(
         assert fhir_server is not None
         try:
             fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers)
-        except FhirFetchError as exc:
+        except FhirError as exc:
             log.warning("optional prefetch %s could not be fetched: %s", _keys(optional), exc)
             return resources
         return resources + [r for items in fetched.values() for r in items]
@@ -149,7 +149,7 @@ def resolve_prefetch(
     started = time.monotonic()
     try:
         fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers)
-    except FhirFetchError as exc:
+    except FhirError as exc:
         quick = time.monotonic() - started < client.budget_seconds / 2
         if not optional or not quick:  # a slow failure: no time for a second try
             raise PrefetchUnavailable(
@@ -159,7 +159,7 @@ def resolve_prefetch(
         required = {k: q for k, q in to_fetch.items() if k not in optional}
         try:
             fetched = client.fetch_all(fhir_server, required, token, issuer_fhir_servers)
-        except FhirFetchError as again:
+        except FhirError as again:
             raise PrefetchUnavailable(
                 f"prefetch {problem}, and querying fhirServer failed: {again}"
             ) from again

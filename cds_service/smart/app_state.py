@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from cds_service.fhir import FhirAllowlist, FhirClient
 from cds_service.runtime import Runtime
-from cds_service.security.fhir_client import FhirAllowlist, FhirClient
 from cds_service.smart.oauth import OAuthClient
 from cds_service.smart.record import RecordReader
 from cds_service.smart.sealing import Sealer

@@ -3,7 +3,7 @@
 The queries are gather's (``assessment_queries``: the CDS services' prefetch templates without the
 card's follow-up-orders search) filled with the patient in context, plus a read of the Patient for
 the banner, all run concurrently by the shared
-:class:`~cds_service.security.fhir_client.FhirClient` (allowlisted, time-bounded, no redirects).
+:class:`~cds_service.fhir.FhirClient` (allowlisted, time-bounded, no redirects).
 Nothing here maps or scores: :meth:`Assessor.assess` does.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from cds_service.assessment import Assessment, Assessor
+from cds_service.fhir import FhirClient, FhirError
 from cds_service.gather.app_context import CardReference
 from cds_service.gather.queries import assessment_queries, fill_template
-from cds_service.security.fhir_client import FhirClient, FhirFetchError
 from cds_service.smart.errors import Failure, SmartError
 from fhir_mappings import Resource
 
@@ -137,7 +137,7 @@ class RecordReader:
     ) -> dict[str, list[Resource]]:
         try:
             return self.client.fetch_all(fhir_base, queries, access_token)
-        except FhirFetchError as exc:
+        except FhirError as exc:
             status = exc.status
             if status in (401, 403):
                 raise FhirUnauthorized(status) from exc
