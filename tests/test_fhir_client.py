@@ -45,24 +45,22 @@ class Answer:
 
 
 @dataclass
-class Seen:
-    method: str
-    url: str  # as the client addressed it: the EHR's origin plus the path it sent
-    headers: dict[str, str]
-
-
-@dataclass
 class Scripted:
     """Answers requests in order from ``answers``; records every request in ``seen``."""
 
     answers: list[Answer | str] = field(default_factory=list)
-    seen: list[Seen] = field(default_factory=list)
+    #: URL as the client addressed it (the EHR's origin plus the path it sent), and headers.
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
     port: int = 0
     origin: str = "https://ehr.example.org"
 
     def client(self, **options: Any) -> FhirClient:
         """A client whose every connection goes to this server, whatever the URL's host."""
-        client = FhirClient(**options)
+        return self.route(FhirClient(**options))
+
+    def route(self, client: FhirClient) -> FhirClient:
+        """Send every connection of ``client`` to this server, whatever the URL's host."""
         for prefix in ("http://", "https://"):
             adapter: Any = client.session.get_adapter(prefix)
             setattr(  # noqa: B010 (replacing a bound method on one instance)
@@ -87,7 +85,8 @@ def scripted(*answers: Answer | str) -> Iterator[Scripted]:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
-            state.seen.append(Seen(self.command, state.origin + self.path, dict(self.headers)))
+            state.seen.append((state.origin + self.path, dict(self.headers)))
+            state.methods.append(self.command)
             answer = state.answers.pop(0)
             if answer == DROP or not isinstance(answer, Answer):
                 self.close_connection = True
@@ -148,7 +147,10 @@ def test_a_next_link_differing_only_in_host_case_is_followed() -> None:
 @pytest.mark.parametrize(
     ("next_url", "reason"),
     [
-        ("https://evil.example.com/fhir/Procedure?page=2", "another server (https://evil.example.com)"),
+        (
+            "https://evil.example.com/fhir/Procedure?page=2",
+            "another server (https://evil.example.com)",
+        ),
         ("http://ehr.example.org/fhir/Procedure?page=2", "another server"),
         ("https://ehr.example.org:8443/fhir/Procedure?page=2", "another server"),
         ("https://ehr.example.org/other/Procedure?page=2", "outside the base path /fhir"),
@@ -195,7 +197,7 @@ def test_a_get_is_retried_on_503_and_a_dropped_connection() -> None:
     with scripted(Answer(503), DROP, Answer(200, bundle("a"))) as server:
         client = server.client(budget_seconds=5.0, backoff_seconds=0.01)
         assert ids(client.pages(BASE, "Procedure", "t0k")) == ["a"]
-    assert [s.method for s in server.seen] == ["GET"] * 3
+    assert server.methods == ["GET"] * 3
 
 
 def test_retries_are_bounded_and_the_last_status_is_kept() -> None:
@@ -214,7 +216,7 @@ def test_a_post_is_never_retried() -> None:
         assert len(server.seen) == 1
         with pytest.raises(FhirUnreachable, match="could not be reached"):
             client.request("POST", BASE, None, body=transaction)
-    assert [s.method for s in server.seen] == ["POST", "POST"]
+    assert server.methods == ["POST", "POST"]
 
 
 # -- the time budget -----------------------------------------------------------------------------

@@ -9,14 +9,14 @@ is restricted to 2023 ablations (``--since/--until``), which no other test uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from cds_service import create_app
 from cds_service.model import RecurrenceModel, load_model_card
@@ -34,6 +34,7 @@ from fhir_mappings import load_value_sets
 from tests.cds_invariants import assert_valid_cds_response
 from tests.fhir_server import FhirServerProcess
 from tests.hook_calls import HookCaller, recent_patient
+from tests.test_fhir_client import DROP, Answer, Scripted, bundle, scripted
 from tests.test_recal_cohort import AS_OF, base_patients
 
 PREFIX = "recal-fhir-"
@@ -148,75 +149,41 @@ def test_validate_against_the_fhir_server(
     assert "C-index" in captured.out and html.read_text().count("<svg") == 2
 
 
-# -- the search client without a server ------------------------------------------------------------
+# -- the search client without a FHIR server (a scripted one, see test_fhir_client) ----------------
 
 
-@dataclass
-class FakeResponse:
-    status_code: int
-    body: Any = None
-
-    def json(self) -> Any:
-        if self.body is None:
-            raise ValueError("no JSON")
-        return self.body
+def FakeResponse(status_code: int, body: Any = None) -> Answer:  # noqa: N802 (the old fake's name)
+    return Answer(status_code, body)
 
 
-@dataclass
-class FakeSession(requests.Session):
-    """Answers GETs from a list, recording URLs and headers."""
-
-    answers: list[FakeResponse | Exception] = field(default_factory=list)
-    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        super().__init__()
-
-    def get(self, url: str | bytes, **kwargs: Any) -> Any:
-        self.seen.append((str(url), dict(kwargs.get("headers") or {})))
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        assert kwargs["allow_redirects"] is False and kwargs["timeout"] > 0
-        return answer
-
-
-def bundle(*ids: str, next_url: str | None = None) -> dict[str, Any]:
-    links = [{"relation": "next", "url": next_url}] if next_url else []
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "link": links,
-        "entry": [{"resource": {"resourceType": "Procedure", "id": i}} for i in ids],
-    }
-
-
-def client(*answers: FakeResponse | Exception) -> tuple[FhirSearchClient, FakeSession]:
-    session = FakeSession(list(answers))
-    no_sleep: Callable[[float], None] = lambda _: None  # noqa: E731
-    return FhirSearchClient(
-        "https://ehr.example.org/fhir", "s3cret-t0ken", session=session, sleep=no_sleep
-    ), session
+@contextmanager
+def client(*answers: Answer | str) -> Iterator[tuple[FhirSearchClient, Scripted]]:
+    with scripted(*answers) as session:
+        search = FhirSearchClient("https://ehr.example.org/fhir", "s3cret-t0ken")
+        session.route(search.client)
+        yield search, session
+        search.close()
 
 
 def test_next_links_away_from_the_base_are_not_followed() -> None:
-    c, session = client(FakeResponse(200, bundle("a", next_url="https://evil.example.com/fhir/x")))
-    with pytest.raises(SourceError, match="points away from https://ehr.example.org/fhir"):
-        c.search("Procedure", [])
-    assert len(session.seen) == 1
+    away = FakeResponse(200, bundle("a", next_url="https://evil.example.com/fhir/x"))
+    with client(away) as (c, session):
+        with pytest.raises(SourceError, match="points away from https://ehr.example.org/fhir"):
+            c.search("Procedure", [])
+        assert len(session.seen) == 1
 
 
 def test_the_token_goes_with_every_page_and_transient_errors_are_retried() -> None:
-    c, session = client(
+    with client(
         FakeResponse(503),
         FakeResponse(200, bundle("a", next_url="https://ehr.example.org/fhir/Procedure?page=2")),
-        requests.ConnectionError("reset"),
+        DROP,
         FakeResponse(200, bundle("b")),
-    )
-    assert [r["id"] for r in c.search("Procedure", [("code", "x|y")])] == ["a", "b"]
-    assert len(session.seen) == 4
-    assert all(headers["Authorization"] == "Bearer s3cret-t0ken" for _, headers in session.seen)
-    assert session.seen[0][0].startswith("https://ehr.example.org/fhir/Procedure?code=x%7Cy")
+    ) as (c, session):
+        assert [r["id"] for r in c.search("Procedure", [("code", "x|y")])] == ["a", "b"]
+        assert len(session.seen) == 4
+        assert all(headers["Authorization"] == "Bearer s3cret-t0ken" for _, headers in session.seen)
+        assert session.seen[0][0].startswith("https://ehr.example.org/fhir/Procedure?code=x%7Cy")
 
 
 @pytest.mark.parametrize(
@@ -228,17 +195,15 @@ def test_the_token_goes_with_every_page_and_transient_errors_are_retried() -> No
         (FakeResponse(200, {"resourceType": "OperationOutcome"}), "not a Bundle"),
     ],
 )
-def test_failed_searches_are_clear_errors_without_the_token(
-    answer: FakeResponse, message: str
-) -> None:
-    c, _ = client(answer)
-    with pytest.raises(SourceError, match=message) as info:
-        c.search("Procedure", [])
-    assert "s3cret-t0ken" not in str(info.value)
+def test_failed_searches_are_clear_errors_without_the_token(answer: Answer, message: str) -> None:
+    with client(answer) as (c, _):
+        with pytest.raises(SourceError, match=message) as info:
+            c.search("Procedure", [])
+        assert "s3cret-t0ken" not in str(info.value)
 
 
 def test_retries_are_bounded() -> None:
-    c, session = client(*[requests.ConnectionError("down")] * 3)
-    with pytest.raises(SourceError, match="could not be reached \\(ConnectionError\\)"):
-        c.search("Procedure", [])
-    assert len(session.seen) == 3
+    with client(*[DROP] * 3) as (c, session):
+        with pytest.raises(SourceError, match="could not be reached \\(ConnectionError\\)"):
+            c.search("Procedure", [])
+        assert len(session.seen) == 3

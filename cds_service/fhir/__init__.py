@@ -8,7 +8,7 @@
 
 from cds_service.fhir.allowlist import FhirAllowlist, base_problem, outside, parse_allowlist
 from cds_service.fhir.client import FhirAnswer, FhirClient, outcome_text
-from cds_service.fhir.errors import FhirError, FhirTimeout, FhirUnreachable
+from cds_service.fhir.errors import FhirError, FhirTimeout, FhirTooManyPages, FhirUnreachable
 
 __all__ = [
     "FhirAllowlist",
@@ -16,6 +16,7 @@ __all__ = [
     "FhirClient",
     "FhirError",
     "FhirTimeout",
+    "FhirTooManyPages",
     "FhirUnreachable",
     "base_problem",
     "outcome_text",

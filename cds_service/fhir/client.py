@@ -30,7 +30,12 @@ from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util import Retry, Timeout
 
 from cds_service.fhir.allowlist import FhirAllowlist, outside
-from cds_service.fhir.errors import FhirError, FhirTimeout, FhirUnreachable
+from cds_service.fhir.errors import (
+    FhirError,
+    FhirTimeout,
+    FhirTooManyPages,
+    FhirUnreachable,
+)
 from fhir_mappings import Resource, resources_from_bundle
 
 FHIR_JSON = "application/fhir+json"
@@ -217,11 +222,13 @@ class FhirClient:
                 f"the FHIR server answered HTTP {answer.status}", answer.status, query=query
             )
         if answer.body is None:
-            raise FhirError(f"the FHIR server's answer was {answer.problem or 'not JSON'}", 200, query)
+            raise FhirError(
+                f"the FHIR server's answer was {answer.problem or 'not JSON'}", 200, query
+            )
         kind = answer.body["resourceType"]
         if kind == "OperationOutcome" or (bundle and kind != "Bundle"):
             raise FhirError(
-                f"the FHIR server answered with a {kind}" + (", not a Bundle" if bundle else ""),
+                f"the FHIR server answered with {kind}" + (", not a Bundle" if bundle else ""),
                 200,
                 query,
             )
@@ -262,7 +269,7 @@ class FhirClient:
                     query=query,
                 )
             if count >= self.max_pages:
-                raise FhirError(f"more than {self.max_pages} pages", query=query)
+                raise FhirTooManyPages(f"more than {self.max_pages} pages", query=query)
             page = self.read(next_url, token, deadline=deadline, query=query, bundle=True)
             count += 1
 

@@ -23,3 +23,7 @@ class FhirUnreachable(FhirError):
 
 class FhirTimeout(FhirError):
     """The server did not answer within the call's time budget."""
+
+
+class FhirTooManyPages(FhirError):
+    """A search had more pages than the client's cap (a result is never silently cut short)."""

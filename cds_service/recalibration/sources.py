@@ -6,9 +6,9 @@ an audit can tell which data a card was fitted on:
 * **FHIR server** (:func:`fetch_fhir_resources`): one search for the ablation Procedures finds the
   candidate patients; then, 50 patients at a time, ``Procedure``, ``Observation``, ``Condition``
   and ``Encounter`` searches by ``subject`` fetch everything the mapping and the follow-up rules
-  read. Every search follows the Bundle's ``next`` links, only on the same base URL (the token goes
-  nowhere else) and at most ``max_pages`` pages. The checksum is over the canonical JSON of the
-  resources, sorted by type and id (the order the server returns them in does not matter).
+  read. Every search follows the Bundle's ``next`` links by the one FHIR client's rule (only under
+  the base URL: the token goes nowhere else) and at most ``max_pages`` pages. The checksum is over
+  the canonical JSON of the resources, sorted by type and id (the server's order does not matter).
 * **Bulk Data ``$export`` directory** (:func:`read_ndjson_dir`): every ``*.ndjson`` file, one
   resource per line (``Patient.ndjson``, ``Procedure.ndjson``, ``Procedure.2.ndjson``, ...). The
   checksum is over the file names and bytes, in name order.
@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlencode, urlsplit
 
-import requests
-
+from cds_service.fhir import FhirClient, FhirError, FhirTooManyPages
 from cds_service.recalibration.errors import SourceError
 from fhir_mappings import Resource, ValueSets
 
@@ -38,7 +36,6 @@ SourceKind = Literal["fhir", "ndjson", "csv", "simulated"]
 PATIENT_TYPES = ("Procedure", "Observation", "Condition", "Encounter")
 #: Patients per ``subject=`` search (comma-separated references keep the URL short).
 PATIENTS_PER_SEARCH = 50
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +64,8 @@ def canonical_sha256(resources: Iterable[Resource]) -> str:
 
 
 class FhirSearchClient:
-    """FHIR searches with a timeout, a bounded retry and bounded paging on one base URL."""
+    """Searches of one base URL through the one FHIR client (:mod:`cds_service.fhir`: its retries,
+    paging rule and page cap), ``timeout_seconds`` for each page, in the command line's words."""
 
     def __init__(
         self,
@@ -77,9 +75,6 @@ class FhirSearchClient:
         timeout_seconds: float = 30.0,
         max_pages: int = 1000,
         page_size: int = 200,
-        retries: int = 2,
-        session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -88,90 +83,43 @@ class FhirSearchClient:
             raise SourceError("--fhir must not carry credentials in the URL; use --token")
         self.base = base.rstrip("/")
         self._token = token
-        self.timeout_seconds = timeout_seconds
-        self.max_pages = max_pages
         self.page_size = page_size
-        self.retries = retries
-        self._session = session or requests.Session()
-        self._sleep = sleep
-        self.requests_made = 0
+        self.requests_made = 0  # pages read
+        self.client = FhirClient(
+            budget_seconds=timeout_seconds,
+            connect_timeout_seconds=timeout_seconds,
+            max_pages=max_pages,
+            max_workers=1,
+        )
 
     def close(self) -> None:
-        self._session.close()
+        self.client.close()
 
     def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[Resource]:
         """All matches of one search, following ``next`` links (at most ``max_pages`` pages)."""
         query = urlencode([*params, ("_count", str(self.page_size))])
-        url: str | None = f"{self.base}/{resource_type}?{query}"
         found: list[Resource] = []
-        pages = 0
-        while url is not None:
-            if pages >= self.max_pages:
-                raise SourceError(
-                    f"{resource_type} search: more than {self.max_pages} pages; raise --max-pages "
-                    "if the server really holds that many"
-                )
-            if not (url == self.base or url.startswith(self.base + "/")):
-                raise SourceError(
-                    f"{resource_type} search: a 'next' link points away from {self.base}; not "
-                    "followed (the token is only ever sent to the base URL)"
-                )
-            bundle = self._get(url)
-            if bundle.get("resourceType") != "Bundle":
-                raise SourceError(f"{resource_type} search: the answer was not a Bundle")
-            for entry in bundle.get("entry") or []:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                mode = (entry.get("search") or {}).get("mode") if isinstance(entry, dict) else None
-                if isinstance(resource, dict) and mode in (None, "match"):
-                    found.append(resource)
-            url = _next_link(bundle)
-            pages += 1
+        label = f"{resource_type} search"
+        try:
+            for bundle in self.client.pages(
+                self.base, f"{resource_type}?{query}", self._token, query=label
+            ):
+                self.requests_made += 1
+                for entry in bundle.get("entry") or []:
+                    resource = entry.get("resource") if isinstance(entry, dict) else None
+                    mode = (
+                        (entry.get("search") or {}).get("mode") if isinstance(entry, dict) else None
+                    )
+                    if isinstance(resource, dict) and mode in (None, "match"):
+                        found.append(resource)
+        except FhirTooManyPages as exc:
+            raise SourceError(
+                f"{exc}; raise --max-pages if the server really holds that many"
+            ) from exc
+        except FhirError as exc:
+            hint = "; check --token" if exc.status in (401, 403) else ""
+            raise SourceError(f"{exc}{hint}") from exc
         return found
-
-    def _get(self, url: str) -> Resource:
-        headers = {"Accept": "application/fhir+json"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        where = urlsplit(url).path.rsplit("/", 1)[-1] or "search"
-        for attempt in range(self.retries + 1):
-            self.requests_made += 1
-            try:
-                response = self._session.get(
-                    url, headers=headers, timeout=self.timeout_seconds, allow_redirects=False
-                )
-            except requests.RequestException as exc:
-                if attempt < self.retries:
-                    self._sleep(0.5 * 2**attempt)
-                    continue
-                raise SourceError(
-                    f"{where}: the FHIR server at {self.base} could not be reached "
-                    f"({type(exc).__name__})"
-                ) from exc
-            if response.status_code in _RETRY_STATUSES and attempt < self.retries:
-                self._sleep(0.5 * 2**attempt)
-                continue
-            if response.status_code in (401, 403):
-                raise SourceError(
-                    f"{where}: the FHIR server answered HTTP {response.status_code}; check --token"
-                )
-            if response.status_code != 200:
-                raise SourceError(f"{where}: the FHIR server answered HTTP {response.status_code}")
-            try:
-                body = response.json()
-            except ValueError as exc:
-                raise SourceError(f"{where}: the FHIR server's answer was not JSON") from exc
-            if not isinstance(body, dict):
-                raise SourceError(f"{where}: the FHIR server's answer was not a FHIR resource")
-            return body
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _next_link(bundle: Resource) -> str | None:
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            url = link.get("url")
-            return url if isinstance(url, str) and url else None
-    return None
 
 
 def fetch_fhir_resources(
@@ -181,7 +129,6 @@ def fetch_fhir_resources(
     *,
     max_pages: int = 1000,
     timeout_seconds: float = 30.0,
-    session: requests.Session | None = None,
     since: date | None = None,
     until: date | None = None,
 ) -> SourceData:
@@ -189,9 +136,7 @@ def fetch_fhir_resources(
 
     ``since``/``until`` narrow the ablation search by its ``date`` (the cohort rules then apply
     the exact window to each patient's index ablation)."""
-    client = FhirSearchClient(
-        base, token, max_pages=max_pages, timeout_seconds=timeout_seconds, session=session
-    )
+    client = FhirSearchClient(base, token, max_pages=max_pages, timeout_seconds=timeout_seconds)
     try:
         codes = ",".join(f"{s}|{c}" for s, c in value_sets.codes("ablation_procedure"))
         params = [("code", codes)]
