@@ -7,7 +7,7 @@
 """
 
 from cds_service.fhir.allowlist import FhirAllowlist, base_problem, outside, parse_allowlist
-from cds_service.fhir.client import FhirAnswer, FhirClient, outcome_text
+from cds_service.fhir.client import FhirAnswer, FhirClient, outcome_text, search_matches
 from cds_service.fhir.errors import FhirError, FhirTimeout, FhirTooManyPages, FhirUnreachable
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "outcome_text",
     "outside",
     "parse_allowlist",
+    "search_matches",
 ]

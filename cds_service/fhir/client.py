@@ -197,9 +197,7 @@ class FhirClient:
         except requests.Timeout as exc:
             raise FhirTimeout("the FHIR server did not answer in time", query=query) from exc
         except requests.RequestException as exc:
-            raise FhirUnreachable(
-                f"the FHIR server could not be reached ({_reason(exc)})", query=query
-            ) from exc
+            raise FhirUnreachable(_reason(exc), query=query) from exc
         finally:
             _deadline.reset(budget)
         return _answer(response)
@@ -332,6 +330,18 @@ class FhirClient:
             base, first, token, extra_bases=extra_bases, deadline=deadline, query=label
         )
         return [r for page in pages for r in resources_from_bundle(page)]
+
+
+def search_matches(bundle: Resource) -> list[Resource]:
+    """The resources a searchset page matched (not ``include`` or ``outcome`` entries)."""
+    out = []
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        search = entry.get("search") if isinstance(entry, dict) else None
+        mode = search.get("mode", "match") if isinstance(search, dict) else "match"
+        if isinstance(resource, dict) and mode == "match":
+            out.append(resource)
+    return out
 
 
 def outcome_text(body: Any) -> str:

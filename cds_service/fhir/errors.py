@@ -18,7 +18,11 @@ class FhirError(Exception):
 
 
 class FhirUnreachable(FhirError):
-    """No answer: the connection was refused, dropped or never made."""
+    """No answer: the connection was refused, dropped or never made (``cause`` says which)."""
+
+    def __init__(self, cause: str, query: str | None = None) -> None:
+        super().__init__(f"the FHIR server could not be reached ({cause})", query=query)
+        self.cause = cause
 
 
 class FhirTimeout(FhirError):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlencode, urlsplit
 
-from cds_service.fhir import FhirClient, FhirError, FhirTooManyPages
+from cds_service.fhir import FhirClient, FhirError, FhirTooManyPages, search_matches
 from cds_service.recalibration.errors import SourceError
 from fhir_mappings import Resource, ValueSets
 
@@ -105,13 +105,7 @@ class FhirSearchClient:
                 self.base, f"{resource_type}?{query}", self._token, query=label
             ):
                 self.requests_made += 1
-                for entry in bundle.get("entry") or []:
-                    resource = entry.get("resource") if isinstance(entry, dict) else None
-                    mode = (
-                        (entry.get("search") or {}).get("mode") if isinstance(entry, dict) else None
-                    )
-                    if isinstance(resource, dict) and mode in (None, "match"):
-                        found.append(resource)
+                found += search_matches(bundle)
         except FhirTooManyPages as exc:
             raise SourceError(
                 f"{exc}; raise --max-pages if the server really holds that many"

@@ -25,13 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
-from cds_service.sandbox.fhir_http import (
-    FhirEndpoint,
-    SandboxError,
-    next_link,
-    outcome_text,
-    wait_for_metadata,
-)
+from cds_service.fhir import FhirError, outcome_text, search_matches
+from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError, wait_for_metadata
 from cds_service.sandbox.synth import iter_references
 from fhir_mappings import Resource
 
@@ -258,25 +253,12 @@ def _look_up_existing(endpoint: FhirEndpoint, items: list[_Item], report: LoadRe
                 by_value[value].existing = resources[0]
 
 
-def _search_all(endpoint: FhirEndpoint, query: str, max_pages: int = 20) -> list[Resource] | None:
-    """Every matching resource of a search, following ``next`` links on the same server; None
-    when the server cannot run the search."""
-    out: list[Resource] = []
-    url: str | None = query
-    for _ in range(max_pages):
-        if url is None:
-            break
-        answer = endpoint.request("GET", url)
-        if not answer.ok or not answer.body or answer.body.get("resourceType") != "Bundle":
-            return None
-        for entry in answer.body.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            search = entry.get("search") if isinstance(entry, dict) else None
-            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
-            if isinstance(resource, dict) and mode == "match":
-                out.append(resource)
-        url = next_link(answer.body, endpoint.base)
-    return out
+def _search_all(endpoint: FhirEndpoint, query: str) -> list[Resource] | None:
+    """Every matching resource of a search, all pages; None when the server cannot run it."""
+    try:
+        return [r for page in endpoint.pages(query) for r in search_matches(page)]
+    except FhirError:
+        return None
 
 
 def _identifier_values(resource: Mapping[str, Any], system: str) -> list[str]:

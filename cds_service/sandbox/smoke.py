@@ -34,11 +34,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.assessment import Assessment, Assessor, Status
+from cds_service.fhir import FhirError, outcome_text
 from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.services import NOTE_SIGN_HOOK
-from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError, next_link, outcome_text
+from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError
 from cds_service.sandbox.synth import (
     EXPECTED_TAG_SYSTEM,
     KEY_PREFIX,
@@ -46,7 +47,7 @@ from cds_service.sandbox.synth import (
     SCENARIO_TAG_SYSTEM,
     parse_expected_code,
 )
-from fhir_mappings import Resource
+from fhir_mappings import Resource, resources_from_bundle
 
 Mode = Literal["prefetch", "fetch"]
 MODES: tuple[Mode, ...] = ("prefetch", "fetch")
@@ -144,43 +145,35 @@ class FoundPatient:
     expected: str | None  # the expected-outcome tag (``scored``, ``not-scored:...``, ``no-card``)
 
 
-def find_synthetic_patients(
-    endpoint: FhirEndpoint, seed: int | None = None, max_pages: int = 50
-) -> list[FoundPatient]:
+def find_synthetic_patients(endpoint: FhirEndpoint, seed: int | None = None) -> list[FoundPatient]:
     """Every Patient with a synthetic identifier (of one seed if given), sorted by key."""
     system = quote(f"{PATIENT_IDENTIFIER_SYSTEM}|", safe="")
-    url: str | None = f"Patient?identifier={system}&_count=100"
     prefix = f"{KEY_PREFIX}-{seed}-" if seed is not None else ""
     found: dict[str, FoundPatient] = {}
-    for _ in range(max_pages):
-        if url is None:
-            break
-        answer = endpoint.request("GET", url)
-        if not answer.ok or not answer.body or answer.body.get("resourceType") != "Bundle":
-            raise SandboxError(
-                f"searching {endpoint.base}/Patient by identifier failed: HTTP {answer.status}, "
-                f"{answer.diagnostics()}"
-            )
-        for entry in answer.body.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
-                continue
-            keys = [
-                i.get("value")
-                for i in resource.get("identifier") or []
-                if isinstance(i, dict) and i.get("system") == PATIENT_IDENTIFIER_SYSTEM
-            ]
-            key = next((k for k in keys if isinstance(k, str) and k.startswith(prefix)), None)
-            if key is None or not resource.get("id"):
-                continue
-            tags = _tags(resource)
-            found[key] = FoundPatient(
-                id=str(resource["id"]),
-                key=key,
-                scenario=tags.get(SCENARIO_TAG_SYSTEM, "(untagged)"),
-                expected=tags.get(EXPECTED_TAG_SYSTEM),
-            )
-        url = next_link(answer.body, endpoint.base)
+    try:
+        pages = list(endpoint.pages(f"Patient?identifier={system}&_count=100"))
+    except FhirError as exc:
+        raise SandboxError(
+            f"searching {endpoint.base}/Patient by identifier failed: {exc}"
+        ) from None
+    for resource in (r for page in pages for r in resources_from_bundle(page)):
+        if resource.get("resourceType") != "Patient":
+            continue
+        keys = [
+            i.get("value")
+            for i in resource.get("identifier") or []
+            if isinstance(i, dict) and i.get("system") == PATIENT_IDENTIFIER_SYSTEM
+        ]
+        key = next((k for k in keys if isinstance(k, str) and k.startswith(prefix)), None)
+        if key is None or not resource.get("id"):
+            continue
+        tags = _tags(resource)
+        found[key] = FoundPatient(
+            id=str(resource["id"]),
+            key=key,
+            scenario=tags.get(SCENARIO_TAG_SYSTEM, "(untagged)"),
+            expected=tags.get(EXPECTED_TAG_SYSTEM),
+        )
     return [found[k] for k in sorted(found)]
 
 
@@ -205,15 +198,11 @@ def run_prefetch(endpoint: FhirEndpoint, template: str) -> Resource:
     body = answer.body
     if body.get("resourceType") != "Bundle":
         return body
-    entries = [e for e in body.get("entry") or [] if isinstance(e, dict)]
-    url = next_link(body, endpoint.base)
-    pages = 1
-    while url is not None and pages < 20:
-        page = endpoint.request("GET", url)
-        if not page.ok or page.body is None:
-            raise SandboxError(f"prefetch page {pages + 1} failed: HTTP {page.status}")
-        entries += [e for e in page.body.get("entry") or [] if isinstance(e, dict)]
-        url, pages = next_link(page.body, endpoint.base), pages + 1
+    try:
+        pages = list(endpoint.pages(body))
+    except FhirError as exc:
+        raise SandboxError(f"prefetch {template.split('?')[0]} failed: {exc}") from None
+    entries = [e for page in pages for e in page.get("entry") or [] if isinstance(e, dict)]
     merged: Resource = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
     if entries:
         merged["entry"] = entries
