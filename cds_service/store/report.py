@@ -24,7 +24,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -42,7 +41,6 @@ _TIER_COLOURS = {"high": "#b03a2e", "intermediate": "#d68910", "low": "#1e8449"}
 _OTHER_COLOURS = ("#1f618d", "#6c3483", "#117864", "#935116", "#2e4053")
 _OUTCOME_COLOURS = {"accepted": "#2874a6", "overridden": "#884ea0", NO_FEEDBACK: "#d5d8dc"}
 _NOT_SCORED_COLOUR = "#7f8c8d"
-_WIDTH, _LEFT, _TOP, _PANEL_HEIGHT, _PANEL_GAP = 760, 50, 30, 170, 70
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,52 +342,7 @@ def render_json(report: Report) -> str:
 
 def render_html(report: Report) -> str:
     """A self-contained page: tables and an inline SVG chart, no scripts, no external assets."""
-    r, labels = report, report.labels
-    ttf = r.time_to_feedback
-    reasons = [(_reason_label(x), x.cards) for x in r.override_reasons]
-    if r.overrides_without_reason:
-        reasons.append(("(no reason given)", r.overrides_without_reason))
-    return (
-        _environment()
-        .get_template("report.html")
-        .render(
-            r=r,
-            period=_period(r),
-            generated=_iso(r.generated_at),
-            category=labels.category,
-            pct=_pct,
-            feedback=[
-                (
-                    "Cards with feedback",
-                    r.cards_with_feedback,
-                    _pct(r.cards_with_feedback, r.cards),
-                ),
-                ("Accepted", r.accepted, _pct(r.accepted, r.cards_with_feedback)),
-                ("Overridden", r.overridden, _pct(r.overridden, r.cards_with_feedback)),
-                ("Overrides with a comment (text not stored)", r.overrides_with_comment, ""),
-                ("Feedback for cards not in the audit trail", r.unknown_card_feedback, ""),
-            ],
-            time_to_feedback=(
-                f"median {_duration(ttf.median_seconds)}, 90th percentile "
-                f"{_duration(ttf.p90_seconds)} (n = {ttf.n})"
-                if ttf
-                else "no feedback yet"
-            ),
-            reasons=reasons,
-            weeks=r.weeks,
-            panels=_panels(r) if r.weeks else [],
-            width=_WIDTH,
-            height=_TOP + 2 * _PANEL_HEIGHT + _PANEL_GAP + 40,
-            left=_LEFT,
-            right=_WIDTH - 160,
-            label_every=max(1, math.ceil(len(r.weeks) / 8)),
-        )
-    )
-
-
-@cache
-def _environment() -> Environment:
-    return Environment(
+    env = Environment(
         loader=PackageLoader("cds_service.store", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
@@ -397,37 +350,37 @@ def _environment() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    helpers = {"pct": _pct, "duration": _duration, "reason_label": _reason_label}
+    return env.get_template("report.html").render(
+        r=report,
+        period=_period(report),
+        generated=_iso(report.generated_at),
+        chart=_chart(report),
+        **helpers,
+    )
 
 
-def _panels(report: Report) -> list[dict[str, Any]]:
+def _chart(report: Report) -> dict[str, Any] | None:
     """Two stacked-bar panels per week: cards by tier, and the outcome of those cards."""
-    labels = report.labels
+    if not report.weeks:
+        return None
+    labels, weeks = report.labels, report.weeks
     tiers = {
         c: (labels.category(c), _category_colour(c, i)) for i, c in enumerate(report.categories)
     }
     outcomes = {o: (_OUTCOME_LABELS[o], _OUTCOME_COLOURS[o]) for o in OUTCOMES}
     panels = []
-    for k, (title, series, counts) in enumerate(
-        [
-            ("Cards per week by tier", tiers, [w.cards for w in report.weeks]),
-            ("Outcome of the cards shown each week", outcomes, [w.outcomes for w in report.weeks]),
-        ]
+    for top, title, series, counts in (
+        (30, "Cards per week by tier", tiers, [w.cards for w in weeks]),
+        (270, "Outcome of the cards shown each week", outcomes, [w.outcomes for w in weeks]),
     ):
         stacks = [[(key, max(0, c.get(key, 0))) for key in series] for c in counts]
-        top = _TOP + k * (_PANEL_HEIGHT + _PANEL_GAP)
         axis_max = nice_max(max(sum(n for _, n in stack) for stack in stacks))
-        y = Scale((0, axis_max), (top + _PANEL_HEIGHT, top), digits=None)
-        panels.append(
-            {
-                "title": title,
-                "series": series,
-                "top": top,
-                "bottom": top + _PANEL_HEIGHT,
-                "ticks": [(v, y(v)) for v in (0, axis_max // 2, axis_max)],
-                "bars": stacked_bars(y, _LEFT, _WIDTH - 210, stacks),
-            }
-        )
-    return panels
+        y = Scale((0, axis_max), (top + 170, top), digits=None)  # panels 170 high
+        ticks = [(v, y(v)) for v in (0, axis_max // 2, axis_max)]
+        bars = stacked_bars(y, 50, 550, stacks)
+        panels.append({"title": title, "series": series, "top": top, "ticks": ticks, "bars": bars})
+    return {"panels": panels, "weeks": weeks, "label_every": max(1, math.ceil(len(weeks) / 8))}
 
 
 # -- helpers -------------------------------------------------------------------------------------
