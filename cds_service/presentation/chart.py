@@ -92,19 +92,14 @@ class Bar:
     width: float
     segments: tuple[Segment, ...]
 
-    @property
-    def centre(self) -> float:
-        return self.x + self.width / 2
-
 
 def stacked_bars(
     y: Scale, left: float, width: float, stacks: Sequence[Sequence[tuple[str, float]]]
 ) -> list[Bar]:
     """One bar per stack in equal slots over ``width`` from ``left`` (bars fill 3/4 of a slot),
     its positive values stacked upwards from 0 in the order given."""
-    slot = width / len(stacks)
+    slot, out = width / len(stacks), []
     bar = max(1.0, slot * 0.75)
-    out = []
     for i, stack in enumerate(stacks):
         segments, edge = [], y(0)
         for key, value in stack:
@@ -112,6 +107,5 @@ def stacked_bars(
                 length = y.length(value)
                 segments.append(Segment(key, value, min(edge, edge + length), abs(length)))
                 edge += length
-        x = left + i * slot + (slot - bar) / 2
-        out.append(Bar(x, bar, tuple(segments)))
+        out.append(Bar(left + i * slot + (slot - bar) / 2, bar, tuple(segments)))
     return out
