@@ -116,16 +116,8 @@ def _axes(
         shapes.append(_line(PAD - 4, y, PAD, y, "#333"))
         shapes.append(_text(PAD - 6, y + 4, f"{risk:.0%}", "end"))
     shapes.append(_text(PAD + SIZE / 2, PAD + SIZE + 32, x_label, "middle"))
-    shapes.append(
-        {
-            "kind": "text",
-            "x": 0,
-            "y": 0,
-            "text": y_label,
-            "anchor": "middle",
-            "transform": f"translate(11 {PAD + SIZE / 2:.1f}) rotate(-90)",
-        }
-    )
+    rotated = f"translate(11 {PAD + SIZE / 2:.1f}) rotate(-90)"
+    shapes.append({**_text(0, 0, y_label, "middle"), "transform": rotated})
     return shapes
 
 
@@ -148,6 +140,10 @@ def _text(x: float, y: float, text: str, anchor: str = "start") -> Shape:
     return {"kind": "text", "x": round(x, 1), "y": round(y, 1), "text": text, "anchor": anchor}
 
 
+def _circle(x: float, y: float, fill: str, title: str = "") -> Shape:
+    return {"kind": "circle", "cx": x, "cy": y, "r": 4, "fill": fill, "title": title}
+
+
 def _polyline(
     points: Sequence[tuple[float, float]], stroke: str, dash: str = "", width: float = 2
 ) -> Shape:
@@ -162,7 +158,6 @@ def _polyline(
 
 def calibration_chart(v: Validation) -> dict[str, Any]:
     """Observed vs predicted per risk group and month, the diagonal and the smoothed curve."""
-
     sx = Scale((0.0, 1.0), (PAD, PAD + SIZE), clamp=True)
     shapes = _axes(
         sx, [(p, f"{p:.0%}") for p in ticks(1.0, 0.2)], "predicted risk", "observed risk"
@@ -179,27 +174,10 @@ def calibration_chart(v: Validation) -> dict[str, Any]:
             x = sx(c.predicted)
             if not math.isnan(c.observed_low):
                 shapes.append(_line(x, _RISK(c.observed_low), x, _RISK(c.observed_high), colour))
-            shapes.append(
-                {
-                    "kind": "circle",
-                    "cx": x,
-                    "cy": _RISK(c.observed),
-                    "r": 4,
-                    "fill": colour,
-                    "title": f"group {c.group}, {month:.4g} months: predicted {c.predicted:.1%}, "
-                    f"observed {c.observed:.1%}",
-                }
-            )
-        shapes.append(
-            {
-                "kind": "circle",
-                "cx": PAD + 10,
-                "cy": PAD + 10 + 15 * k,
-                "r": 4,
-                "fill": colour,
-                "title": "",
-            }
-        )
+            title = f"group {c.group}, {month:.4g} months: predicted {c.predicted:.1%}, "
+            title += f"observed {c.observed:.1%}"
+            shapes.append(_circle(x, _RISK(c.observed), colour, title))
+        shapes.append(_circle(PAD + 10, PAD + 10 + 15 * k, colour))
         shapes.append(_text(PAD + 20, PAD + 14 + 15 * k, f"{month:.4g} months"))
     if v.curve.predicted.size:
         y = PAD + 10 + 15 * len(v.months)
@@ -211,7 +189,6 @@ def calibration_chart(v: Validation) -> dict[str, Any]:
 def km_chart(v: Validation) -> dict[str, Any]:
     """Kaplan-Meier recurrence per risk group (solid) and mean predicted risk (dashed)."""
     horizon = v.card.horizon_months
-
     sx = Scale((0.0, horizon), (PAD, PAD + SIZE), clamp=True)
     quarters = [(m, f"{m:g}") for m in ticks(horizon, horizon / 4)]
     shapes = _axes(sx, quarters, "months after the ablation", "recurrence")
