@@ -44,10 +44,7 @@ class _Floats:
     exp = staticmethod(math.exp)
     expm1 = staticmethod(math.expm1)
     minimum = staticmethod(min)
-
-    @staticmethod
-    def where(condition: bool, if_true: float, if_false: float) -> float:
-        return if_true if condition else if_false
+    where = staticmethod(lambda condition, if_true, if_false: if_true if condition else if_false)
 
 
 def _relative_log_hazard(xp: Any, card: ModelCard, m: Any, g: Any, coding: Coding) -> Any:
