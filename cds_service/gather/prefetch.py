@@ -28,11 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class PrefetchUnavailable(Exception):
-    """Required data is neither in prefetch nor obtainable from the FHIR server."""
-
-    def __init__(self, diagnostics: str) -> None:
-        super().__init__(diagnostics)
-        self.diagnostics = diagnostics  # names keys and failures, never values or tokens
+    """Required data is neither in prefetch nor obtainable from the FHIR server (the hooks answer
+    412). The message names keys and failures, never values or tokens."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,5 @@
-"""The FHIR queries an assessment needs, as CDS Hooks prefetch templates, and how they are filled.
-
-One set of templates serves every front door: the hooks advertise them as prefetch, the SMART app
-runs them against the launching EHR, the sandbox smoke runs them as an EHR would.
-"""
+"""The FHIR queries an assessment needs, as prefetch templates (the hooks advertise them, the SMART
+app and the sandbox smoke run them), and how they are filled."""
 
 from __future__ import annotations
 
@@ -58,12 +55,9 @@ def assessment_queries(value_sets: ValueSets) -> dict[str, str]:
 
 
 def fill_template(template: str, context: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The template with its tokens percent-encoded from ``context``, and the first token that
-    had no string value (None when all had one).
-
-    ``{{context.x}}`` reads ``context["x"]``; ``{{userPractitionerId}}`` reads the id part of a
-    ``userId`` of ``Practitioner/<id>`` (and likewise for other user types).
-    """
+    """The template with tokens percent-encoded from ``context`` (``{{context.x}}``, and
+    ``{{userPractitionerId}}`` from a ``userId`` of ``Practitioner/<id>``), and the first token
+    without a string value (None when all had one)."""
     user_type, _, user_id = str(context.get("userId", "")).partition("/")
     missing: list[str] = []
 
@@ -82,7 +76,6 @@ def fill_template(template: str, context: Mapping[str, Any]) -> tuple[str, str |
 
 
 def render_template(template: str, context: Mapping[str, Any]) -> str | None:
-    """The filled template, or None when a token has no value (the query is then skipped, as
-    the CDS Hooks sandbox does)."""
+    """The filled template, or None when a token has no value (skipped, as the sandbox does)."""
     rendered, missing = fill_template(template, context)
     return None if missing else rendered

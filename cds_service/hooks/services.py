@@ -123,8 +123,7 @@ class HookServices:
 
     services: dict[str, CdsService]
     discovery_json: str  # built once: discovery is static and called often
-    #: The SMART app's launch path for the card's link, None when the app is not set up.
-    app_launch_path: str | None
+    app_launch_path: str | None  # the SMART app's, for the card's link; None without the app
 
     @classmethod
     def build(cls, value_sets: ValueSets, app_launch_path: str | None) -> HookServices:

@@ -266,17 +266,14 @@ def hook_error(error: HookError) -> Response:
 
 @bp.errorhandler(PrefetchUnavailable)
 def prefetch_unavailable(error: PrefetchUnavailable) -> Response:
-    """412: required data is neither in prefetch nor obtainable from the FHIR server.
-
-    The EHR shows no card for a 412, which a clinician cannot tell from "nothing to say": make it
-    visible to operators. Diagnostics name keys and failures, never values or tokens.
-    """
+    # The EHR shows no card for a 412, which a clinician cannot tell from "nothing to say":
+    # make it visible to operators.
     log.warning(
         "hook call answered 412, data could not be obtained (no card shown): %s",
-        error.diagnostics,
+        error,
         extra={"hook_instance": g.get("hook_instance", "-")},
     )
-    return outcome_response(412, error.diagnostics, "processing")
+    return outcome_response(412, str(error))
 
 
 @bp.after_request

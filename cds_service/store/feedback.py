@@ -1,9 +1,5 @@
-"""Feedback as the store keeps it: one validated entry, and the override reasons this service offers.
-
-The hooks' parser (:mod:`cds_service.hooks.feedback`) makes the entries; the card offers the
-override reasons and the report names them. An entry holds nothing the store must not keep: no
-``userComment`` (only its length) and no Coding ``display``.
-"""
+"""Feedback as the store keeps it (made by :mod:`cds_service.hooks.feedback`), and the override
+reasons this service offers: the card offers them, the report names them."""
 
 from __future__ import annotations
 
