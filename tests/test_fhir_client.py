@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -206,6 +207,24 @@ def test_retries_are_bounded_and_the_last_status_is_kept() -> None:
         with pytest.raises(FhirError, match="answered HTTP 504") as info:
             client.read(f"{BASE}/Patient/p1", "t0k", query="'patient'")
     assert info.value.status == 504 and len(server.seen) == 3
+
+
+def test_retries_are_logged_without_the_url(caplog: pytest.LogCaptureFixture) -> None:
+    """urllib3 names the URL when it retries; a FHIR search's URL names the patient."""
+    with scripted(DROP, Answer(200, bundle("a"))) as server:
+        client = server.client(budget_seconds=5.0, backoff_seconds=0.01)
+        with caplog.at_level(logging.DEBUG):
+            assert ids(client.pages(BASE, "Procedure?patient=p-secret-7", "t0k")) == ["a"]
+    assert "Retrying" in caplog.text
+    assert "p-secret-7" not in caplog.text and "t0k" not in caplog.text
+
+
+def test_a_redirect_is_never_followed() -> None:
+    with scripted(Answer(302, headers={"Location": "https://evil.example.com/steal"})) as server:
+        client = server.client(budget_seconds=5.0)
+        with pytest.raises(FhirError, match="answered HTTP 302") as info:
+            client.read(f"{BASE}/Patient/p1", "t0k")
+    assert info.value.status == 302 and len(server.seen) == 1
 
 
 def test_a_post_is_never_retried() -> None:

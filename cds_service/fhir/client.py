@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,18 @@ _MAX_TEXT = 300
 
 #: The deadline of the request being sent on this thread (read by the retry and the timeout).
 _deadline: ContextVar[float] = ContextVar("fhir_deadline", default=math.inf)
+
+
+def _without_urls(record: logging.LogRecord) -> bool:
+    """urllib3 names the request URL when it retries, and a FHIR search names the patient: the
+    record is kept, the URL is not (protected health information never reaches logs)."""
+    if isinstance(record.args, tuple):
+        record.args = tuple("<url>" if isinstance(a, str) else a for a in record.args)
+    return True
+
+
+for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(_without_urls)
 
 
 def _left() -> float:
@@ -161,21 +174,8 @@ class FhirClient:
         query: str | None = None,
     ) -> FhirAnswer:
         """Send one request (GET retried as above) and return whatever status came back;
-        FhirTimeout or FhirUnreachable when no answer came in time."""
-        if self.allowlist is not None and not self.allowlist.permits(url):
-            raise FhirError("the server is not on this service's FHIR allowlist", query=query)
-        return self._send(method, url, token, body, headers, deadline, query)
-
-    def _send(
-        self,
-        method: str,
-        url: str,
-        token: str | None,
-        body: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        deadline: float | None = None,
-        query: str | None = None,
-    ) -> FhirAnswer:
+        FhirTimeout or FhirUnreachable when no answer came in time. Not allowlist-checked: the
+        service reads through :meth:`fetch_all` and :meth:`pages`, which check the base."""
         deadline = deadline or time.monotonic() + self.budget_seconds
         if deadline <= time.monotonic():
             raise FhirTimeout("the FHIR time budget ran out", query=query)
@@ -211,26 +211,24 @@ class FhirClient:
         query: str | None = None,
         bundle: bool = False,
     ) -> Resource:
-        """The FHIR resource at ``url`` (a Bundle if ``bundle``; no allowlist check: callers
-        check the base): HTTP 200 with FHIR JSON that is
-        not an OperationOutcome, else FhirError with the status."""
-        answer = self._send("GET", url, token, deadline=deadline, query=query)
-        if answer.status != 200:
-            raise FhirError(
-                f"the FHIR server answered HTTP {answer.status}", answer.status, query=query
-            )
-        if answer.body is None:
+        """The FHIR resource at ``url`` (a Bundle if ``bundle``): HTTP 200 with FHIR JSON that is
+        not an OperationOutcome, else FhirError with the status. Not allowlist-checked."""
+        answer = self.request("GET", url, token, deadline=deadline, query=query)
+        body, status = answer.body, answer.status
+        if status != 200:
+            raise FhirError(f"the FHIR server answered HTTP {status}", status, query)
+        if body is None:
             raise FhirError(
                 f"the FHIR server's answer was {answer.problem or 'not JSON'}", 200, query
             )
-        kind = answer.body["resourceType"]
-        if kind == "OperationOutcome" or (bundle and kind != "Bundle"):
+        if body["resourceType"] == "OperationOutcome" or (
+            bundle and body["resourceType"] != "Bundle"
+        ):
+            not_bundle = ", not a Bundle" if bundle else ""
             raise FhirError(
-                f"the FHIR server answered with {kind}" + (", not a Bundle" if bundle else ""),
-                200,
-                query,
+                f"the FHIR server answered with {body['resourceType']}{not_bundle}", 200, query
             )
-        return answer.body
+        return body
 
     # -- searches ---------------------------------------------------------------------------------
 
@@ -361,16 +359,17 @@ def outcome_text(body: Any) -> str:
 
 
 def _answer(response: requests.Response) -> FhirAnswer:
-    raw = response.content
+    status, headers, raw = response.status_code, response.headers, response.content
     if not raw.strip():
-        return FhirAnswer(response.status_code, None, response.headers)
+        return FhirAnswer(status, None, headers)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return FhirAnswer(response.status_code, None, response.headers, "not JSON")
-    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-        return FhirAnswer(response.status_code, None, response.headers, "not a FHIR resource")
-    return FhirAnswer(response.status_code, data, response.headers)
+        return FhirAnswer(status, None, headers, "not JSON")
+    fhir = isinstance(data, dict) and isinstance(data.get("resourceType"), str)
+    return FhirAnswer(
+        status, data if fhir else None, headers, None if fhir else "not a FHIR resource"
+    )
 
 
 def _next_link(bundle: Resource) -> str | None:

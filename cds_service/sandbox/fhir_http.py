@@ -50,12 +50,6 @@ class FhirEndpoint:
     def close(self) -> None:
         self.client.close()
 
-    def url(self, path: str) -> str:
-        """An absolute URL for a path relative to the base (absolute URLs pass through)."""
-        if path.startswith(("http://", "https://")):
-            return path
-        return f"{self.base}/{path.lstrip('/')}" if path else self.base
-
     def request(
         self,
         method: str,
@@ -64,8 +58,9 @@ class FhirEndpoint:
         body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> FhirAnswer:
-        """Send one request; raises :class:`SandboxError` for what retrying cannot fix."""
-        url = self.url(path)
+        """Send one request (``path`` relative to the base); SandboxError for what retrying
+        cannot fix."""
+        url = f"{self.base}/{path.lstrip('/')}" if path else self.base
         where = f"{method} {url.split('?', 1)[0]}"  # without the query: identifier lists are long
         try:
             answer = self.client.request(method, url, self.token, body=body, headers=headers)
