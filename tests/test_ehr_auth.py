@@ -27,10 +27,11 @@ from requests.adapters import HTTPAdapter
 from cds_service.security.ehr_auth import (
     AuthenticationError,
     EhrAuthenticator,
-    JwksCache,
-    ReplayCache,
     VerifiedClient,
+    replay_ttl_needed,
 )
+from cds_service.security.jwks import JwksCache
+from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import (
     DEV_ISSUER,
     DEV_JWKS_FILE,
@@ -44,6 +45,7 @@ from cds_service.security.trusted_issuers import (
     mint_development_token,
     parse_trusted_issuers,
 )
+from cds_service.shared_state import SharedState
 from tests.jwt_factory import (
     ASYMMETRIC_ALGS,
     NOW,
@@ -139,15 +141,29 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def shared(tmp_path: Path) -> Iterator[SharedState]:
+    """A fresh shared-state file for this test; its connections are closed afterwards."""
+    state = SharedState(tmp_path / "shared.sqlite3")
+    yield state
+    state.close()
+
+
+@pytest.fixture
+def replay(shared: SharedState) -> SharedReplayCache:
+    """The replay cache the service uses, keeping each jti as long as a token can pass."""
+    return SharedReplayCache(shared, max_ttl_seconds=replay_ttl_needed())
+
+
+@pytest.fixture
 def issuer() -> TrustedIssuer:
     """A trusted EHR with one inline key per accepted algorithm, no jku, no restrictions."""
     return TrustedIssuer(iss=ISS, jwks=jwks(*all_keys()))
 
 
 @pytest.fixture
-def auth(issuer: TrustedIssuer, clock: FakeClock) -> EhrAuthenticator:
+def auth(issuer: TrustedIssuer, clock: FakeClock, replay: SharedReplayCache) -> EhrAuthenticator:
     """An authenticator trusting only ``issuer``, on the fake clock."""
-    return EhrAuthenticator([issuer], clock=clock)
+    return EhrAuthenticator([issuer], replay_cache=replay, clock=clock)
 
 
 @pytest.fixture
@@ -253,10 +269,14 @@ def test_algorithm_must_fit_the_key(
     assert "alg" in reason(auth, bearer(forged))
 
 
-def test_rsa_key_without_pinned_alg_serves_every_rsa_algorithm(clock: FakeClock) -> None:
+def test_rsa_key_without_pinned_alg_serves_every_rsa_algorithm(
+    clock: FakeClock, replay: SharedReplayCache
+) -> None:
     key = generate_key("RS384", kid="unpinned")
     auth = EhrAuthenticator(
-        [TrustedIssuer(iss=ISS, jwks={"keys": [key.public_jwk(with_alg=False)]})], clock=clock
+        [TrustedIssuer(iss=ISS, jwks={"keys": [key.public_jwk(with_alg=False)]})],
+        replay_cache=replay,
+        clock=clock,
     )
     for alg in ("RS256", "RS384", "PS384"):
         auth.authenticate(bearer(mint(key, claims(SERVICE, ISS), alg=alg)), SERVICE)
@@ -264,10 +284,14 @@ def test_rsa_key_without_pinned_alg_serves_every_rsa_algorithm(clock: FakeClock)
     assert "non-EC" in reason(auth, bearer(ec_signed))
 
 
-def test_unpinned_ec_key_still_needs_the_matching_curve(clock: FakeClock) -> None:
+def test_unpinned_ec_key_still_needs_the_matching_curve(
+    clock: FakeClock, replay: SharedReplayCache
+) -> None:
     key = generate_key("ES384", kid="unpinned-ec")
     auth = EhrAuthenticator(
-        [TrustedIssuer(iss=ISS, jwks={"keys": [key.public_jwk(with_alg=False)]})], clock=clock
+        [TrustedIssuer(iss=ISS, jwks={"keys": [key.public_jwk(with_alg=False)]})],
+        replay_cache=replay,
+        clock=clock,
     )
     auth.authenticate(bearer(mint(key, claims(SERVICE, ISS))), SERVICE)
     as_es256 = mint(key, claims(SERVICE, ISS), alg="ES256")
@@ -291,10 +315,14 @@ def test_invalid_kid_is_rejected(auth: EhrAuthenticator, kid: Any) -> None:
 
 
 def test_unknown_kid_is_rejected_without_any_fetch(
-    issuer: TrustedIssuer, clock: FakeClock, no_network_session: tuple[requests.Session, list[str]]
+    issuer: TrustedIssuer,
+    clock: FakeClock,
+    replay: SharedReplayCache,
+    no_network_session: tuple[requests.Session, list[str]],
 ) -> None:
     session, log = no_network_session
-    auth = EhrAuthenticator([issuer], JwksCache([issuer], session=session), clock=clock)
+    cache = JwksCache([issuer], session=session)
+    auth = EhrAuthenticator([issuer], cache, replay_cache=replay, clock=clock)
     forged = mint(signing_key("ES384"), claims(SERVICE, ISS), {"kid": "nobody"})
     assert "unknown kid" in reason(auth, bearer(forged))
     assert log == []
@@ -465,24 +493,29 @@ def test_only_a_single_trailing_slash_is_tolerated(auth: EhrAuthenticator, aud: 
     reason(auth, bearer(token(aud=aud)))
 
 
-def test_issuer_configured_audiences_are_accepted_at_every_endpoint(clock: FakeClock) -> None:
+def test_issuer_configured_audiences_are_accepted_at_every_endpoint(
+    clock: FakeClock, replay: SharedReplayCache
+) -> None:
     epic_like = TrustedIssuer(
         iss=ISS, jwks=jwks(signing_key("RS384")), audiences=("hfs-cds-client-42",)
     )
-    auth = EhrAuthenticator([epic_like], clock=clock)
+    auth = EhrAuthenticator([epic_like], replay_cache=replay, clock=clock)
     for endpoint in ENDPOINTS:
         auth.authenticate(bearer(token(signing_key("RS384"), aud="hfs-cds-client-42")), endpoint)
         auth.authenticate(bearer(token(signing_key("RS384"), aud=endpoint)), endpoint)
     assert "aud" in reason(auth, bearer(token(signing_key("RS384"), aud="hfs-cds-client-43")))
 
 
-def test_configured_audiences_belong_to_their_issuer_only(clock: FakeClock) -> None:
+def test_configured_audiences_belong_to_their_issuer_only(
+    clock: FakeClock, replay: SharedReplayCache
+) -> None:
     other = generate_key("ES384", kid="other-1")
     auth = EhrAuthenticator(
         [
             TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384"))),
             TrustedIssuer(iss="https://other.example", jwks=jwks(other), audiences=("shared",)),
         ],
+        replay_cache=replay,
         clock=clock,
     )
     assert "aud" in reason(auth, bearer(token(aud="shared")))
@@ -523,13 +556,14 @@ def test_same_jti_in_a_new_token_is_still_a_replay(auth: EhrAuthenticator) -> No
     )
 
 
-def test_jti_is_scoped_per_issuer(clock: FakeClock) -> None:
+def test_jti_is_scoped_per_issuer(clock: FakeClock, replay: SharedReplayCache) -> None:
     other = generate_key("ES384", kid="other-2")
     auth = EhrAuthenticator(
         [
             TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384"))),
             TrustedIssuer(iss="https://other.example", jwks=jwks(other)),
         ],
+        replay_cache=replay,
         clock=clock,
     )
     auth.authenticate(bearer(token(jti="shared-jti")), SERVICE)
@@ -580,10 +614,12 @@ def test_extra_claims_are_accepted(auth: EhrAuthenticator) -> None:
     assert client.tenant == "t-1"
 
 
-def test_tenant_allowlist(clock: FakeClock) -> None:
+def test_tenant_allowlist(clock: FakeClock, replay: SharedReplayCache) -> None:
     key = signing_key("ES384")
     auth = EhrAuthenticator(
-        [TrustedIssuer(iss=ISS, jwks=jwks(key), tenants=("hospital-a", "hospital-b"))], clock=clock
+        [TrustedIssuer(iss=ISS, jwks=jwks(key), tenants=("hospital-a", "hospital-b"))],
+        replay_cache=replay,
+        clock=clock,
     )
     assert auth.authenticate(bearer(token(tenant="hospital-b")), SERVICE).tenant == "hospital-b"
     assert "tenant" in reason(auth, bearer(token(tenant="hospital-c")))
@@ -591,10 +627,14 @@ def test_tenant_allowlist(clock: FakeClock) -> None:
     assert "tenant" in reason(auth, bearer(token(tenant=["hospital-a"])))
 
 
-def test_verified_client_carries_the_issuers_fhir_servers(clock: FakeClock) -> None:
+def test_verified_client_carries_the_issuers_fhir_servers(
+    clock: FakeClock, replay: SharedReplayCache
+) -> None:
     bases = ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir-r4")
     auth = EhrAuthenticator(
-        [TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384")), fhir_servers=bases)], clock=clock
+        [TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384")), fhir_servers=bases)],
+        replay_cache=replay,
+        clock=clock,
     )
     assert auth.authenticate(bearer(token()), SERVICE).fhir_servers == bases
 
@@ -604,8 +644,8 @@ def test_verified_client_carries_the_issuers_fhir_servers(clock: FakeClock) -> N
 # ------------------------------------------------------------------------------------------
 
 
-def test_replay_cache_prunes_expired_entries_on_insert() -> None:
-    cache = ReplayCache(max_entries=10)
+def test_replay_cache_prunes_expired_entries_on_insert(shared: SharedState) -> None:
+    cache = SharedReplayCache(shared, max_entries=10, prune_every=1)
     cache.check_and_remember(ISS, "a", expires_at=NOW + 10, now=NOW)
     cache.check_and_remember(ISS, "b", expires_at=NOW + 100, now=NOW)
     cache.check_and_remember(ISS, "c", expires_at=NOW + 200, now=NOW + 50)
@@ -613,8 +653,8 @@ def test_replay_cache_prunes_expired_entries_on_insert() -> None:
     cache.check_and_remember(ISS, "a", expires_at=NOW + 300, now=NOW + 50)  # may reappear
 
 
-def test_replay_cache_refuses_new_tokens_when_full() -> None:
-    cache = ReplayCache(max_entries=3)
+def test_replay_cache_refuses_new_tokens_when_full(shared: SharedState) -> None:
+    cache = SharedReplayCache(shared, max_entries=3)
     for jti in "abc":
         cache.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
     with pytest.raises(AuthenticationError, match="full"):
@@ -622,8 +662,8 @@ def test_replay_cache_refuses_new_tokens_when_full() -> None:
     cache.check_and_remember(ISS, "d", expires_at=NOW + 200, now=NOW + 100)  # after expiry: room
 
 
-def test_replay_cache_caps_entry_lifetime() -> None:
-    cache = ReplayCache(max_ttl_seconds=60)
+def test_replay_cache_caps_entry_lifetime(shared: SharedState) -> None:
+    cache = SharedReplayCache(shared, max_ttl_seconds=60, prune_every=1)
     cache.check_and_remember(ISS, "a", expires_at=NOW + 10_000, now=NOW)
     cache.check_and_remember(ISS, "b", expires_at=NOW + 10_000, now=NOW + 61)
     assert len(cache) == 1
@@ -640,9 +680,12 @@ def test_replay_entries_outlive_every_token_that_could_pass(
     assert "expired" in reason(auth, header)
 
 
-def test_replay_cache_shorter_than_token_validity_is_refused(issuer: TrustedIssuer) -> None:
+def test_replay_cache_shorter_than_token_validity_is_refused(
+    issuer: TrustedIssuer, shared: SharedState
+) -> None:
+    short = SharedReplayCache(shared, max_ttl_seconds=3600)
     with pytest.raises(ValueError, match="max_ttl_seconds"):
-        EhrAuthenticator([issuer], replay_cache=ReplayCache(max_ttl_seconds=3600))
+        EhrAuthenticator([issuer], replay_cache=short)
 
 
 # ------------------------------------------------------------------------------------------
@@ -717,7 +760,9 @@ RemoteAuth = Callable[..., EhrAuthenticator]
 
 
 @pytest.fixture
-def remote_auth(jwks_server: JwksServer, clock: FakeClock) -> Iterator[RemoteAuth]:
+def remote_auth(
+    jwks_server: JwksServer, clock: FakeClock, replay: SharedReplayCache
+) -> Iterator[RemoteAuth]:
     """Build an authenticator for an issuer whose keys live at ``jwks_server``; closes its session.
 
     Keyword arguments go to ``JwksCache`` (e.g. ``timeout_seconds``); ``url`` overrides the URL.
@@ -729,7 +774,7 @@ def remote_auth(jwks_server: JwksServer, clock: FakeClock) -> Iterator[RemoteAut
         session = requests.Session()
         sessions.append(session)
         cache = JwksCache([remote], session=session, clock=clock, **cache_options)
-        return EhrAuthenticator([remote], cache, clock=clock)
+        return EhrAuthenticator([remote], cache, replay_cache=replay, clock=clock)
 
     yield build
     for session in sessions:
@@ -929,8 +974,9 @@ _json = st.recursive(
 )
 
 
-def test_fuzzed_tokens_only_ever_raise_authentication_error() -> None:
-    auth = EhrAuthenticator([TrustedIssuer(iss=ISS, jwks=jwks(*all_keys()))], clock=FakeClock())
+def test_fuzzed_tokens_only_ever_raise_authentication_error(replay: SharedReplayCache) -> None:
+    trusted = TrustedIssuer(iss=ISS, jwks=jwks(*all_keys()))
+    auth = EhrAuthenticator([trusted], replay_cache=replay, clock=FakeClock())
     header_keys = st.sampled_from(["alg", "kid", "typ", "jku", "crit", "b64"])
     claim_keys = st.sampled_from(["iss", "aud", "exp", "iat", "nbf", "jti", "tenant"])
     header_values = _json | st.sampled_from([*ASYMMETRIC_ALGS, "none", "HS256", "main-es384"])
@@ -962,12 +1008,19 @@ def test_fuzzed_tokens_only_ever_raise_authentication_error() -> None:
     check()
 
 
-@settings(max_examples=200, derandomize=True, database=None, deadline=None)
-@given(st.text(max_size=200))
-def test_fuzzed_authorization_headers_only_raise_authentication_error(header: str) -> None:
-    auth = EhrAuthenticator([TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384")))])
-    with pytest.raises(AuthenticationError):
-        auth.authenticate(header, SERVICE)
+def test_fuzzed_authorization_headers_only_raise_authentication_error(
+    replay: SharedReplayCache,
+) -> None:
+    trusted = TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384")))
+    auth = EhrAuthenticator([trusted], replay_cache=replay)
+
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+    @given(st.text(max_size=200))
+    def check(header: str) -> None:
+        with pytest.raises(AuthenticationError):
+            auth.authenticate(header, SERVICE)
+
+    check()
 
 
 # ------------------------------------------------------------------------------------------
@@ -977,12 +1030,15 @@ def test_fuzzed_authorization_headers_only_raise_authentication_error(header: st
 
 @pytest.fixture
 def spec_auth(
-    clock: FakeClock, no_network_session: tuple[requests.Session, list[str]]
+    clock: FakeClock,
+    replay: SharedReplayCache,
+    no_network_session: tuple[requests.Session, list[str]],
 ) -> EhrAuthenticator:
     """Trusts the spec example's EHR: its JWKS inline, its jku declared (never fetched)."""
     spec_issuer = TrustedIssuer(iss=SPEC_ISS, jwks=SPEC_PUBLIC_JWKS, jwks_url=SPEC_JKU)
     session, _ = no_network_session
-    return EhrAuthenticator([spec_issuer], JwksCache([spec_issuer], session=session), clock=clock)
+    cache = JwksCache([spec_issuer], session=session)
+    return EhrAuthenticator([spec_issuer], cache, replay_cache=replay, clock=clock)
 
 
 def test_spec_example_token_is_rejected_as_expired(
@@ -1049,26 +1105,30 @@ def test_dev_private_keys_are_marked_and_match_the_public_jwks() -> None:
 
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
-def test_dev_private_keys_verify(alg: str, clock: FakeClock) -> None:
+def test_dev_private_keys_verify(alg: str, clock: FakeClock, replay: SharedReplayCache) -> None:
     jwk = next(k for k in _dev_private_keys()["keys"] if k["alg"] == alg)
-    auth = EhrAuthenticator(development_issuers(), clock=clock)
+    auth = EhrAuthenticator(development_issuers(), replay_cache=replay, clock=clock)
     dev_token = mint(from_private_jwk(jwk), claims(DISCOVERY, DEV_ISSUER))
     assert auth.authenticate(bearer(dev_token), DISCOVERY).kid == jwk["kid"]
 
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
-def test_mint_development_token_is_accepted(alg: Any) -> None:
-    auth = EhrAuthenticator(development_issuers())  # real clock: the helper uses time.time()
+def test_mint_development_token_is_accepted(alg: Any, replay: SharedReplayCache) -> None:
+    # The real clock: the helper uses time.time().
+    auth = EhrAuthenticator(development_issuers(), replay_cache=replay)
     dev_token = mint_development_token(DISCOVERY, alg=alg, tenant="dev")
     assert auth.authenticate(bearer(dev_token), DISCOVERY).tenant == "dev"
 
 
 def test_sandbox_shaped_token_uses_the_inline_key_without_fetching(
-    clock: FakeClock, no_network_session: tuple[requests.Session, list[str]]
+    clock: FakeClock,
+    replay: SharedReplayCache,
+    no_network_session: tuple[requests.Session, list[str]],
 ) -> None:
     issuers = development_issuers()
     session, log = no_network_session
-    auth = EhrAuthenticator(issuers, JwksCache(issuers, session=session), clock=clock)
+    cache = JwksCache(issuers, session=session)
+    auth = EhrAuthenticator(issuers, cache, replay_cache=replay, clock=clock)
     impostor = generate_key("ES384", kid="44823f3d-0b01-4a6c-a80e-b9d3e8a7226f")
     forged = mint(impostor, claims(SERVICE, SANDBOX_ISSUER), {"jku": SANDBOX_JWKS_URL})
     assert "bad signature" in reason(auth, bearer(forged))
@@ -1090,7 +1150,7 @@ def entry(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def test_trust_file_with_every_field_loads(tmp_path: Path) -> None:
+def test_trust_file_with_every_field_loads(tmp_path: Path, replay: SharedReplayCache) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "b.json").write_text(json.dumps(jwks(signing_key("RS384"))))
     config = {
@@ -1117,7 +1177,7 @@ def test_trust_file_with_every_field_loads(tmp_path: Path) -> None:
     assert b.jwks_file == str((tmp_path / "keys" / "b.json").resolve())
     assert set(b.fixed_keys()) == {signing_key("RS384").kid}
     assert c.jwks is not None and local.jwks_url == "http://127.0.0.1:8081/jwks.json"
-    EhrAuthenticator((a, b, c, local))  # builds without fetching anything
+    EhrAuthenticator((a, b, c, local), replay_cache=replay)  # builds without fetching anything
 
 
 @pytest.mark.parametrize(
@@ -1238,9 +1298,9 @@ def test_jwks_file_with_a_private_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_authenticator_refuses_duplicate_issuers_and_uncovered_caches(
-    issuer: TrustedIssuer,
+    issuer: TrustedIssuer, replay: SharedReplayCache
 ) -> None:
     with pytest.raises(ValueError, match="configured twice"):
-        EhrAuthenticator([issuer, issuer])
+        EhrAuthenticator([issuer, issuer], replay_cache=replay)
     with pytest.raises(ValueError, match="no keys"):
-        EhrAuthenticator([issuer], JwksCache([]))
+        EhrAuthenticator([issuer], JwksCache([]), replay_cache=replay)

@@ -1,10 +1,9 @@
-"""The JWT replay cache the worker processes share: the same contract as the in-memory one, in the
-shared-state file, across processes.
+"""The JWT replay cache the worker processes share, in the shared-state file: its contract (what the
+authenticator relies on), its pruning schedule and hashing, and its behaviour across processes.
 
-Behaviour both caches must have is parametrised over both (``cache``); what only the shared one
-has (pruning schedule, hashing, processes, fork) is tested on its own. Cross-process tests start
-real processes with ``multiprocessing`` (spawn: a fresh interpreter like a non-preloaded worker;
-fork: a child of a process that already used the file, like a gunicorn worker).
+Cross-process tests start real processes with ``multiprocessing`` (spawn: a fresh interpreter like
+a non-preloaded worker; fork: a child of a process that already used the file, like a gunicorn
+worker).
 """
 
 from __future__ import annotations
@@ -20,12 +19,7 @@ from typing import Any
 import pytest
 
 from cds_service import create_app
-from cds_service.security.ehr_auth import (
-    AuthenticationError,
-    EhrAuthenticator,
-    ReplayCache,
-    ReplayGuard,
-)
+from cds_service.security.ehr_auth import AuthenticationError, EhrAuthenticator, ReplayGuard
 from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import mint_development_token
 from cds_service.shared_state import SharedState
@@ -45,16 +39,18 @@ def shared(tmp_path: Path) -> Iterator[SharedState]:
     state.close()
 
 
-@pytest.fixture(params=["memory", "shared"])
-def cache(request: pytest.FixtureRequest, shared: SharedState) -> MakeCache:
-    """``cache(max_entries=…, max_ttl_seconds=…)``: the in-memory or the shared replay cache."""
+@pytest.fixture
+def cache(shared: SharedState) -> MakeCache:
+    """``cache(max_entries=…, max_ttl_seconds=…)``: a replay cache in this test's shared state."""
 
     def make(**kwargs: Any) -> ReplayGuard:
-        if request.param == "memory":
-            return ReplayCache(**kwargs)
         return SharedReplayCache(shared, **kwargs)
 
     return make
+
+
+def replayed(jti: str) -> str:
+    return f"replayed jti {jti!r} from iss {ISS!r}"
 
 
 def refused(cache: ReplayGuard, jti: str, expires_at: float, now: float) -> str:
@@ -64,7 +60,7 @@ def refused(cache: ReplayGuard, jti: str, expires_at: float, now: float) -> str:
     return caught.value.reason
 
 
-# -- the contract, for both caches -------------------------------------------------------------------
+# -- the contract ------------------------------------------------------------------------------------
 
 
 def test_a_pair_is_accepted_once(cache: MakeCache) -> None:
@@ -78,9 +74,9 @@ def test_an_expired_pair_may_come_back(cache: MakeCache) -> None:
     replay = cache(max_entries=10)
     replay.check_and_remember(ISS, "a", expires_at=NOW + 10, now=NOW)
     replay.check_and_remember(ISS, "b", expires_at=NOW + 100, now=NOW)
-    assert "replayed" in refused(replay, "a", NOW + 10, NOW + 10 - 1)
+    assert refused(replay, "a", NOW + 10, NOW + 10 - 1) == replayed("a")
     replay.check_and_remember(ISS, "a", expires_at=NOW + 300, now=NOW + 50)
-    assert "replayed" in refused(replay, "b", NOW + 100, NOW + 50)
+    assert refused(replay, "b", NOW + 100, NOW + 50) == replayed("b")
 
 
 def test_when_full_new_tokens_are_refused_until_entries_expire(cache: MakeCache) -> None:
@@ -88,14 +84,14 @@ def test_when_full_new_tokens_are_refused_until_entries_expire(cache: MakeCache)
     for jti in "abc":
         replay.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
     assert refused(replay, "d", NOW + 100, NOW) == "replay cache full; refusing new tokens"
-    assert "replayed" in refused(replay, "a", NOW + 100, NOW)  # a replay is still named as one
+    assert refused(replay, "a", NOW + 100, NOW) == replayed("a")  # a replay is still named as one
     replay.check_and_remember(ISS, "d", expires_at=NOW + 200, now=NOW + 100)  # expired: room
 
 
 def test_no_entry_outlives_the_ttl_cap(cache: MakeCache) -> None:
     replay = cache(max_ttl_seconds=60)
     replay.check_and_remember(ISS, "a", expires_at=NOW + 10_000, now=NOW)
-    assert "replayed" in refused(replay, "a", NOW + 10_000, NOW + 59)
+    assert refused(replay, "a", NOW + 10_000, NOW + 59) == replayed("a")
     replay.check_and_remember(ISS, "a", expires_at=NOW + 10_000, now=NOW + 61)
 
 
@@ -210,7 +206,7 @@ def test_a_pair_accepted_in_one_process_is_refused_in_another(shared: SharedStat
         f"replayed jti 'seen-here' from iss {ISS!r}"
     ]
     assert _run(spawn, _accept, str(shared.path), "seen-there") == ["accepted"]
-    assert "replayed" in refused(replay, "seen-there", NOW + 100, NOW)
+    assert refused(replay, "seen-there", NOW + 100, NOW) == replayed("seen-there")
 
 
 def test_of_processes_racing_with_one_token_exactly_one_wins(shared: SharedState) -> None:
@@ -262,7 +258,7 @@ def test_a_forked_child_opens_its_own_connection(shared: SharedState) -> None:
     finally:
         _forked_from.clear()
     assert new_connection and owned
-    assert "replayed" in outcome
+    assert outcome == replayed("before-fork")
     # The parent's connection still works after the child used the file and exited.
-    assert "replayed" in refused(replay, "in-child", NOW + 100, NOW)
+    assert refused(replay, "in-child", NOW + 100, NOW) == replayed("in-child")
     replay.check_and_remember(ISS, "after-fork", expires_at=NOW + 100, now=NOW)

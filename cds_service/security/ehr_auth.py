@@ -15,29 +15,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import heapq
-import json
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import jwt
 import orjson
-import requests
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from cds_service.security import AuthenticationError, quoted
+from cds_service.security.jwks import JwksCache
 from cds_service.security.trusted_issuers import (
     ALLOWED_ALGORITHMS,
     EC_CURVE_FOR_ALG,
     MIN_RSA_BITS,
     TrustedIssuer,
     VerificationKey,
-    parse_jwks,
 )
 
 Clock = Callable[[], float]
@@ -56,14 +53,6 @@ DEFAULT_LEEWAY_SECONDS: Final = 60.0
 DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: Final = 3600.0
 
 
-class AuthenticationError(Exception):
-    """The request is not from a trusted CDS Client. ``reason`` is for the log, never the client."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class VerifiedClient:
     """Who called: the verified issuer, its tenant, and the FHIR bases it may name."""
@@ -73,180 +62,6 @@ class VerifiedClient:
     jti: str
     kid: str
     fhir_servers: tuple[str, ...]
-
-
-def _safe(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------------------------
-# JWK Sets
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _RemoteKeys:
-    url: str
-    keys: dict[str, VerificationKey] = field(default_factory=dict)
-    fetched_at: float | None = None  # last successful fetch
-    attempted_at: float | None = None  # last fetch attempt, successful or not
-    last_error: str | None = None  # why the last attempt failed, if it did
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the fields above
-    fetch_lock: threading.Lock = field(default_factory=threading.Lock)  # one fetch at a time
-
-
-@dataclass(frozen=True)
-class _IssuerKeys:
-    fixed: dict[str, VerificationKey]
-    remote: _RemoteKeys | None
-
-
-class JwksCache:
-    """Verification keys per trusted issuer, by ``kid``.
-
-    Inline and file keys are loaded at construction. An issuer's ``jwks_url`` is fetched lazily,
-    kept for ``ttl_seconds``, and refetched when a token names an unknown ``kid`` (key rotation),
-    but at most once per ``min_refetch_interval_seconds`` per issuer so a stream of made-up kids
-    cannot turn the service into a request amplifier. When a refetch fails the previous keys stay
-    usable for ``max_stale_seconds`` beyond their TTL, so a brief outage of the EHR's key endpoint
-    does not lock the EHR out. Only configured URLs are ever fetched: redirects are not followed,
-    bodies are capped, and each fetch is bounded by ``timeout_seconds``.
-    """
-
-    def __init__(
-        self,
-        issuers: Iterable[TrustedIssuer],
-        *,
-        session: requests.Session | None = None,
-        ttl_seconds: float = 3600.0,
-        min_refetch_interval_seconds: float = 30.0,
-        max_stale_seconds: float = 6 * 3600.0,
-        timeout_seconds: float = 2.0,
-        max_response_bytes: int = 256 * 1024,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self._session = session if session is not None else requests.Session()
-        self._ttl = ttl_seconds
-        self._min_interval = min_refetch_interval_seconds
-        self._max_stale = max_stale_seconds
-        self._timeout = timeout_seconds
-        self._max_bytes = max_response_bytes
-        self._clock = clock
-        self._issuers: dict[str, _IssuerKeys] = {}
-        for issuer in issuers:
-            remote = _RemoteKeys(issuer.jwks_url) if issuer.jwks_url is not None else None
-            self._issuers[issuer.iss] = _IssuerKeys(issuer.fixed_keys(), remote)
-
-    def close(self) -> None:
-        """Release pooled connections (the app calls this on shutdown)."""
-        self._session.close()
-
-    def covers(self, iss: str) -> bool:
-        """Whether this cache was built with keys for ``iss``."""
-        return iss in self._issuers
-
-    def get_key(self, issuer: TrustedIssuer, kid: str) -> VerificationKey:
-        """The issuer's key named ``kid``, fetching its JWK Set if needed and allowed."""
-        entry = self._issuers.get(issuer.iss)
-        if entry is None:
-            raise AuthenticationError(f"no keys configured for iss {_safe(issuer.iss)}")
-        key = entry.fixed.get(kid)
-        if key is not None:
-            return key
-        remote = entry.remote
-        if remote is None:
-            raise AuthenticationError(f"unknown kid {_safe(kid)} for iss {_safe(issuer.iss)}")
-        now = self._clock()
-        with remote.lock:
-            if self._fresh(remote, now) and kid in remote.keys:
-                return remote.keys[kid]
-        return self._get_key_slow(remote, kid, issuer.iss)
-
-    def _fresh(self, remote: _RemoteKeys, now: float) -> bool:
-        return remote.fetched_at is not None and now - remote.fetched_at < self._ttl
-
-    def _get_key_slow(self, remote: _RemoteKeys, kid: str, iss: str) -> VerificationKey:
-        # Serialise fetches per issuer; callers with a known, fresh kid never wait on this lock.
-        with remote.fetch_lock:
-            now = self._clock()
-            with remote.lock:
-                if self._fresh(remote, now) and kid in remote.keys:
-                    return remote.keys[kid]  # another thread fetched it while we waited
-                may_fetch = (
-                    remote.attempted_at is None or now - remote.attempted_at >= self._min_interval
-                )
-            failure: str | None = None
-            if may_fetch:
-                try:
-                    keys: dict[str, VerificationKey] | None = self._fetch(remote.url)
-                except AuthenticationError as exc:
-                    keys, failure = None, exc.reason
-                with remote.lock:
-                    remote.attempted_at, remote.last_error = now, failure
-                    if keys is not None:
-                        remote.keys, remote.fetched_at = keys, now
-            with remote.lock:
-                key = remote.keys.get(kid)
-                usable = (
-                    remote.fetched_at is not None
-                    and now - remote.fetched_at < self._ttl + self._max_stale
-                )
-                last_error = remote.last_error
-            if key is not None and usable:
-                return key
-            if failure is not None:
-                raise AuthenticationError(failure)
-            if not may_fetch and last_error is not None:
-                raise AuthenticationError(f"{last_error} (retry rate-limited)")
-            if not may_fetch:
-                raise AuthenticationError(
-                    f"unknown kid {_safe(kid)} for iss {_safe(iss)} (JWKS refetch rate-limited)"
-                )
-            raise AuthenticationError(
-                f"unknown kid {_safe(kid)} for iss {_safe(iss)} after refetch"
-            )
-
-    def _fetch(self, url: str) -> dict[str, VerificationKey]:
-        started = time.monotonic()  # real time: bounds a slow-drip body, whatever the test clock
-        try:
-            with self._session.get(
-                url,
-                timeout=self._timeout,
-                allow_redirects=False,
-                stream=True,
-                headers={"Accept": "application/json, application/jwk-set+json"},
-            ) as response:
-                if response.status_code != 200:
-                    raise AuthenticationError(
-                        f"JWKS fetch from {url} failed: HTTP {response.status_code}"
-                    )
-                body = bytearray()
-                for chunk in response.iter_content(chunk_size=16 * 1024):
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise AuthenticationError(
-                            f"JWKS from {url} exceeds {self._max_bytes} bytes"
-                        )
-                    if time.monotonic() - started > 2 * self._timeout:
-                        raise AuthenticationError(f"JWKS fetch from {url} too slow")
-        except requests.RequestException as exc:
-            raise AuthenticationError(
-                f"JWKS fetch from {url} failed: {type(exc).__name__}"
-            ) from None
-        try:
-            data = json.loads(bytes(body))
-        except ValueError:
-            raise AuthenticationError(f"JWKS from {url} is not JSON") from None
-        try:
-            return parse_jwks(data, source=url, strict=False)
-        except ValueError as exc:
-            raise AuthenticationError(f"JWKS from {url} unusable: {exc}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Replay protection
-# --------------------------------------------------------------------------------------------
 
 
 def replay_ttl_needed(
@@ -262,12 +77,8 @@ def replay_ttl_needed(
 
 
 class ReplayGuard(Protocol):
-    """Remembers accepted ``(iss, jti)`` pairs and refuses them afterwards.
-
-    :class:`ReplayCache` (one process) and
-    :class:`~cds_service.security.shared_replay.SharedReplayCache` (all worker processes of an
-    instance) implement it.
-    """
+    """Remembers accepted ``(iss, jti)`` pairs and refuses them afterwards
+    (:class:`~cds_service.security.shared_replay.SharedReplayCache`)."""
 
     @property
     def max_ttl_seconds(self) -> float:
@@ -278,62 +89,6 @@ class ReplayGuard(Protocol):
         """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise
         ``AuthenticationError`` if it was seen (replay) or no more pairs can be kept (full)."""
         ...
-
-
-def replayed(iss: str, jti: str) -> AuthenticationError:
-    """The refusal of a replay, worded the same by every cache."""
-    return AuthenticationError(f"replayed jti {_safe(jti)} from iss {_safe(iss)}")
-
-
-#: Why a new token is refused when the cache holds ``max_entries`` live pairs.
-REPLAY_CACHE_FULL: Final = "replay cache full; refusing new tokens"
-
-
-class ReplayCache:
-    """Seen ``(iss, jti)`` pairs, each kept until the token it came from can no longer pass.
-
-    In memory, for one process (unit tests, library use); the service uses the
-    :class:`~cds_service.security.shared_replay.SharedReplayCache` its worker processes share.
-    Expired entries are pruned on every insert. If ``max_entries`` live entries remain after
-    pruning, new tokens are refused (fail closed) rather than letting a flood of valid-but-unique
-    tokens grow memory without bound; at the default of 100 000 that takes a client minting more
-    than 27 tokens per second for an hour.
-    """
-
-    def __init__(self, max_entries: int = 100_000, max_ttl_seconds: float = 3600.0) -> None:
-        self.max_entries = max_entries
-        self.max_ttl_seconds = max_ttl_seconds
-        self._expiry: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, str, str]] = []
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._expiry)
-
-    def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
-        """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise."""
-        key = (iss, jti)
-        until = min(expires_at, now + self.max_ttl_seconds)
-        with self._lock:
-            self._prune(now)
-            if key in self._expiry:
-                raise replayed(iss, jti)
-            if len(self._expiry) >= self.max_entries:
-                raise AuthenticationError(REPLAY_CACHE_FULL)
-            self._expiry[key] = until
-            heapq.heappush(self._heap, (until, iss, jti))
-
-    def _prune(self, now: float) -> None:
-        while self._heap and self._heap[0][0] <= now:
-            until, iss, jti = heapq.heappop(self._heap)
-            if self._expiry.get((iss, jti)) == until:
-                del self._expiry[(iss, jti)]
-
-
-# --------------------------------------------------------------------------------------------
-# The authenticator
-# --------------------------------------------------------------------------------------------
 
 
 def _strip_slash(url: str) -> str:
@@ -400,18 +155,18 @@ def _check_key_fits(key: VerificationKey, alg: str) -> None:
     and HMAC never reaches this point.
     """
     if key.alg is not None and key.alg != alg:
-        raise AuthenticationError(f"alg {alg} used with kid {_safe(key.kid)} declared {key.alg}")
+        raise AuthenticationError(f"alg {alg} used with kid {quoted(key.kid)} declared {key.alg}")
     if alg.startswith("ES"):
         if not isinstance(key.key, EllipticCurvePublicKey):
-            raise AuthenticationError(f"alg {alg} used with non-EC kid {_safe(key.kid)}")
+            raise AuthenticationError(f"alg {alg} used with non-EC kid {quoted(key.kid)}")
         curve = {"secp256r1": "P-256", "secp384r1": "P-384"}.get(key.key.curve.name)
         if curve != EC_CURVE_FOR_ALG[alg]:
             raise AuthenticationError(f"alg {alg} used with a {key.key.curve.name} key")
     else:
         if not isinstance(key.key, RSAPublicKey):
-            raise AuthenticationError(f"alg {alg} used with non-RSA kid {_safe(key.kid)}")
+            raise AuthenticationError(f"alg {alg} used with non-RSA kid {quoted(key.kid)}")
         if key.key.key_size < MIN_RSA_BITS:  # pragma: no cover - refused when keys are parsed
-            raise AuthenticationError(f"RSA key {_safe(key.kid)} too short")
+            raise AuthenticationError(f"RSA key {quoted(key.kid)} too short")
 
 
 class EhrAuthenticator:
@@ -428,7 +183,8 @@ class EhrAuthenticator:
         self,
         issuers: Iterable[TrustedIssuer],
         jwks_cache: JwksCache | None = None,
-        replay_cache: ReplayGuard | None = None,
+        *,
+        replay_cache: ReplayGuard,
         leeway_seconds: float = DEFAULT_LEEWAY_SECONDS,
         max_token_lifetime_seconds: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
         clock: Clock = time.time,
@@ -446,14 +202,12 @@ class EhrAuthenticator:
         self._leeway = float(leeway_seconds)
         self._max_lifetime = float(max_token_lifetime_seconds)
         needed_ttl = replay_ttl_needed(self._leeway, self._max_lifetime)
-        if replay_cache is None:
-            replay_cache = ReplayCache(max_ttl_seconds=needed_ttl)
-        elif replay_cache.max_ttl_seconds < needed_ttl:
+        if replay_cache.max_ttl_seconds < needed_ttl:
             raise ValueError(
                 f"replay_cache.max_ttl_seconds must be at least {needed_ttl:g} "
                 "(max token lifetime + 2 x leeway), or replays could slip through"
             )
-        self._replay: ReplayGuard = replay_cache
+        self._replay = replay_cache
         self._clock = clock
 
     @property
@@ -477,11 +231,11 @@ class EhrAuthenticator:
             raise AuthenticationError("iss missing or not a string")
         issuer = self._issuers.get(iss)
         if issuer is None:
-            raise AuthenticationError(f"untrusted iss {_safe(iss)}")
+            raise AuthenticationError(f"untrusted iss {quoted(iss)}")
         if "jku" in header and (issuer.jwks_url is None or header["jku"] != issuer.jwks_url):
             # Never dereferenced: a token naming its own key URL could sign with any key.
             raise AuthenticationError(
-                f"jku {_safe(header['jku'])} not allowlisted for {_safe(iss)}"
+                f"jku {quoted(header['jku'])} not allowlisted for {quoted(iss)}"
             )
 
         key = self._jwks.get_key(issuer, kid)
@@ -507,10 +261,10 @@ class EhrAuthenticator:
     def _checked_header(header: dict[str, Any]) -> dict[str, Any]:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-            raise AuthenticationError(f"alg {_safe(alg)} not accepted")
+            raise AuthenticationError(f"alg {quoted(alg)} not accepted")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
-            raise AuthenticationError(f"typ {_safe(typ)} is not JWT")
+            raise AuthenticationError(f"typ {quoted(typ)} is not JWT")
         if "crit" in header:
             # No JWS extension is understood here, so any critical one must be refused (RFC 7515).
             raise AuthenticationError("crit header not supported")
@@ -526,7 +280,7 @@ class EhrAuthenticator:
         # PyJWT's algorithm verifies the signature; the token was parsed once, by
         # _parse_compact, instead of three times (header, unverified claims, then jwt.decode).
         if not _ALGORITHMS[alg].verify(jws.signing_input, key.key, jws.signature):
-            raise AuthenticationError(f"bad signature (kid {_safe(key.kid)})")
+            raise AuthenticationError(f"bad signature (kid {quoted(key.kid)})")
         for name in REQUIRED_CLAIMS:
             if jws.claims.get(name) is None:
                 raise AuthenticationError(f"missing claim {name}")
@@ -542,7 +296,7 @@ class EhrAuthenticator:
         accepted = {_strip_slash(endpoint_audience), *map(_strip_slash, issuer.audiences)}
         if not any(_strip_slash(a) in accepted for a in audiences):
             raise AuthenticationError(
-                f"aud {_safe(aud)} does not match endpoint {_safe(endpoint_audience)}"
+                f"aud {quoted(aud)} does not match endpoint {quoted(endpoint_audience)}"
             )
 
         now = self._clock()
@@ -567,7 +321,7 @@ class EhrAuthenticator:
         if tenant is not None and not isinstance(tenant, str):
             raise AuthenticationError("tenant is not a string")
         if issuer.tenants and tenant not in issuer.tenants:
-            raise AuthenticationError(f"tenant {_safe(tenant)} not allowed for this issuer")
+            raise AuthenticationError(f"tenant {quoted(tenant)} not allowed for this issuer")
 
         # Last: only a token that passed everything else may take a slot in the replay cache.
         self._replay.check_and_remember(issuer.iss, jti, expires_at=exp + self._leeway, now=now)
@@ -579,8 +333,6 @@ class EhrAuthenticator:
 __all__ = [
     "AuthenticationError",
     "EhrAuthenticator",
-    "JwksCache",
-    "ReplayCache",
     "ReplayGuard",
     "VerifiedClient",
     "replay_ttl_needed",

@@ -1,4 +1,4 @@
-"""The JWT replay cache shared by all worker processes of one instance (in the shared-state file).
+"""The JWT replay cache, shared by all worker processes of one instance (in the shared-state file).
 
 A token replayed to a sibling worker must be refused like one replayed to the same worker, so the
 seen ``(iss, jti)`` pairs live in :class:`~cds_service.shared_state.SharedState`, as a SHA-256 of
@@ -8,8 +8,10 @@ An accepted token costs one statement: ``INSERT OR IGNORE`` inserts the pair onl
 ``max_entries`` pairs are stored (a trigger-maintained count, so the bound costs no scan), and the
 row count says whether it was new. Only a refusal, which is rare, looks further: a live pair is a
 replay; otherwise expired pairs are pruned and the insert retried, and if there is still no room
-the cache is full and new tokens are refused (fail closed), as :class:`ReplayCache` does. Expired
-pairs are also pruned every ``prune_every`` inserts of a process, not on every request.
+the cache is full and new tokens are refused (fail closed) rather than letting a flood of
+valid-but-unique tokens grow the file without bound (at the default of 100 000 that takes a client
+minting more than 27 tokens per second for an hour). Expired pairs are also pruned every
+``prune_every`` inserts of a process, not on every request.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import itertools
 import sqlite3
 from typing import Final
 
-from cds_service.security.ehr_auth import REPLAY_CACHE_FULL, AuthenticationError, replayed
+from cds_service.security import AuthenticationError, quoted
 from cds_service.shared_state import SharedState
 
 SCHEMA_PART: Final = "replay"
@@ -41,9 +43,13 @@ _INSERT: Final = (
 _LIVE: Final = "SELECT 1 FROM replay_seen WHERE pair = ? AND until > ?"
 _PRUNE: Final = "DELETE FROM replay_seen WHERE until <= ?"
 
+#: Why a new token is refused when the cache holds ``max_entries`` live pairs.
+REPLAY_CACHE_FULL: Final = "replay cache full; refusing new tokens"
+
 
 class SharedReplayCache:
-    """Seen ``(iss, jti)`` pairs shared by processes; same contract as :class:`ReplayCache`."""
+    """Seen ``(iss, jti)`` pairs shared by processes, each kept until the token it came from can no
+    longer pass (a :class:`~cds_service.security.ehr_auth.ReplayGuard`)."""
 
     def __init__(
         self,
@@ -75,13 +81,13 @@ class SharedReplayCache:
                     self.prune(now)
                 return
             if conn.execute(_LIVE, (pair, now)).fetchone() is not None:
-                raise replayed(iss, jti)
+                raise _replayed(iss, jti)
             # Full, or an expired entry for this very pair: make room and try once more.
             self.prune(now)
             if conn.execute(_INSERT, (pair, until, self.max_entries)).rowcount == 1:
                 return
             if conn.execute(_LIVE, (pair, now)).fetchone() is not None:
-                raise replayed(iss, jti)  # another process accepted it meanwhile
+                raise _replayed(iss, jti)  # another process accepted it meanwhile
         except sqlite3.Error as exc:
             # Fail closed: without the cache a replay cannot be told from a new token.
             raise AuthenticationError(f"replay cache unavailable ({type(exc).__name__})") from None
@@ -92,6 +98,10 @@ class SharedReplayCache:
         return self._shared.connection().execute(_PRUNE, (now,)).rowcount
 
 
+def _replayed(iss: str, jti: str) -> AuthenticationError:
+    return AuthenticationError(f"replayed jti {quoted(jti)} from iss {quoted(iss)}")
+
+
 def _pair(iss: str, jti: str) -> bytes:
     """SHA-256 of the pair, length-prefixed so no two pairs share an encoding."""
     raw_iss = iss.encode("utf-8", "surrogatepass")
@@ -99,4 +109,4 @@ def _pair(iss: str, jti: str) -> bytes:
     return hashlib.sha256(len(raw_iss).to_bytes(4, "big") + raw_iss + raw_jti).digest()
 
 
-__all__ = ["SharedReplayCache"]
+__all__ = ["REPLAY_CACHE_FULL", "SharedReplayCache"]
