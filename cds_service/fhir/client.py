@@ -87,16 +87,12 @@ class _BudgetRetry(Retry):
     timed out is never retried (its budget is spent)."""
 
     def increment(  # type: ignore[override]
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: Any = None,
-        error: Exception | None = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
+        self, method: str | None = None, url: str | None = None, **kw: Any
     ) -> Retry:
+        error, response = kw.get("error"), kw.get("response")
+        pool: Any = kw.get("_pool")
         if method == "GET" and not isinstance(error, ReadTimeoutError):
-            retry = super().increment(method, url, response, error, _pool, _stacktrace)
+            retry = super().increment(method, url, **kw)
             wait_seconds = retry.get_backoff_time()
             if response is not None:
                 wait_seconds = max(wait_seconds, retry.get_retry_after(response) or 0.0)
@@ -104,7 +100,7 @@ class _BudgetRetry(Retry):
                 return retry
         if isinstance(error, ReadTimeoutError):
             raise error
-        raise MaxRetryError(_pool, url, error or ResponseError("not retried"))
+        raise MaxRetryError(pool, url, error or ResponseError("not retried"))
 
 
 @dataclass(frozen=True, slots=True)
