@@ -1,8 +1,15 @@
 """Authenticating the CDS Client (EHR) by its signed JWT (CDS Hooks 2.0, "Trusting CDS Clients").
 
+PyJWT parses the token and checks what JWT itself defines: the signature (with the key the
+issuer's JWK Set names by ``kid``, under the token's ``alg`` only if that key may verify it),
+``aud``, ``iss``, ``exp``, ``nbf`` and ``iat`` with leeway, and that the required claims are there.
+This module keeps the CDS Hooks rules: the accepted algorithms (never ``none`` or HMAC), no JWS
+extension (``crit``, ``b64``), a trusted ``iss`` and only the ``jku`` configured for it, the
+longest token lifetime, the tenant allowlist, and each ``jti`` used once.
+
 Every failure is an ``AuthenticationError`` whose ``reason`` is for the service log only; the HTTP
-answer is a bare 401. Reasons never contain the token; attacker-supplied values in them (``iss``,
-``kid``) are ``repr``-quoted and truncated so they cannot forge log lines.
+answer is a bare 401. Reasons never contain the token; attacker-supplied values in them are
+``quoted`` so they cannot forge log lines.
 
 The checks run cheapest and least trusting first, and nothing is fetched or stored for a token
 until it has earned it: the ``iss`` must be trusted before any key lookup, a ``jku`` must equal the
@@ -13,8 +20,6 @@ the replay cache).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 import time
@@ -23,24 +28,16 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import jwt
-import orjson
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from cds_service.security import AuthenticationError, quoted
 from cds_service.security.jwks import JwksCache
-from cds_service.security.trusted_issuers import (
-    ALLOWED_ALGORITHMS,
-    EC_CURVE_FOR_ALG,
-    MIN_RSA_BITS,
-    TrustedIssuer,
-    VerificationKey,
-)
+from cds_service.security.trusted_issuers import ALLOWED_ALGORITHMS, TrustedIssuer
 
 Clock = Callable[[], float]
 
 #: Claims every CDS Hooks client JWT carries (``tenant``, ``sub`` and ``nbf`` are optional extras).
 REQUIRED_CLAIMS: Final = ("iss", "aud", "exp", "iat", "jti")
+_ALGORITHMS: Final = sorted(ALLOWED_ALGORITHMS)
 
 # A compact JWS: three base64url segments. The signature may be empty only so that ``alg: none``
 # is reported as such rather than as "malformed".
@@ -91,82 +88,34 @@ class ReplayGuard(Protocol):
         ...
 
 
-def _strip_slash(url: str) -> str:
-    return url[:-1] if url.endswith("/") else url
+def _spellings(url: str) -> tuple[str, ...]:
+    """The ``aud`` values that name ``url``: with or without one trailing slash."""
+    bare = url.removesuffix("/")
+    return (bare + "/",) if bare.endswith("/") else (bare, bare + "/")
 
 
-def _numeric_date(claims: dict[str, Any], name: str) -> float:
-    value = claims[name]
-    # bool is an int subclass; a JSON true is not a date.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AuthenticationError(f"{name} is not a NumericDate")
-    return float(value)
+def _check_dates(claims: dict[str, Any]) -> None:
+    """``exp``, ``iat`` and ``nbf``, where given, must be JSON numbers (PyJWT takes ``int(value)``,
+    which would also pass ``"1800000300"`` and ``true``). A missing one is reported as missing
+    once the signature has passed."""
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if value is not None and not _is_number(value):
+            raise AuthenticationError(f"{name} is not a NumericDate")
 
 
-@dataclass(frozen=True, slots=True)
-class _CompactJws:
-    """A compact JWS split and decoded once; nothing in it is trusted until verified."""
-
-    header: dict[str, Any]
-    claims: dict[str, Any]
-    signing_input: bytes
-    signature: bytes
-
-
-def _parse_compact(token: str) -> _CompactJws:
-    """Decode the three segments of a token that already matched ``_COMPACT_JWS``."""
-    head, payload, signature = token.split(".")
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
     try:
-        header = orjson.loads(_b64url_decode(head))
-    except (ValueError, binascii.Error):  # orjson.JSONDecodeError is a ValueError
-        raise AuthenticationError("malformed JWT header") from None
-    if not isinstance(header, dict):
-        raise AuthenticationError("malformed JWT header")
-    try:
-        claims = orjson.loads(_b64url_decode(payload))
-        raw_signature = _b64url_decode(signature)
-    except (ValueError, binascii.Error):
-        raise AuthenticationError("malformed JWT payload") from None
-    if not isinstance(claims, dict):
-        raise AuthenticationError("malformed JWT payload")
-    return _CompactJws(header, claims, f"{head}.{payload}".encode("ascii"), raw_signature)
+        return math.isfinite(value)
+    except OverflowError:  # an integer no float can hold
+        return False
 
 
-def _b64url_decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-#: PyJWT's signature algorithms for the accepted ``alg`` values (never HMAC or ``none``).
-_ALGORITHMS: Final = {
-    name: algorithm
-    for name, algorithm in jwt.algorithms.get_default_algorithms().items()
-    if name in ALLOWED_ALGORITHMS
-}
-if set(_ALGORITHMS) != set(ALLOWED_ALGORITHMS):  # PyJWT without its cryptography extra
-    raise ImportError(
-        f"PyJWT lacks algorithms {sorted(set(ALLOWED_ALGORITHMS) - set(_ALGORITHMS))}"
-    )
-
-
-def _check_key_fits(key: VerificationKey, alg: str) -> None:
-    """The key's type (and JWK ``alg``, if declared) must fit the token's ``alg``.
-
-    This is what defeats algorithm confusion: an RSA key is never used for ECDSA or vice versa,
-    and HMAC never reaches this point.
-    """
-    if key.alg is not None and key.alg != alg:
-        raise AuthenticationError(f"alg {alg} used with kid {quoted(key.kid)} declared {key.alg}")
-    if alg.startswith("ES"):
-        if not isinstance(key.key, EllipticCurvePublicKey):
-            raise AuthenticationError(f"alg {alg} used with non-EC kid {quoted(key.kid)}")
-        curve = {"secp256r1": "P-256", "secp384r1": "P-384"}.get(key.key.curve.name)
-        if curve != EC_CURVE_FOR_ALG[alg]:
-            raise AuthenticationError(f"alg {alg} used with a {key.key.curve.name} key")
-    else:
-        if not isinstance(key.key, RSAPublicKey):
-            raise AuthenticationError(f"alg {alg} used with non-RSA kid {quoted(key.kid)}")
-        if key.key.key_size < MIN_RSA_BITS:  # pragma: no cover - refused when keys are parsed
-            raise AuthenticationError(f"RSA key {quoted(key.kid)} too short")
+def _said(exc: Exception) -> str:
+    """PyJWT's message, escaped and bounded (a ``crit`` member it names comes from the token)."""
+    return repr(str(exc))[1:-1][:120]
 
 
 class EhrAuthenticator:
@@ -176,7 +125,8 @@ class EhrAuthenticator:
     configured public base URL (not ``request.url``, which a proxy may have rewritten). ``aud``
     may also be any of the issuer's configured ``audiences``. ``leeway_seconds`` absorbs clock
     skew on ``exp``, ``nbf`` and ``iat``; ``max_token_lifetime_seconds`` bounds ``exp - iat`` and
-    therefore how long a replay cache entry must live.
+    therefore how long ``replay_cache`` must remember a ``jti``. PyJWT checks the time claims
+    against the system clock; ``clock`` is the time given to the replay cache.
     """
 
     def __init__(
@@ -195,6 +145,10 @@ class EhrAuthenticator:
             if issuer.iss in self._issuers:
                 raise ValueError(f"issuer {issuer.iss!r} is configured twice")
             self._issuers[issuer.iss] = issuer
+        self._audiences = {
+            i.iss: [spelling for aud in i.audiences for spelling in _spellings(aud)]
+            for i in issuer_list
+        }
         self._jwks = jwks_cache if jwks_cache is not None else JwksCache(issuer_list)
         missing = [iss for iss in self._issuers if not self._jwks.covers(iss)]
         if missing:
@@ -222,26 +176,36 @@ class EhrAuthenticator:
     ) -> VerifiedClient:
         """Return the verified client, or raise ``AuthenticationError`` (answer with a bare 401)."""
         token = self._bearer_token(authorization_header)
-        jws = _parse_compact(token)
-        header = self._checked_header(jws.header)
-        alg, kid = header["alg"], header["kid"]
-
-        iss = jws.claims.get("iss")
-        if not isinstance(iss, str):
-            raise AuthenticationError("iss missing or not a string")
-        issuer = self._issuers.get(iss)
-        if issuer is None:
-            raise AuthenticationError(f"untrusted iss {quoted(iss)}")
-        if "jku" in header and (issuer.jwks_url is None or header["jku"] != issuer.jwks_url):
-            # Never dereferenced: a token naming its own key URL could sign with any key.
-            raise AuthenticationError(
-                f"jku {quoted(header['jku'])} not allowlisted for {quoted(iss)}"
-            )
+        try:  # read, not trusted: the issuer and kid say which key may verify it
+            unverified = jwt.decode_complete(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"malformed JWT ({_said(exc)})") from None
+        header, unverified_claims = unverified["header"], unverified["payload"]
+        alg, kid = self._checked_header(header)
+        issuer = self._trusted_issuer(header, unverified_claims)
+        _check_dates(unverified_claims)
 
         key = self._jwks.get_key(issuer, kid)
-        _check_key_fits(key, alg)
-        claims = self._verified_claims(jws, key, alg)
-        return self._check_claims(claims, issuer, kid, endpoint_audience)
+        verifier = key.by_alg.get(alg)
+        if verifier is None:
+            raise AuthenticationError(
+                f"alg {alg} does not fit kid {quoted(kid)} ({', '.join(sorted(key.by_alg))})"
+            )
+        audiences = [*_spellings(endpoint_audience), *self._audiences[issuer.iss]]
+        try:
+            claims = jwt.decode(
+                token,
+                verifier,
+                algorithms=_ALGORITHMS,
+                audience=audiences,
+                issuer=issuer.iss,
+                leeway=self._leeway,
+                # sub is no CDS Hooks claim: any value is accepted, as with other extras.
+                options={"require": list(REQUIRED_CLAIMS), "verify_sub": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise self._refusal(exc, kid, unverified_claims, endpoint_audience) from None
+        return self._cds_hooks_claims(claims, issuer, kid)
 
     @staticmethod
     def _bearer_token(authorization_header: str | None) -> str:
@@ -258,7 +222,7 @@ class EhrAuthenticator:
         return token
 
     @staticmethod
-    def _checked_header(header: dict[str, Any]) -> dict[str, Any]:
+    def _checked_header(header: dict[str, Any]) -> tuple[str, str]:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise AuthenticationError(f"alg {quoted(alg)} not accepted")
@@ -273,49 +237,58 @@ class EhrAuthenticator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > _MAX_ID_CHARS:
             raise AuthenticationError("kid missing or invalid")
-        return header
+        return alg, kid
+
+    def _trusted_issuer(self, header: dict[str, Any], claims: dict[str, Any]) -> TrustedIssuer:
+        iss = claims.get("iss")
+        if not isinstance(iss, str):
+            raise AuthenticationError("iss missing or not a string")
+        issuer = self._issuers.get(iss)
+        if issuer is None:
+            raise AuthenticationError(f"untrusted iss {quoted(iss)}")
+        if "jku" in header and (issuer.jwks_url is None or header["jku"] != issuer.jwks_url):
+            # Never dereferenced: a token naming its own key URL could sign with any key.
+            raise AuthenticationError(
+                f"jku {quoted(header['jku'])} not allowlisted for {quoted(iss)}"
+            )
+        return issuer
 
     @staticmethod
-    def _verified_claims(jws: _CompactJws, key: VerificationKey, alg: str) -> dict[str, Any]:
-        # PyJWT's algorithm verifies the signature; the token was parsed once, by
-        # _parse_compact, instead of three times (header, unverified claims, then jwt.decode).
-        if not _ALGORITHMS[alg].verify(jws.signing_input, key.key, jws.signature):
-            raise AuthenticationError(f"bad signature (kid {quoted(key.kid)})")
-        for name in REQUIRED_CLAIMS:
-            if jws.claims.get(name) is None:
-                raise AuthenticationError(f"missing claim {name}")
-        return jws.claims
-
-    def _check_claims(
-        self, claims: dict[str, Any], issuer: TrustedIssuer, kid: str, endpoint_audience: str
-    ) -> VerifiedClient:
-        aud = claims["aud"]
-        audiences = [aud] if isinstance(aud, str) else aud
-        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-            raise AuthenticationError("aud is neither a string nor an array of strings")
-        accepted = {_strip_slash(endpoint_audience), *map(_strip_slash, issuer.audiences)}
-        if not any(_strip_slash(a) in accepted for a in audiences):
-            raise AuthenticationError(
-                f"aud {quoted(aud)} does not match endpoint {quoted(endpoint_audience)}"
+    def _refusal(
+        exc: jwt.PyJWTError, kid: str, claims: dict[str, Any], endpoint_audience: str
+    ) -> AuthenticationError:
+        """Why PyJWT refused a token, in this service's log vocabulary."""
+        if isinstance(exc, jwt.InvalidSignatureError):
+            return AuthenticationError(f"bad signature (kid {quoted(kid)})")
+        if isinstance(exc, jwt.MissingRequiredClaimError):
+            return AuthenticationError(f"missing claim {exc.claim}")
+        if isinstance(exc, jwt.ExpiredSignatureError):
+            return AuthenticationError("token expired")
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            nbf = "(nbf)" in str(exc)
+            return AuthenticationError(
+                "token not yet valid (nbf in the future)" if nbf else "iat in the future"
             )
+        if isinstance(exc, jwt.InvalidAudienceError):
+            return AuthenticationError(
+                f"aud {quoted(claims['aud'])} does not match endpoint {quoted(endpoint_audience)}"
+            )
+        if isinstance(exc, jwt.exceptions.InvalidJTIError):
+            return AuthenticationError("jti missing or invalid")
+        return AuthenticationError(f"invalid JWT ({_said(exc)})")
 
-        now = self._clock()
-        exp, iat = _numeric_date(claims, "exp"), _numeric_date(claims, "iat")
-        if exp <= now - self._leeway:
-            raise AuthenticationError("token expired")
-        if "nbf" in claims and _numeric_date(claims, "nbf") > now + self._leeway:
-            raise AuthenticationError("token not yet valid (nbf in the future)")
-        if iat > now + self._leeway:
-            raise AuthenticationError("iat in the future")
+    def _cds_hooks_claims(
+        self, claims: dict[str, Any], issuer: TrustedIssuer, kid: str
+    ) -> VerifiedClient:
+        exp, iat = claims["exp"], claims["iat"]  # JSON numbers, checked before the signature
         if exp <= iat:
             raise AuthenticationError("exp is not after iat")
         if exp - iat > self._max_lifetime:
             raise AuthenticationError(
                 f"token lifetime {exp - iat:g}s exceeds {self._max_lifetime:g}s"
             )
-
-        jti = claims["jti"]
-        if not isinstance(jti, str) or not jti or len(jti) > _MAX_ID_CHARS:
+        jti = claims["jti"]  # a string (PyJWT)
+        if not jti or len(jti) > _MAX_ID_CHARS:
             raise AuthenticationError("jti missing or invalid")
         tenant = claims.get("tenant")
         if tenant is not None and not isinstance(tenant, str):
@@ -324,6 +297,7 @@ class EhrAuthenticator:
             raise AuthenticationError(f"tenant {quoted(tenant)} not allowed for this issuer")
 
         # Last: only a token that passed everything else may take a slot in the replay cache.
+        now = self._clock()
         self._replay.check_and_remember(issuer.iss, jti, expires_at=exp + self._leeway, now=now)
         return VerifiedClient(
             iss=issuer.iss, tenant=tenant, jti=jti, kid=kid, fhir_servers=issuer.fhir_servers

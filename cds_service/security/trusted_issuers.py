@@ -29,12 +29,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ec import (
-    SECP256R1,
-    SECP384R1,
-    EllipticCurvePrivateKey,
-    EllipticCurvePublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -47,15 +42,15 @@ ALLOWED_ALGORITHMS: Final = frozenset({"ES384", "RS384", "ES256", "RS256", "PS38
 #: Elliptic curve each ECDSA algorithm is defined on (RFC 7518 §3.4).
 EC_CURVE_FOR_ALG: Final = {"ES256": "P-256", "ES384": "P-384"}
 
-MIN_RSA_BITS: Final = 2048
+#: Algorithms an RSA key without a JWK ``alg`` may verify (an EC key: its curve's only).
+RSA_ALGORITHMS: Final = tuple(sorted(ALLOWED_ALGORITHMS - set(EC_CURVE_FOR_ALG)))
 
-PublicKey = EllipticCurvePublicKey | RSAPublicKey
+MIN_RSA_BITS: Final = 2048
 
 _PRIVATE_MEMBERS: Final = {
     "EC": ("d",),
     "RSA": ("d", "p", "q", "dp", "dq", "qi", "oth"),
 }
-_CURVES: Final = {"P-256": SECP256R1, "P-384": SECP384R1}
 _ENTRY_FIELDS: Final = frozenset(
     {"iss", "jwks_url", "jwks", "jwks_file", "audiences", "tenants", "fhir_servers"}
 )
@@ -90,11 +85,13 @@ class TrustConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
-    """One public key from a JWK Set. ``alg``, when the JWK declares it, pins the algorithm."""
+    """One public key from a JWK Set, as a ``jwt.PyJWK`` per algorithm it may verify: the JWK's
+    ``alg`` if it declares one (it pins the algorithm), else every accepted algorithm that fits its
+    type and curve. A token is verified with ``by_alg[its alg]`` or not at all."""
 
     kid: str
-    key: PublicKey
-    alg: str | None = None
+    alg: str | None
+    by_alg: dict[str, jwt.PyJWK]
 
 
 @dataclass(frozen=True)
@@ -198,33 +195,24 @@ def parse_jwk(jwk: Any) -> VerificationKey:
             raise ValueError(f"kid {kid!r}: alg {alg!r} is not an accepted algorithm")
         if (kty == "EC") != alg.startswith("ES"):
             raise ValueError(f"kid {kid!r}: alg {alg!r} does not fit kty {kty!r}")
-    key: PublicKey
+    algorithms = RSA_ALGORITHMS
     if kty == "EC":
         crv = jwk.get("crv")
-        if crv not in _CURVES:
+        algorithms = tuple(a for a, curve in EC_CURVE_FOR_ALG.items() if curve == crv)
+        if not algorithms:
             raise ValueError(f"kid {kid!r}: curve {crv!r} is not supported (P-256 or P-384)")
         if alg is not None and EC_CURVE_FOR_ALG[alg] != crv:
             raise ValueError(f"kid {kid!r}: alg {alg!r} needs curve {EC_CURVE_FOR_ALG[alg]}")
-        try:
-            ec_key = ECAlgorithm.from_jwk(dict(jwk))
-        except Exception as exc:  # PyJWT raises several types for a malformed point
-            raise ValueError(f"kid {kid!r}: not a valid EC public key ({exc})") from None
-        if not isinstance(ec_key, EllipticCurvePublicKey):  # pragma: no cover - "d" refused above
-            raise ValueError(f"kid {kid!r}: not an EC public key")
-        key = ec_key
-    else:
-        try:
-            rsa_key = RSAAlgorithm.from_jwk(dict(jwk))
-        except Exception as exc:
-            raise ValueError(f"kid {kid!r}: not a valid RSA public key ({exc})") from None
-        if not isinstance(rsa_key, RSAPublicKey):  # pragma: no cover - "d" refused above
-            raise ValueError(f"kid {kid!r}: not an RSA public key")
-        if rsa_key.key_size < MIN_RSA_BITS:
-            raise ValueError(
-                f"kid {kid!r}: RSA key has {rsa_key.key_size} bits, at least {MIN_RSA_BITS} needed"
-            )
-        key = rsa_key
-    return VerificationKey(kid=kid, key=key, alg=alg)
+    try:
+        by_alg = {a: jwt.PyJWK(dict(jwk), a) for a in ((alg,) if alg else algorithms)}
+    except Exception as exc:  # PyJWT raises several types for a malformed point or modulus
+        raise ValueError(f"kid {kid!r}: not a valid {kty} public key ({exc})") from None
+    public = next(iter(by_alg.values())).key
+    if isinstance(public, RSAPublicKey) and public.key_size < MIN_RSA_BITS:
+        raise ValueError(
+            f"kid {kid!r}: RSA key has {public.key_size} bits, at least {MIN_RSA_BITS} needed"
+        )
+    return VerificationKey(kid=kid, alg=alg, by_alg=by_alg)
 
 
 def parse_jwks(data: Any, *, source: str, strict: bool) -> dict[str, VerificationKey]:
@@ -413,9 +401,9 @@ def mint_development_token(
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "DEV_ISSUER",
+    "RSA_ALGORITHMS",
     "SANDBOX_ISSUER",
     "SANDBOX_JWKS_URL",
-    "PublicKey",
     "TrustConfigError",
     "TrustedIssuer",
     "VerificationKey",
