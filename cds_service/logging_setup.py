@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from flask import g, has_request_context
+
+from cds_service.ids import new_uuid
 
 #: Attributes a log call may add with ``extra=`` that belong in the JSON line.
 _EXTRA_FIELDS = ("service", "status", "cards", "hook", "issuer")
@@ -29,7 +30,7 @@ def plain_token(value: str | None) -> str | None:
 
 def request_id_from(header: str | None) -> str:
     """The caller's X-Request-ID when it is a plain token, else a new one (no log injection)."""
-    return plain_token(header) or uuid.uuid4().hex
+    return plain_token(header) or new_uuid().hex
 
 
 class JsonFormatter(logging.Formatter):

@@ -11,12 +11,12 @@ limitations one link away on the public model-card page.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from cds_service.assessment import Assessment, Status
 from cds_service.gather.app_context import app_context_for
+from cds_service.ids import new_uuid
 from cds_service.presentation import Statement, present
 from cds_service.presentation.risk_assessment import record_suggestion
 from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
@@ -157,7 +157,7 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext) -> dict[str, Any] | N
         resource["requester"] = {"reference": ctx.user_id}
     return {
         "label": f"Order follow-up reviews at {months} months"[:80],
-        "uuid": str(uuid.uuid4()),
+        "uuid": str(new_uuid()),
         "isRecommended": a.model.tiers_approved,
         "actions": [
             {
@@ -222,7 +222,7 @@ def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> d
         }
     )
     return {
-        "uuid": str(uuid.uuid4()),
+        "uuid": str(new_uuid()),
         "summary": st.summary,
         "indicator": st.indicator,
         "detail": detail,

@@ -11,9 +11,9 @@ duration source, CI or not) is validated in the tests; only ids, versions and nu
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
+from cds_service.ids import new_uuid
 from cds_service.presentation.statement import RiskFigure, Statement
 from fhir_mappings import Provenance, roman
 
@@ -70,7 +70,7 @@ def record_suggestion(statement: Statement, patient_id: str | None) -> dict[str,
     card = statement.assessment.model
     return {
         "label": SUGGESTION_LABEL,
-        "uuid": str(uuid.uuid4()),
+        "uuid": str(new_uuid()),
         "isRecommended": False,
         "actions": [
             {
