@@ -25,8 +25,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from cds_service.sandbox.bundles import stored_resources
+from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
 from cds_service.sandbox.smoke import KeySigner
-from cds_service.sandbox.synth import build_bundle, stored_resources, synthetic_patients
 from tests.fhir_server import free_port
 from tests.hook_calls import prefetch_for
 from tests.test_docker_files import DOCKER, exec_form, final_stage_env, parse_dockerfile

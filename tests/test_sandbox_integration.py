@@ -23,7 +23,7 @@ import requests
 from cds_service.model.card import DEFAULT_MODEL_CARD
 from cds_service.sandbox.fhir_http import FhirEndpoint
 from cds_service.sandbox.loader import LoadReport, load_bundle
-from cds_service.sandbox.synth import (
+from cds_service.sandbox.scenarios import (
     PATIENT_IDENTIFIER_SYSTEM,
     RECORD_IDENTIFIER_SYSTEM,
     SCENARIOS,

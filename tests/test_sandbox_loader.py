@@ -22,9 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from cds_service.sandbox.bundles import iter_references
 from cds_service.sandbox.fhir_http import FhirEndpoint
 from cds_service.sandbox.loader import load_bundle
-from cds_service.sandbox.synth import build_bundle, iter_references, synthetic_patients
+from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
 from tests.cli_runner import run_cli
 from tests.fhir_server import free_port
 

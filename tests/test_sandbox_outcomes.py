@@ -16,7 +16,7 @@ import pytest
 from cds_service import create_app
 from cds_service.model import RecurrenceModel, load_model_card
 from cds_service.sandbox.outcomes import follow_up_entries
-from cds_service.sandbox.synth import PAST_COHORT, build_bundle, synthetic_patients
+from cds_service.sandbox.scenarios import PAST_COHORT, build_bundle, synthetic_patients
 from tests.cds_invariants import assert_valid_cds_response
 from tests.fhir_server import running_sekmet
 from tests.hook_calls import HookCaller, recent_patient

@@ -20,6 +20,8 @@ from jwt.algorithms import ECAlgorithm
 from cds_service.assessment import Assessment, Assessor
 from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY, CardContext, build_cards
+from cds_service.sandbox.bundles import stored_resources
+from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
 from cds_service.sandbox.smoke import (
     FoundPatient,
     KeySigner,
@@ -30,7 +32,6 @@ from cds_service.sandbox.smoke import (
     prefetch_resources,
     scenario_problems,
 )
-from cds_service.sandbox.synth import build_bundle, stored_resources, synthetic_patients
 from tests.cli_runner import run_cli
 from tests.fhir_server import free_port
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cds_service.assessment import Assessor, Status
-from cds_service.sandbox.synth import (
+from cds_service.sandbox.bundles import iter_references, stored_resources
+from cds_service.sandbox.scenarios import (
     EXPECTED_TAG_SYSTEM,
     PATIENT_IDENTIFIER_SYSTEM,
     RECORD_IDENTIFIER_SYSTEM,
@@ -20,9 +21,7 @@ from cds_service.sandbox.synth import (
     TEST_DATA_LABEL,
     SyntheticPatient,
     build_bundle,
-    iter_references,
     parse_expected_code,
-    stored_resources,
     synthetic_patients,
 )
 from fhir_mappings import Reason

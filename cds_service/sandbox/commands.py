@@ -22,7 +22,7 @@ from cds_service.config import ConfigError, Settings
 from cds_service.model import ModelCardError
 from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError
 from cds_service.sandbox.loader import MODES as LOAD_MODES
-from cds_service.sandbox.synth import DEFAULT_SEED, SCENARIOS
+from cds_service.sandbox.scenarios import DEFAULT_SEED, SCENARIOS
 from fhir_mappings import ValueSetError
 
 #: Environment variable holding the FHIR bearer token when ``--token`` is not given.
@@ -184,7 +184,7 @@ def _settings() -> Settings:
 
 
 def _bundle_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from cds_service.sandbox.synth import build_bundle, synthetic_patients
+    from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
     from fhir_mappings import load_value_sets
 
     patients = args.patients if args.patients is not None else len(SCENARIOS)

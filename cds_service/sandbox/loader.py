@@ -1,7 +1,7 @@
 """Load a transaction Bundle into any FHIR server without duplicating anything (``hfs-cds load``).
 
 1. **Look before writing.** Every entry whose request is a conditional update on a business
-   identifier (``PUT Type?identifier=system|value``, as :mod:`~cds_service.sandbox.synth` writes
+   identifier (``PUT Type?identifier=system|value``, as :mod:`~cds_service.sandbox.bundles` writes
    them) is looked up on the server first, a few dozen identifiers per search. An entry whose
    stored copy already says the same thing is *unchanged* and is not sent again (references to it
    are rewritten to its server id), so loading twice costs one search per type and writes nothing.
@@ -26,8 +26,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
 from cds_service.fhir import FhirError, outcome_text, search_matches
+from cds_service.sandbox.bundles import iter_references, rewrite_references
 from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError, wait_for_metadata
-from cds_service.sandbox.synth import iter_references
 from fhir_mappings import Resource
 
 Mode = Literal["auto", "transaction", "batch", "per-resource"]
@@ -475,7 +475,7 @@ def _batch(
 def _write_one(
     endpoint: FhirEndpoint, item: _Item, resolved: dict[str, str], report: LoadReport
 ) -> None:
-    resource = _rewritten(item.resource, resolved)
+    resource = rewrite_references(item.resource, resolved)
     if item.existing is not None:
         resource["id"] = item.existing["id"]
         answer = endpoint.request("PUT", f"{item.type}/{item.existing['id']}", body=resource)
@@ -525,22 +525,12 @@ def _find_id(endpoint: FhirEndpoint, item: _Item) -> str | None:
 
 def _entry(item: _Item, resolved: Mapping[str, str]) -> Resource:
     entry: Resource = {
-        "resource": _rewritten(item.resource, resolved),
+        "resource": rewrite_references(item.resource, resolved),
         "request": {"method": item.method, "url": item.url},
     }
     if item.full_url:
         entry["fullUrl"] = item.full_url
     return entry
-
-
-def _rewritten(resource: Resource, resolved: Mapping[str, str]) -> Resource:
-    copy = _copy(resource)
-    for ref in iter_references(copy):
-        target = resolved.get(ref["reference"])
-        if target is not None:
-            ref["reference"] = target
-    assert isinstance(copy, dict)
-    return copy
 
 
 def _status_code(status: Any) -> int:

@@ -15,7 +15,8 @@ from datetime import datetime
 
 from cds_service.model import ModelCard
 from cds_service.recalibration.simulate import simulate_follow_up
-from cds_service.sandbox.synth import SyntheticPatient, full_url, iter_references
+from cds_service.sandbox.bundles import full_url, rewrite_references
+from cds_service.sandbox.scenarios import SyntheticPatient
 from fhir_mappings import Resource, ValueSets
 
 
@@ -27,7 +28,7 @@ def follow_up_entries(
     as_of: datetime,
     value_sets: ValueSets | None = None,
 ) -> dict[str, list[Resource]]:
-    """Extra resources by patient key, for :func:`~cds_service.sandbox.synth.build_bundle`."""
+    """Extra resources by patient key, for :func:`~cds_service.sandbox.scenarios.build_bundle`."""
     by_key = {p.key: p for p in patients}
     stored = {p.key: _as_stored(p) for p in patients}
     drawn = simulate_follow_up(card, stored, seed=seed, as_of=as_of, value_sets=value_sets)
@@ -49,15 +50,12 @@ def follow_up_entries(
 
 def _as_stored(patient: SyntheticPatient) -> list[Resource]:
     """The patient's resources as a FHIR server would return them: ids, and relative references."""
-    resources = copy.deepcopy(list(patient.resources))
-    ids: dict[str, str] = {}
-    for i, resource in enumerate(resources):
-        rid = patient.key if i == 0 else f"{patient.key}-{i}"
-        ids[full_url(resource)] = f"{resource['resourceType']}/{rid}"
-        resource["id"] = rid
-    for resource in resources:
-        for ref in iter_references(resource):
-            target = ids.get(ref.get("reference", ""))
-            if target:
-                ref["reference"] = target
-    return resources
+    rids = [patient.key if i == 0 else f"{patient.key}-{i}" for i in range(len(patient.resources))]
+    ids = {
+        full_url(r): f"{r['resourceType']}/{rid}"
+        for r, rid in zip(patient.resources, rids, strict=True)
+    }
+    return [
+        rewrite_references({**r, "id": rid}, ids)
+        for r, rid in zip(patient.resources, rids, strict=True)
+    ]

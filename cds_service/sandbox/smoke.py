@@ -40,7 +40,7 @@ from cds_service.hooks.cards import EXTENSION_KEY
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.services import NOTE_SIGN_HOOK
 from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError
-from cds_service.sandbox.synth import (
+from cds_service.sandbox.scenarios import (
     EXPECTED_TAG_SYSTEM,
     KEY_PREFIX,
     PATIENT_IDENTIFIER_SYSTEM,

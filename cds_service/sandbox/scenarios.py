@@ -1,4 +1,4 @@
-"""Synthetic FHIR R4 test patients for any FHIR server (``hfs-cds synth``).
+"""The synthetic patient catalogue: FHIR R4 test patients for any FHIR server (``hfs-cds synth``).
 
 Each patient follows one :class:`Scenario`: a typical scorable record, or one of the edge cases the
 mapping rules name (no ablation, an ablation not completed, a date-only procedure, an out-of-range
@@ -13,10 +13,8 @@ random draws, whatever the count, so adding patients never changes the earlier o
 
 Loading twice must not duplicate anything, on sekmet-fhir, HAPI or a vendor sandbox. So every
 resource carries a stable business identifier (``Patient.identifier`` in
-:data:`PATIENT_IDENTIFIER_SYSTEM`, the others in :data:`RECORD_IDENTIFIER_SYSTEM`), the transaction
-entry is a conditional update on that identifier (``PUT Patient?identifier=system|value``), and
-references between entries use ``urn:uuid`` full URLs derived from the identifier, which the server
-rewrites to the ids it assigns. No server id is ever chosen by the client.
+:data:`PATIENT_IDENTIFIER_SYSTEM`, the others in :data:`RECORD_IDENTIFIER_SYSTEM`) and the Bundle is
+built by :mod:`~cds_service.sandbox.bundles` (conditional updates, ``urn:uuid`` references).
 
 Follow-up data (recurrences, last-contact encounters) can be added later without touching the
 scenarios: build the patients with :func:`synthetic_patients`, make extra resources that reference
@@ -27,13 +25,12 @@ scenarios: build the patients with :func:`synthetic_patients`, make extra resour
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any, Final, Literal
-from urllib.parse import quote
 
+from cds_service.sandbox.bundles import full_url, transaction_bundle
 from fhir_mappings import Reason, Resource, ValueSets, load_value_sets, roman
 
 #: Business identifier systems of the synthetic data (never real patients).
@@ -52,7 +49,6 @@ TEST_DATA_LABEL: Final = {
 KEY_PREFIX: Final = "hfs-synth"
 DEFAULT_SEED: Final = 2026
 
-_URN_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://hfs-cds.example.org/synthetic")
 _SNOMED: Final = "http://snomed.info/sct"
 _UCUM: Final = "http://unitsofmeasure.org"
 _OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -142,45 +138,6 @@ class SyntheticPatient:
         return {"system": RECORD_IDENTIFIER_SYSTEM, "value": f"{self.key}-{suffix}"}
 
 
-def full_url(resource: Mapping[str, Any]) -> str:
-    """The ``urn:uuid`` full URL of a resource, derived from its first business identifier."""
-    system, value = business_identifier(resource)
-    return f"urn:uuid:{uuid.uuid5(_URN_NAMESPACE, f'{system}|{value}')}"
-
-
-def business_identifier(resource: Mapping[str, Any]) -> tuple[str, str]:
-    """``(system, value)`` of the resource's first identifier; ``ValueError`` if it has none."""
-    identifiers = resource.get("identifier")
-    first = identifiers[0] if isinstance(identifiers, list) and identifiers else None
-    if (
-        not isinstance(first, dict)
-        or not isinstance(first.get("system"), str)
-        or not isinstance(first.get("value"), str)
-    ):
-        kind = resource.get("resourceType", "resource")
-        raise ValueError(
-            f"{kind} has no identifier with a system and a value: every synthetic resource needs "
-            "one, so that loading twice updates it instead of creating a duplicate"
-        )
-    return first["system"], first["value"]
-
-
-def conditional_url(resource: Mapping[str, Any]) -> str:
-    """``Type?identifier=system|value`` (percent-encoded) for a conditional update."""
-    system, value = business_identifier(resource)
-    token = quote(f"{system}|{value}", safe="")
-    return f"{resource['resourceType']}?identifier={token}"
-
-
-def transaction_entry(resource: Resource) -> Resource:
-    """A transaction entry: conditional update on the business identifier, urn:uuid full URL."""
-    return {
-        "fullUrl": full_url(resource),
-        "resource": resource,
-        "request": {"method": "PUT", "url": conditional_url(resource)},
-    }
-
-
 def build_bundle(
     patients: Sequence[SyntheticPatient],
     extra_resources_by_patient: Mapping[str, Sequence[Resource]] | None = None,
@@ -195,63 +152,7 @@ def build_bundle(
     unknown = sorted(set(extra) - {p.key for p in patients})
     if unknown:
         raise ValueError(f"extra resources for unknown patient key(s): {', '.join(unknown)}")
-    entries: list[Resource] = []
-    seen: set[str] = set()
-    for patient in patients:
-        for resource in (*patient.resources, *extra.get(patient.key, ())):
-            entry = transaction_entry(resource)
-            if entry["fullUrl"] in seen:
-                system, value = business_identifier(resource)
-                raise ValueError(f"two resources share the identifier {system}|{value}")
-            seen.add(entry["fullUrl"])
-            entries.append(entry)
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def stored_resources(bundle: Mapping[str, Any]) -> list[Resource]:
-    """The resources as a FHIR server would store a synthetic transaction, without a server.
-
-    Each resource gets its business identifier value as ``id`` (a valid FHIR id) and every
-    ``urn:uuid`` reference becomes ``Type/id``: for scoring synthetic patients offline and in
-    tests. References that name no entry are left as they are.
-    """
-    ids: dict[str, str] = {}
-    resources: list[Resource] = []
-    for entry in bundle.get("entry") or []:
-        resource = _deep_copy(entry["resource"])
-        _, value = business_identifier(resource)
-        resource["id"] = value
-        ids[entry["fullUrl"]] = f"{resource['resourceType']}/{value}"
-        resources.append(resource)
-    for resource in resources:
-        for ref in iter_references(resource):
-            target = ids.get(ref["reference"])
-            if target is not None:
-                ref["reference"] = target
-    return resources
-
-
-def iter_references(node: Any) -> list[dict[str, Any]]:
-    """Every ``{"reference": str}`` object inside a resource (mutable, in document order)."""
-    found: list[dict[str, Any]] = []
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item.get("reference"), str):
-                found.append(item)
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-    return found
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
+    return transaction_bundle(r for p in patients for r in (*p.resources, *extra.get(p.key, ())))
 
 
 def synthetic_patients(
@@ -867,14 +768,8 @@ __all__ = [
     "Scenario",
     "SyntheticPatient",
     "build_bundle",
-    "business_identifier",
-    "conditional_url",
-    "full_url",
-    "iter_references",
     "parse_expected_code",
     "patient_key",
     "scenario_for",
-    "stored_resources",
     "synthetic_patients",
-    "transaction_entry",
 ]
