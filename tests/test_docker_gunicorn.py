@@ -27,7 +27,7 @@ from jwt.algorithms import ECAlgorithm
 
 from cds_service.sandbox.bundles import stored_resources
 from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
-from cds_service.sandbox.smoke import KeySigner
+from cds_service.security.trusted_issuers import SigningKey
 from tests.fhir_server import free_port
 from tests.hook_calls import prefetch_for
 from tests.test_docker_files import DOCKER, exec_form, final_stage_env, parse_dockerfile
@@ -41,7 +41,7 @@ START_TIMEOUT_SECONDS = 30.0
 @dataclass
 class Served:
     base: str
-    signer: KeySigner
+    signer: SigningKey
     process: subprocess.Popen[bytes]
     log: Path
     env: dict[str, str]
@@ -75,7 +75,7 @@ def image_environment(data: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-def mounted_trust_list(tmp: Path) -> KeySigner:
+def mounted_trust_list(tmp: Path) -> SigningKey:
     """A trust list naming a test EHR's public key (as a site mounts it); its signer."""
     key = ec.generate_private_key(ec.SECP384R1())
     public = json.loads(ECAlgorithm.to_jwk(key.public_key()))
@@ -83,7 +83,7 @@ def mounted_trust_list(tmp: Path) -> KeySigner:
     (tmp / "trusted-issuers.json").write_text(
         json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": [public]}}]})
     )
-    return KeySigner(key=key, kid="ehr-test-1", iss=ISSUER, alg="ES384")
+    return SigningKey(key=key, kid="ehr-test-1", iss=ISSUER, alg="ES384")
 
 
 @pytest.fixture(scope="module")

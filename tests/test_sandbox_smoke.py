@@ -24,7 +24,6 @@ from cds_service.sandbox.bundles import stored_resources
 from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
 from cds_service.sandbox.smoke import (
     FoundPatient,
-    KeySigner,
     Row,
     SmokeResult,
     compare,
@@ -32,6 +31,7 @@ from cds_service.sandbox.smoke import (
     prefetch_resources,
     scenario_problems,
 )
+from cds_service.security.trusted_issuers import SigningKey
 from tests.cli_runner import run_cli
 from tests.fhir_server import free_port
 
@@ -139,7 +139,7 @@ def _private_jwk(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
 
 def test_a_key_signer_signs_fresh_tokens_for_each_audience(tmp_path: Path) -> None:
     path, key = _private_jwk(tmp_path)
-    signer = KeySigner.from_file(path, "https://ehr.example", None, "https://ehr.example/jwks")
+    signer = SigningKey.from_file(path, "https://ehr.example", None, "https://ehr.example/jwks")
     first, second = signer.sign("https://cds/a"), signer.sign("https://cds/a")
     header = jwt.get_unverified_header(first)
     assert header == {

@@ -248,21 +248,23 @@ def _run_load(args: argparse.Namespace) -> int:
 def _run_smoke(args: argparse.Namespace) -> int:
     from cds_service.assessment import Assessor
     from cds_service.model import load_model_card
-    from cds_service.sandbox.smoke import CdsClient, DevelopmentSigner, KeySigner, run_smoke
-    from cds_service.sandbox.smoke import TokenSigner as Signer
+    from cds_service.sandbox.smoke import CdsClient, run_smoke
+    from cds_service.security.trusted_issuers import SigningKey, TrustConfigError, development_key
     from fhir_mappings import load_value_sets
 
-    signer: Signer
     if args.jwt_key is not None:
         if not args.iss:
             raise SandboxError("--jwt-key needs --iss (the issuer the service trusts)")
-        signer = KeySigner.from_file(args.jwt_key, args.iss, args.jwt_alg, args.jku)
+        try:
+            signer = SigningKey.from_file(args.jwt_key, args.iss, args.jwt_alg, args.jku)
+        except TrustConfigError as exc:
+            raise SandboxError(f"--jwt-key {exc}") from None
     else:
         if args.iss or args.jku:
             raise SandboxError("--iss and --jku go with --jwt-key")
         if args.jwt_alg not in (None, "ES384", "RS384"):
             raise SandboxError("the development signer signs ES384 or RS384 only")
-        signer = DevelopmentSigner(args.jwt_alg or "ES384")
+        signer = development_key(args.jwt_alg or "ES384")
     settings = _settings()
     assessor = Assessor(
         load_model_card(settings.model_card or None),

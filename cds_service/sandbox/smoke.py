@@ -18,20 +18,14 @@ service refuses replayed ones.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-import jwt
 import requests
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.fhir import FhirError, outcome_text
@@ -47,6 +41,7 @@ from cds_service.sandbox.scenarios import (
     SCENARIO_TAG_SYSTEM,
     parse_expected_code,
 )
+from cds_service.security.trusted_issuers import SigningKey
 from fhir_mappings import Resource, resources_from_bundle
 
 Mode = Literal["prefetch", "fetch"]
@@ -55,81 +50,6 @@ RISK_MONTHS = (3, 6, 12)
 #: Risks must agree to three decimals.
 RISK_TOLERANCE = 0.0005
 SMOKE_USER = "Practitioner/hfs-cds-smoke"
-
-
-# -- JWTs -----------------------------------------------------------------------------------------
-
-
-class TokenSigner(Protocol):
-    """Signs one fresh JWT per call, ``aud`` = the endpoint URL (CDS Hooks "Trusting Clients")."""
-
-    def sign(self, audience: str) -> str: ...
-
-
-@dataclass(frozen=True)
-class DevelopmentSigner:
-    """The development issuer (trusted only by a service in development mode)."""
-
-    alg: Literal["ES384", "RS384"] = "ES384"
-
-    def sign(self, audience: str) -> str:
-        from cds_service.security.trusted_issuers import mint_development_token
-
-        return mint_development_token(audience, alg=self.alg)
-
-
-@dataclass(frozen=True)
-class KeySigner:
-    """A real deployment's test client: a private JWK, the ``iss`` the service trusts."""
-
-    key: EllipticCurvePrivateKey | RSAPrivateKey
-    kid: str
-    iss: str
-    alg: str
-    jku: str | None = None
-    lifetime_seconds: int = 300
-
-    @classmethod
-    def from_file(cls, path: Path, iss: str, alg: str | None, jku: str | None) -> KeySigner:
-        """Read a private JWK (or a JWK Set holding one private key)."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SandboxError(f"cannot read --jwt-key {path}: {exc.strerror}") from None
-        except ValueError:
-            raise SandboxError(f"--jwt-key {path} is not JSON") from None
-        keys = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
-        private = [k for k in keys or [] if isinstance(k, dict) and "d" in k]
-        if len(private) != 1:
-            raise SandboxError(
-                f"--jwt-key {path} must hold exactly one private JWK (found {len(private)})"
-            )
-        jwk = private[0]
-        kid = jwk.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise SandboxError(f"--jwt-key {path}: the key has no 'kid'")
-        chosen = alg or jwk.get("alg") or ("ES384" if jwk.get("kty") == "EC" else "RS384")
-        try:
-            key = (ECAlgorithm if jwk.get("kty") == "EC" else RSAAlgorithm).from_jwk(jwk)
-        except Exception as exc:  # PyJWT raises several types for a malformed key
-            raise SandboxError(f"--jwt-key {path}: not a usable private key ({exc})") from None
-        if not isinstance(key, EllipticCurvePrivateKey | RSAPrivateKey):
-            raise SandboxError(f"--jwt-key {path}: not a private key")
-        return cls(key=key, kid=kid, iss=iss, alg=str(chosen), jku=jku)
-
-    def sign(self, audience: str) -> str:
-        now = int(datetime.now(UTC).timestamp())
-        claims = {
-            "iss": self.iss,
-            "aud": audience,
-            "iat": now,
-            "exp": now + self.lifetime_seconds,
-            "jti": str(uuid.uuid4()),
-        }
-        headers: dict[str, str] = {"kid": self.kid, "typ": "JWT"}
-        if self.jku:
-            headers["jku"] = self.jku
-        return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers)
 
 
 # -- what is on the FHIR server -------------------------------------------------------------------
@@ -245,7 +165,7 @@ class Service:
 class CdsClient:
     """Calls discovery and services with a fresh JWT each time."""
 
-    def __init__(self, discovery_url: str, signer: TokenSigner, timeout: float) -> None:
+    def __init__(self, discovery_url: str, signer: SigningKey, timeout: float) -> None:
         parts = urlsplit(discovery_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SandboxError(f"--service {discovery_url!r} is not an http(s) URL")
@@ -682,13 +602,10 @@ def _percent(value: Any) -> str:
 __all__ = [
     "MODES",
     "CdsClient",
-    "DevelopmentSigner",
     "FoundPatient",
-    "KeySigner",
     "Row",
     "Service",
     "SmokeResult",
-    "TokenSigner",
     "compare",
     "find_synthetic_patients",
     "hook_context",

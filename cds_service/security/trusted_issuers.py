@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -367,6 +367,79 @@ def development_issuers() -> tuple[TrustedIssuer, ...]:
     )
 
 
+@dataclass(frozen=True)
+class SigningKey:
+    """A client's private key: one fresh JWT per call, ``aud`` = the endpoint URL.
+
+    The one signer of the project: ``hfs-cds dev-token`` (:func:`mint_development_token`) and
+    ``hfs-cds smoke`` both sign with it (CDS Hooks "Trusting Clients").
+    """
+
+    key: EllipticCurvePrivateKey | RSAPrivateKey
+    kid: str
+    iss: str
+    alg: str
+    jku: str | None = None
+    lifetime_seconds: int = 300
+
+    @classmethod
+    def from_file(
+        cls, path: Path, iss: str, alg: str | None = None, jku: str | None = None
+    ) -> SigningKey:
+        """A private JWK file (or a JWK Set holding one); ``TrustConfigError`` naming the file."""
+        data = _read_json(path)
+        keys = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
+        private = [k for k in keys or [] if isinstance(k, dict) and "d" in k]
+        if len(private) != 1:
+            raise TrustConfigError(
+                f"{path}: must hold exactly one private JWK (found {len(private)})"
+            )
+        jwk = private[0]
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TrustConfigError(f"{path}: the key has no 'kid'")
+        chosen = alg or jwk.get("alg") or ("ES384" if jwk.get("kty") == "EC" else "RS384")
+        try:
+            key = (ECAlgorithm if jwk.get("kty") == "EC" else RSAAlgorithm).from_jwk(jwk)
+        except Exception as exc:  # PyJWT raises several types for a malformed key
+            raise TrustConfigError(f"{path}: not a usable private key ({exc})") from None
+        if not isinstance(key, EllipticCurvePrivateKey | RSAPrivateKey):
+            raise TrustConfigError(f"{path}: not a private key")
+        return cls(key=key, kid=kid, iss=iss, alg=str(chosen), jku=jku)
+
+    def sign(
+        self,
+        audience: str | Sequence[str],
+        *,
+        tenant: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            "iss": self.iss,
+            "aud": audience if isinstance(audience, str) else list(audience),
+            "iat": issued,
+            "exp": issued + self.lifetime_seconds,
+            "jti": str(uuid.uuid4()),
+        }
+        if tenant is not None:
+            claims["tenant"] = tenant
+        headers = {"kid": self.kid, "typ": "JWT"}
+        if self.jku:
+            headers["jku"] = self.jku
+        return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers)
+
+
+def development_key(alg: Literal["ES384", "RS384"] = "ES384") -> SigningKey:
+    """The development issuer's key (``dev_keys/dev-private-keys.json``, one per algorithm)."""
+    data = _read_json(DEV_PRIVATE_KEYS_FILE)
+    jwk = next(k for k in data["keys"] if k.get("alg") == alg)
+    private = ECAlgorithm.from_jwk(jwk) if alg == "ES384" else RSAAlgorithm.from_jwk(jwk)
+    if not isinstance(private, EllipticCurvePrivateKey | RSAPrivateKey):  # pragma: no cover
+        raise TrustConfigError(f"{DEV_PRIVATE_KEYS_FILE}: {alg} key is not a private key")
+    return SigningKey(key=private, kid=jwk["kid"], iss=DEV_ISSUER, alg=alg)
+
+
 def mint_development_token(
     audience: str | Sequence[str],
     *,
@@ -380,22 +453,8 @@ def mint_development_token(
     ``audience`` is the full endpoint URL, e.g. ``http://localhost:5000/cds-services``. The keys
     are public (``dev_keys/dev-private-keys.json``), so such a token proves nothing in production.
     """
-    data = _read_json(DEV_PRIVATE_KEYS_FILE)
-    jwk = next(k for k in data["keys"] if k.get("alg") == alg)
-    private = ECAlgorithm.from_jwk(jwk) if alg == "ES384" else RSAAlgorithm.from_jwk(jwk)
-    if not isinstance(private, EllipticCurvePrivateKey | RSAPrivateKey):  # pragma: no cover
-        raise TrustConfigError(f"{DEV_PRIVATE_KEYS_FILE}: {alg} key is not a private key")
-    issued = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {
-        "iss": DEV_ISSUER,
-        "aud": audience if isinstance(audience, str) else list(audience),
-        "iat": issued,
-        "exp": issued + lifetime_seconds,
-        "jti": str(uuid.uuid4()),
-    }
-    if tenant is not None:
-        claims["tenant"] = tenant
-    return jwt.encode(claims, private, algorithm=alg, headers={"kid": jwk["kid"], "typ": "JWT"})
+    key = replace(development_key(alg), lifetime_seconds=lifetime_seconds)
+    return key.sign(audience, tenant=tenant, now=now)
 
 
 __all__ = [
@@ -404,11 +463,13 @@ __all__ = [
     "RSA_ALGORITHMS",
     "SANDBOX_ISSUER",
     "SANDBOX_JWKS_URL",
+    "SigningKey",
     "TrustConfigError",
     "TrustedIssuer",
     "VerificationKey",
     "check_jwks_url",
     "development_issuers",
+    "development_key",
     "load_trusted_issuers",
     "mint_development_token",
     "parse_jwk",
