@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from cds_service import create_app
 from cds_service.assessment import Assessor
 from cds_service.model import RecurrenceModel, load_model_card
+from cds_service.shared_state import SharedState
 from fhir_mappings import load_value_sets
 from tests.cli_runner import run_cli
 from tests.fhir_server import FhirServerProcess, running_sekmet
@@ -98,3 +99,12 @@ def _no_cds_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
             monkeypatch.delenv(name)
     # Apps built in a test keep their embedded audit database in that test's own folder.
     monkeypatch.setenv("CDS_INSTANCE_PATH", str(tmp_path / "instance"))
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[SharedState]:
+    """A fresh shared-state file (JWT replay cache, SMART sessions) for this test; its
+    connections are closed afterwards."""
+    state = SharedState(tmp_path / "shared.sqlite3")
+    yield state
+    state.close()

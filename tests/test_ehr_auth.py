@@ -156,13 +156,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-@pytest.fixture
-def shared(tmp_path: Path) -> Iterator[SharedState]:
-    """A fresh shared-state file for this test; its connections are closed afterwards."""
-    state = SharedState(tmp_path / "shared.sqlite3")
-    yield state
-    state.close()
-
 
 @pytest.fixture
 def replay(shared: SharedState) -> SharedReplayCache:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from multiprocessing.context import ForkContext, SpawnContext
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,6 @@ CHILD_TIMEOUT_SECONDS = 60
 
 MakeCache = Callable[..., ReplayGuard]
 
-
-@pytest.fixture
-def shared(tmp_path: Path) -> Iterator[SharedState]:
-    """A fresh shared-state file for this test; its connections are closed afterwards."""
-    state = SharedState(tmp_path / "shared.sqlite3")
-    yield state
-    state.close()
 
 
 @pytest.fixture

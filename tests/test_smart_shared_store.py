@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,6 @@ IDLE = timedelta(hours=1)
 CHILD_TIMEOUT_SECONDS = 60
 fork = multiprocessing.get_context("fork")
 
-
-@pytest.fixture
-def shared(tmp_path: Path) -> Iterator[SharedState]:
-    """A fresh shared-state file; its connections are closed afterwards."""
-    state = SharedState(tmp_path / "shared.sqlite3")
-    yield state
-    state.close()
 
 
 @pytest.fixture
