@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cds_service.config import Settings
+from cds_service.config import load_settings
 from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import init_hooks
 from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
@@ -25,10 +24,9 @@ _ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: 
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. ``config`` overrides settings by upper-case name (e.g. ``FHIR_ALLOWLIST``)."""
-    settings = Settings.from_env(os.environ)
-    if config:
-        settings = settings.with_overrides(config)
+    """Build the app. ``config`` overrides settings by upper-case name (e.g. ``FHIR_ALLOWLIST``,
+    ``SMART_CLIENT_ID``; see :func:`~cds_service.config.load_settings`)."""
+    settings = load_settings(overrides=config)
     app = Flask(__name__)
     app.config.update(settings.flask)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

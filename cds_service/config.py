@@ -1,29 +1,164 @@
-"""Settings from the environment (12-factor), read once when the app is created.
+"""Settings from the environment (12-factor), read once: one dataclass tree and one parser.
 
-Every setting has a safe default: with nothing set the service answers hooks from prefetch only and
-contacts no FHIR server. ``create_app(config)`` overrides fields by their upper-case names for tests.
+:func:`load_settings` reads every variable at once: the service's (``CDS_*``, :class:`Settings`),
+the store's (``CDS_*``, ``settings.store``) and the SMART app's (``SMART_*``, ``settings.smart``).
+Variable = the section's prefix + the field name in upper case; ``create_app(config)`` overrides by
+the same names (the service's also without ``CDS_``). Every default is the safe one: with nothing
+set the service answers hooks from prefetch only, contacts no FHIR server and the SMART app is not
+set up. An empty value is the default.
+
+One rule per kind of value, for every variable (``_ACCEPTS``): a flag is true or false, a count a
+whole number of at least 1, a duration a number above 0, a list comma and/or whitespace separated,
+and a URL https (http only on loopback in development mode: :func:`cds_service.fhir.parse_allowlist`).
+Anything else is a :class:`ConfigError` whose one line names the variable and what it accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
-ENV_PREFIX = "CDS_"
 #: The shared-state file's name in ``instance_path`` when ``CDS_SHARED_STATE_PATH`` is not set.
 DEFAULT_SHARED_STATE_FILE = "shared-state.sqlite3"
+#: The embedded database's file name in ``instance_path`` when ``CDS_DATABASE_URL`` is not set.
+DEFAULT_DATABASE_FILE = "hfs-cds.sqlite3"
+
+# Kinds of value besides bool, int (a count), float (a duration) and str; the parser reads the
+# kind from each field's annotation.
+Words = tuple[str, ...]  # a list, comma and/or whitespace separated
+FhirBases = tuple[str, ...]  # URLs under the one URL rule, without trailing slashes
+Url = str  # one URL under the same rule
+
+_URL_RULE = "https; http only on loopback in development mode"
+_ACCEPTS = {
+    "bool": "true or false (also 1/0, yes/no, on/off)",
+    "int": "a whole number, at least 1",
+    "float": "a number above 0",
+    "str": "text",
+    "Words": "a list, comma and/or whitespace separated",
+    "FhirBases": f"absolute URLs, comma and/or whitespace separated ({_URL_RULE})",
+    "Url": f"one absolute URL ({_URL_RULE})",
+}
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+_FLAGS |= {"0": False, "false": False, "no": False, "off": False}
+_SEPARATORS = re.compile(r"[\s,]+")
+
+#: Read-only access to what the assessment reads, in SMART v2 syntax; ``online_access`` asks for a
+#: refresh token that lives as long as the user's EHR session. ``launch`` is replaced by
+#: ``launch/patient`` in a standalone launch.
+DEFAULT_SCOPES = (
+    "launch",
+    "patient/Patient.rs",
+    "patient/Procedure.rs",
+    "patient/Observation.rs",
+    "patient/Condition.rs",
+    "online_access",
+)
 
 
 class ConfigError(ValueError):
     """A setting has a value the service cannot use."""
 
 
+class Variable(NamedTuple):
+    """One environment variable, as the configuration reference lists it."""
+
+    name: str
+    default: str
+    accepts: str
+    help: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Audit and feedback persistence (``settings.store``)."""
+
+    PREFIX: ClassVar[str] = "CDS_"
+
+    #: Audit and feedback database, a SQLAlchemy URL (``postgresql://…`` for several replicas,
+    #: ``sqlite:///path``). Empty: a SQLite file in the instance path, created and migrated at start.
+    database_url: str = ""
+    #: The instance directory, relative to the working directory: the embedded database and the
+    #: shared-state file.
+    instance_path: str = "instance"
+    #: How many days audit records and feedback are kept (``hfs-cds db purge`` deletes older rows):
+    #: a year of follow-up plus a quarter for governance review.
+    audit_retention_days: int = 400
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> StoreSettings:
+        """Temporary, for the ``hfs-cds db`` commands: use ``load_settings(environ).store``."""
+        return load_settings(environ).store
+
+    def resolved_url(self) -> str:
+        """The database URL to use: ``database_url``, else the SQLite file in the instance path."""
+        if self.database_url:
+            return self.database_url
+        return (
+            f"sqlite:///{Path(self.instance_path).expanduser().absolute() / DEFAULT_DATABASE_FILE}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SmartSettings:
+    """The SMART app (``settings.smart``). With no client id it answers a "not set up" page and
+    talks to nobody; cookies are ``Secure``; frames are allowed only from the registered EHRs."""
+
+    PREFIX: ClassVar[str] = "SMART_"
+
+    #: The client id the EHR registered for this app; empty = the app is not set up.
+    client_id: str = ""
+    #: Set for a confidential client (HTTP Basic at the token endpoint); empty = public client.
+    client_secret: str = ""
+    #: FHIR base URLs (``iss``) of the EHRs allowed to launch the app; nothing else is contacted.
+    allowed_issuers: FhirBases = ()
+    #: FHIR base for a standalone launch (``/smart/launch`` without parameters); empty = none.
+    standalone_fhir_base: Url = ""
+    #: The registered redirect URI; empty = CDS_PUBLIC_BASE_URL (else the request host) + callback.
+    redirect_url: Url = ""
+    #: Scopes asked for.
+    scopes: Words = DEFAULT_SCOPES
+    #: ``Secure`` on the session cookie. Only tests over plain http on loopback turn it off.
+    cookie_secure: bool = True
+    #: CSP ``frame-ancestors`` sources; empty = ``'self'`` plus the origins of the allowed issuers.
+    frame_ancestors: Words = ()
+    #: A browser session (and the access it holds) ends after this many seconds without a request.
+    session_idle_seconds: int = 3600
+    #: Time budget in seconds for the FHIR queries behind one page.
+    fhir_budget_seconds: float = 5.0
+    #: Connect timeout in seconds of each FHIR query behind a page.
+    fhir_connect_timeout_seconds: float = 1.0
+    #: Timeout in seconds of a discovery or token request to the EHR's authorization server.
+    http_timeout_seconds: float = 5.0
+    #: How many seconds a ``.well-known/smart-configuration`` document is reused.
+    discovery_ttl_seconds: int = 3600
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id)
+
+    @property
+    def confidential(self) -> bool:
+        return bool(self.client_secret)
+
+    @property
+    def fhir_bases(self) -> tuple[str, ...]:
+        """Every FHIR base the app may contact: the allowed issuers and the standalone base."""
+        bases = self.allowed_issuers
+        if self.standalone_fhir_base and self.standalone_fhir_base not in bases:
+            bases += (self.standalone_fhir_base,)
+        return bases
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """All service settings. Environment variable = ``CDS_`` + the field name in upper case."""
+    """All settings: the service's here, the store's and the SMART app's in their sections."""
+
+    PREFIX: ClassVar[str] = "CDS_"
 
     #: Require a valid JWT from a trusted EHR on discovery, service and feedback calls.
     auth_required: bool = True
@@ -34,84 +169,151 @@ class Settings:
     #: Path of a value-set JSON replacing the packaged code sets; empty = packaged.
     valuesets_file: str = ""
     #: Base URLs of FHIR servers the service may query when prefetch is incomplete.
-    fhir_allowlist: tuple[str, ...] = ()
+    fhir_allowlist: FhirBases = ()
     #: Query an allowlisted FHIR server even when the EHR sent no ``fhirAuthorization`` (open sandboxes).
     fhir_fetch_without_token: bool = False
     #: Development mode (``make run``): allows http FHIR servers on loopback. Never in production.
     dev_mode: bool = False
-    #: Overall time budget for FHIR fallback queries in one hook call, and per-connection timeout.
+    #: Overall time budget in seconds for the FHIR fallback queries of one hook call.
     fhir_budget_seconds: float = 2.0
+    #: Connect timeout in seconds of each FHIR fallback query.
     fhir_connect_timeout_seconds: float = 0.5
     #: Upper bound on search-result pages followed per prefetch key.
     fhir_max_pages: int = 5
     #: Origins allowed by CORS; ``*`` allows any (no credentials are ever allowed).
-    cors_origins: tuple[str, ...] = ("*",)
+    cors_origins: Words = ("*",)
     #: The service's public base URL as EHRs call it (behind proxies): JWT audiences and card links.
     public_base_url: str = ""
-    #: Audit and feedback database (SQLAlchemy URL; PostgreSQL for several replicas). Empty: a
-    #: SQLite file in ``instance_path``, created and migrated at start-up.
-    database_url: str = ""
-    instance_path: str = "instance"
     #: SQLite file holding what the worker processes of one instance share (the JWT replay cache,
-    #: the SMART sessions). Disposable: recreated when missing or outdated. Empty: a file in
-    #: ``instance_path`` (see :meth:`shared_state_file`).
+    #: the SMART sessions). Disposable: recreated when missing or outdated. Empty: a file in the
+    #: instance path (see :meth:`shared_state_file`).
     shared_state_path: str = ""
-    #: How long audit records and feedback are kept (``hfs-cds db purge`` deletes older rows).
-    audit_retention_days: int = 400
-    #: Largest accepted request body.
+    #: Largest accepted request body, in bytes.
     max_request_bytes: int = 5 * 1024 * 1024
+    store: StoreSettings = field(default_factory=StoreSettings)
+    smart: SmartSettings = field(default_factory=SmartSettings)
     #: Extra Flask settings from ``create_app(config)`` that are not service settings (e.g. TESTING).
     flask: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and f.name != "flask":
-                values[f.name] = _parse(f.name, raw, f.type)
-        return cls(**values)
+        """Temporary, for the commands: use :func:`load_settings`."""
+        return load_settings(environ)
+
+    @classmethod
+    def describe(cls) -> list[Variable]:
+        """Every variable with its default, what it accepts and its field's ``#:`` comment."""
+        rows = []
+        for section in (cls, StoreSettings, SmartSettings):
+            comments = _comments(section)
+            for name, f in _variables(section):
+                rows.append(
+                    Variable(name, _shown(f.default), _ACCEPTS[str(f.type)], comments[f.name])
+                )
+        return rows
 
     def shared_state_file(self) -> Path:
-        """The shared-state SQLite file: ``shared_state_path``, else one in ``instance_path``."""
+        """The shared-state SQLite file: ``shared_state_path``, else one in the instance path."""
         if self.shared_state_path:
             return Path(self.shared_state_path).expanduser().absolute()
-        return Path(self.instance_path).expanduser().absolute() / DEFAULT_SHARED_STATE_FILE
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
-        """Apply ``create_app(config)`` keys: service settings by upper-case field name, the rest to Flask."""
-        names = {f.name.upper(): f.name for f in dataclasses.fields(self) if f.name != "flask"}
-        mine = {names[k]: v for k, v in overrides.items() if k in names}
-        flask = {**self.flask, **{k: v for k, v in overrides.items() if k not in names}}
-        for key in ("fhir_allowlist", "cors_origins"):
-            if key in mine and isinstance(mine[key], str):
-                mine[key] = _split(mine[key])
-            elif key in mine:
-                mine[key] = tuple(mine[key])
-        return dataclasses.replace(self, **mine, flask=flask)
+        return Path(self.store.instance_path).expanduser().absolute() / DEFAULT_SHARED_STATE_FILE
 
 
-def _split(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Every setting from ``environ`` (default ``os.environ``) and ``create_app`` ``overrides``.
 
+    An override key is a variable name (``SMART_CLIENT_ID``) or a service variable without
+    ``CDS_`` (``AUTH_REQUIRED``); its value is text or already typed (``True``, ``2.0``, a list).
+    Any other key is a Flask setting (``TESTING``). Raises ConfigError on the first bad value.
+    """
+    known = {
+        name
+        for section in (Settings, StoreSettings, SmartSettings)
+        for name, _ in _variables(section)
+    }
+    raw: dict[str, Any] = dict(os.environ if environ is None else environ)
+    flask: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if (name := key if key in known else Settings.PREFIX + key) in known:
+            raw[name] = value
+        else:
+            flask[key] = value
+    given = {k: v for k, v in raw.items() if k in known and v is not None and str(v).strip()}
+    dev_mode = "CDS_DEV_MODE" in given and _parse("CDS_DEV_MODE", given["CDS_DEV_MODE"], "bool")
 
-def _parse(name: str, raw: str, type_name: Any) -> Any:
-    kind = str(type_name)
-    try:
-        if kind == "bool":
-            if raw.strip().lower() in {"1", "true", "yes", "on"}:
-                return True
-            if raw.strip().lower() in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("tuple"):
-            return _split(raw)
-    except ValueError as exc:
+    def section(cls: type[Any]) -> dict[str, Any]:
+        return {
+            f.name: _parse(name, given[name], str(f.type), dev_mode)
+            for name, f in _variables(cls)
+            if name in given
+        }
+
+    smart = SmartSettings(**section(SmartSettings))
+    if smart.enabled and not smart.fhir_bases:
         raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}: cannot use {raw!r} ({kind} expected)"
-        ) from exc
-    return raw.strip()
+            "SMART_CLIENT_ID is set but no EHR may launch the app: set SMART_ALLOWED_ISSUERS "
+            "or SMART_STANDALONE_FHIR_BASE"
+        )
+    store = StoreSettings(**section(StoreSettings))
+    return Settings(**section(Settings), store=store, smart=smart, flask=flask)
+
+
+def _variables(cls: type[Any]) -> list[tuple[str, Any]]:
+    """(variable name, field) of each setting of a section; sections and ``flask`` are not ones."""
+    return [(cls.PREFIX + f.name.upper(), f) for f in fields(cls) if str(f.type) in _ACCEPTS]
+
+
+def _parse(name: str, value: Any, kind: str, dev_mode: bool = False) -> Any:
+    """One variable's value (the environment's text or an override) as its kind, or ConfigError."""
+    if kind in ("Words", "FhirBases", "Url"):
+        text = value if isinstance(value, str) else " ".join(str(item) for item in value)
+        items = tuple(item for item in _SEPARATORS.split(text) if item)  # the one list syntax
+        if kind == "Words":
+            return items
+        from cds_service.fhir import parse_allowlist  # the FHIR client: imported only for a URL
+
+        try:
+            bases = parse_allowlist(" ".join(items), allow_loopback_http=dev_mode)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if kind == "FhirBases" or len(bases) == 1:
+            return bases if kind == "FhirBases" else bases[0]
+    elif kind == "str":
+        return str(value).strip()
+    else:
+        text = str(value).strip().lower()
+        try:
+            if kind == "bool" and text in _FLAGS:
+                return _FLAGS[text]
+            if kind == "int" and (count := int(text)) >= 1:
+                return count
+            if kind == "float" and 0 < (seconds := float(text)) < float("inf"):
+                return seconds
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}: cannot use {value!r} ({_ACCEPTS[kind]})")
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return str(default).lower()
+    return ", ".join(default) if isinstance(default, tuple) else str(default)
+
+
+def _comments(cls: type[Any]) -> dict[str, str]:
+    """Each field's ``#:`` comment in the class's source, as one line ("" for a field without)."""
+    import inspect
+
+    found: dict[str, str] = {f.name: "" for f in fields(cls)}
+    comment: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            comment.append(text[2:].strip())
+            continue
+        if comment and (match := re.match(r"(\w+):", text)):
+            found[match[1]] = " ".join(comment)
+        comment = []
+    return found

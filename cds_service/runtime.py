@@ -24,7 +24,6 @@ from cds_service.shared_state import SharedState, SharedStateError
 from cds_service.store import (
     AuditWriter,
     Store,
-    StoreSettings,
     open_engine,
     open_store,
     upgrade,
@@ -91,10 +90,8 @@ class Runtime:
 def _store(settings: Settings) -> Store:
     """The audit and feedback store. The embedded SQLite default is created and migrated here; a
     configured database must be migrated beforehand (``hfs-cds db upgrade``), as in any deploy."""
-    url = StoreSettings(
-        settings.database_url, settings.instance_path, settings.audit_retention_days
-    ).resolved_url()
-    if not settings.database_url:
+    url = settings.store.resolved_url()
+    if not settings.store.database_url:
         engine = open_engine(url, create_directory=True)
         try:
             upgrade(engine)

@@ -86,14 +86,14 @@ def _refuse_bad_configuration() -> None:
     A missing trust list, a bad model card or an unreachable database then ends start-up with one
     JSON line naming the problem instead of a traceback from inside gunicorn.
     """
-    from cds_service.config import ConfigError, Settings
+    from cds_service.config import ConfigError, load_settings
     from cds_service.model import ModelCardError
     from cds_service.runtime import Runtime
     from cds_service.store import StoreError
     from fhir_mappings import ValueSetError
 
     try:
-        Runtime.build(Settings.from_env(os.environ)).close()
+        Runtime.build(load_settings()).close()
     except (ConfigError, ModelCardError, ValueSetError, StoreError) as exc:
         line = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),

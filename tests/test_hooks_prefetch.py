@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import create_app
+from cds_service.config import ConfigError
 from tests import fhir_builders as fb
 from tests.cds_invariants import assert_valid_cds_response
 from tests.fake_fhir import FakeFhirServer, running_fake_fhir
@@ -244,11 +245,9 @@ def test_server_not_on_the_allowlist_is_never_contacted(
     assert fhir.seen == []
 
 
-def test_http_server_outside_dev_mode_is_refused(fhir: FakeFhirServer) -> None:
-    app = create_app({"TESTING": True, "AUTH_REQUIRED": False, "FHIR_ALLOWLIST": fhir.base})
-    body = hook_body("patient-view", prefetch={}, **_auth(fhir))
-    response = HookCaller(app.test_client()).post(SERVICE_IDS["patient-view"], body)
-    assert response.status_code == 412 and fhir.seen == []
+def test_http_server_outside_dev_mode_is_refused_at_start_up(fhir: FakeFhirServer) -> None:
+    with pytest.raises(ConfigError, match="CDS_FHIR_ALLOWLIST: .* must be https"):
+        create_app({"TESTING": True, "AUTH_REQUIRED": False, "FHIR_ALLOWLIST": fhir.base})
 
 
 def test_no_token_means_no_fetch_unless_configured(fhir: FakeFhirServer) -> None:

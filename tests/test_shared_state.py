@@ -16,7 +16,7 @@ import pytest
 
 from cds_service import create_app
 from cds_service import shared_state as shared_state_module
-from cds_service.config import ConfigError, Settings
+from cds_service.config import ConfigError, load_settings
 from cds_service.shared_state import SharedState, SharedStateError
 
 
@@ -29,11 +29,11 @@ def shared(tmp_path: Path) -> Iterator[SharedState]:
 
 
 def test_the_file_is_in_the_instance_folder_unless_named(tmp_path: Path) -> None:
-    default = Settings.from_env({"CDS_INSTANCE_PATH": str(tmp_path)})
+    default = load_settings({"CDS_INSTANCE_PATH": str(tmp_path)})
     assert default.shared_state_file() == tmp_path / "shared-state.sqlite3"
-    named = Settings.from_env({"CDS_SHARED_STATE_PATH": str(tmp_path / "x" / "s.db")})
+    named = load_settings({"CDS_SHARED_STATE_PATH": str(tmp_path / "x" / "s.db")})
     assert named.shared_state_file() == tmp_path / "x" / "s.db"
-    relative = Settings.from_env({"CDS_SHARED_STATE_PATH": "s.db"})
+    relative = load_settings({"CDS_SHARED_STATE_PATH": "s.db"})
     assert relative.shared_state_file().is_absolute()
 
 

@@ -17,7 +17,7 @@ from flask import Flask
 
 from cds_service import create_app
 from cds_service.assessment import Assessor
-from cds_service.config import ConfigError
+from cds_service.config import DEFAULT_SCOPES, ConfigError, SmartSettings
 from cds_service.gather.app_context import (
     CardInputs,
     CardProcedure,
@@ -53,71 +53,12 @@ from cds_service.smart.sessions import (
     Sessions,
     SessionStore,
 )
-from cds_service.smart.settings import DEFAULT_SCOPES, SmartSettings
 from cds_service.smart.shared_sessions import SharedSessionStore
 from tests.hook_calls import recent_patient
 from tests.smart.pages import Page
 from tests.smart.served import FakeClock
 
-# -- settings ----------------------------------------------------------------------------------------
-
-
-def test_settings_come_from_the_environment_with_create_app_overrides() -> None:
-    settings = SmartSettings.from_env(
-        {
-            "SMART_CLIENT_ID": "hfs-app",
-            "SMART_ALLOWED_ISSUERS": "https://ehr.example/fhir/, https://other.example/r4",
-            "SMART_COOKIE_SECURE": "false",
-            "SMART_SESSION_IDLE_SECONDS": "600",
-            "CDS_DEV_MODE": "1",  # not ours
-        }
-    ).with_overrides({"SMART_CLIENT_SECRET": "s", "TESTING": True})
-    assert settings.client_id == "hfs-app"
-    assert settings.allowed_issuers == ("https://ehr.example/fhir", "https://other.example/r4")
-    assert settings.cookie_secure is False
-    assert settings.session_idle_seconds == 600
-    assert settings.confidential and settings.enabled
-    assert settings.scopes == DEFAULT_SCOPES
-
-
-def test_defaults_are_safe() -> None:
-    settings = SmartSettings()
-    assert not settings.enabled
-    assert settings.cookie_secure is True
-    assert "launch" in settings.scopes and not any(
-        ".c" in s or "write" in s for s in settings.scopes
-    )
-
-
-@pytest.mark.parametrize(
-    ("environ", "message"),
-    [
-        ({"SMART_SESSION_IDLE_SECONDS": "soon"}, "SMART_SESSION_IDLE_SECONDS"),
-        ({"SMART_COOKIE_SECURE": "maybe"}, "SMART_COOKIE_SECURE"),
-    ],
-)
-def test_unusable_values_name_the_variable(environ: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        SmartSettings.from_env(environ)
-
-
-@pytest.mark.parametrize(
-    ("settings", "loopback_ok"),
-    [
-        (SmartSettings(client_id="a", allowed_issuers=("http://ehr.example/fhir",)), True),
-        (SmartSettings(client_id="a", allowed_issuers=("http://127.0.0.1:9/fhir",)), False),
-        (SmartSettings(client_id="a", standalone_fhir_base="ftp://x/fhir"), True),
-        (SmartSettings(client_id="a"), True),  # enabled, but nobody may launch it
-    ],
-)
-def test_insecure_or_empty_settings_are_refused(settings: SmartSettings, loopback_ok: bool) -> None:
-    with pytest.raises(ConfigError):
-        settings.check(allow_loopback_http=loopback_ok)
-
-
-def test_loopback_http_is_accepted_in_development_mode_only() -> None:
-    settings = SmartSettings(client_id="a", allowed_issuers=("http://127.0.0.1:9/fhir",))
-    settings.check(allow_loopback_http=True)
+# -- settings (parsed in test_settings.py) -----------------------------------------------------------
 
 
 def test_frame_ancestors_default_to_the_registered_ehrs() -> None:
@@ -594,7 +535,7 @@ def smart_client_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     for name in [n for n in os.environ if n.startswith("SMART_")]:
         monkeypatch.delenv(name)
     app = create_app({"TESTING": True, "AUTH_REQUIRED": False})
-    init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+    init_smart(app, app.extensions["hfs_cds"].settings)
     yield app
     app.extensions["hfs_cds_smart"].close()
     app.extensions["hfs_cds"].close()
@@ -620,8 +561,8 @@ def test_init_smart_is_idempotent_and_gives_the_launch_url() -> None:
         }
     )
     try:
-        init_smart(app, app.extensions["hfs_cds"].settings, environ={})
-        init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+        init_smart(app, app.extensions["hfs_cds"].settings)
+        init_smart(app, app.extensions["hfs_cds"].settings)
         assert launch_url(app) == "https://cds.example/smart/launch"
     finally:
         app.extensions["hfs_cds_smart"].close()
@@ -671,7 +612,7 @@ def test_an_unreachable_ehr_is_a_clear_page() -> None:
         }
     )
     try:
-        init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+        init_smart(app, app.extensions["hfs_cds"].settings)
         response = app.test_client().get("/smart/launch", query_string={"iss": dead, "launch": "l"})
     finally:
         app.extensions["hfs_cds_smart"].close()

@@ -12,21 +12,18 @@ import pytest
 from sqlalchemy import inspect, select
 
 import tests.postgres
-from cds_service.config import ConfigError
 from cds_service.sqlite_wal import switch_to_wal
 from cds_service.store import (
     HEAD,
     SchemaNotInitialised,
     SchemaOutdated,
     SchemaTooNew,
-    StoreSettings,
     StoreUnavailable,
     UnsupportedDatabase,
     open_engine,
     open_store,
     upgrade,
 )
-from cds_service.store import database_url as configured_url
 from cds_service.store import migrations as migrations_module
 from cds_service.store.database import normalise_url
 from cds_service.store.migrations import MIGRATIONS, current_version
@@ -258,27 +255,6 @@ def test_an_unreachable_server_is_a_store_error_without_the_password() -> None:
         "cannot use the database postgresql+psycopg://hfs:***@127.0.0.1:1/hfs"
     )
     assert "s3cret" not in message
-
-
-def test_settings_from_the_environment(tmp_path: Path) -> None:
-    assert StoreSettings.from_env({}) == StoreSettings("", "instance", 400)
-    settings = StoreSettings.from_env(
-        {
-            "CDS_DATABASE_URL": " postgresql://u@db/hfs ",
-            "CDS_INSTANCE_PATH": str(tmp_path),
-            "CDS_AUDIT_RETENTION_DAYS": "30",
-        }
-    )
-    assert settings == StoreSettings("postgresql://u@db/hfs", str(tmp_path), 30)
-    assert configured_url(settings) == "postgresql://u@db/hfs"
-    embedded = StoreSettings.from_env({"CDS_INSTANCE_PATH": str(tmp_path)})
-    assert configured_url(embedded) == f"sqlite:///{tmp_path / 'hfs-cds.sqlite3'}"
-
-
-@pytest.mark.parametrize("days", ["0", "-3", "a year", "1.5"])
-def test_bad_retention_is_a_config_error(days: str) -> None:
-    with pytest.raises(ConfigError, match="CDS_AUDIT_RETENTION_DAYS"):
-        StoreSettings.from_env({"CDS_AUDIT_RETENTION_DAYS": days})
 
 
 def _now() -> datetime:

@@ -1,17 +1,16 @@
 """The SMART-on-FHIR app: launch from the chart or a CDS card, show the recurrence-risk assessment.
 
-``init_smart(app, settings)`` mounts it at ``/smart`` on an app built by ``create_app``. It reads
-``SMART_*`` settings from the environment, with ``create_app(config)`` overrides by the same names,
-and uses the app's one :class:`~cds_service.assessment.Assessor`. Importing this package is cheap;
-the app itself loads in :func:`init_smart`.
+``init_smart(app, settings)`` mounts it at ``/smart`` on an app built by ``create_app``, with the
+``SMART_*`` section of the service's settings (``settings.smart``) and the app's one
+:class:`~cds_service.assessment.Assessor`. Importing this package is cheap; the app itself loads
+in :func:`init_smart`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the app's modules load only when it is mounted (see the module docstring)
@@ -35,21 +34,14 @@ __all__ = [
 ]
 
 
-def init_smart(app: Flask, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-    """Mount the SMART app on ``app`` (idempotent). Raises ConfigError on unusable settings.
-
-    ``settings`` is the service's: its ``flask`` overrides carry any ``SMART_*`` keys given to
-    ``create_app``, and its dev mode allows http on loopback. ``environ`` defaults to ``os.environ``.
-    """
+def init_smart(app: Flask, settings: Settings) -> None:
+    """Mount the SMART app on ``app`` with ``settings.smart`` (idempotent)."""
     if EXTENSION in app.extensions:
         return
     from cds_service.smart.app_state import SmartRuntime
-    from cds_service.smart.settings import SmartSettings
     from cds_service.smart.views import bp
 
-    smart_settings = SmartSettings.from_env(os.environ if environ is None else environ)
-    smart_settings = smart_settings.with_overrides(settings.flask)
-    app.extensions[EXTENSION] = SmartRuntime.build(smart_settings, app.extensions["hfs_cds"])
+    app.extensions[EXTENSION] = SmartRuntime.build(settings.smart, app.extensions["hfs_cds"])
     app.register_blueprint(bp, url_prefix=URL_PREFIX)
     _redact_request_log()
 

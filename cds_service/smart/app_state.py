@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from cds_service.config import SmartSettings
 from cds_service.fhir import FhirAllowlist, FhirClient
 from cds_service.runtime import Runtime
 from cds_service.smart.oauth import OAuthClient
 from cds_service.smart.record import RecordReader
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import Sessions
-from cds_service.smart.settings import SmartSettings
 from cds_service.smart.shared_sessions import SharedSessionStore
 
 
@@ -34,7 +34,6 @@ class SmartRuntime:
     @classmethod
     def build(cls, settings: SmartSettings, cds: Runtime) -> SmartRuntime:
         allow_loopback_http = cds.settings.dev_mode
-        settings.check(allow_loopback_http)
         client = FhirClient(
             FhirAllowlist(settings.fhir_bases, allow_loopback_http=allow_loopback_http),
             budget_seconds=settings.fhir_budget_seconds,

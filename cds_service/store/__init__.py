@@ -2,7 +2,7 @@
 
 What the web layer calls::
 
-    store = open_store(database_url(StoreSettings.from_env(os.environ)))   # at start-up
+    store = open_store(database_url(load_settings().store))                  # at start-up
     writer = AuditWriter(store)                                             # one per process
     writer.submit(audit_record_from(assessment, card, service_id=..., hook=..., hook_instance=...))
     result = store.save_feedback(service_id, parse_feedback(body), issuer=..., tenant=...)
@@ -38,7 +38,6 @@ from cds_service.store.errors import (
 from cds_service.store.inputs_key import inputs_key
 from cds_service.store.migrations import HEAD, upgrade
 from cds_service.store.recent_actions import RecentActions
-from cds_service.store.settings import StoreSettings
 from cds_service.store.writer import AuditWriter, WriterStats
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "SchemaTooNew",
     "Store",
     "StoreError",
-    "StoreSettings",
     "StoreUnavailable",
     "UnsupportedDatabase",
     "WriterStats",

@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
+from cds_service.config import StoreSettings
 from cds_service.sqlite_wal import switch_to_wal
 from cds_service.store.audit import AuditRecord
 from cds_service.store.errors import (
@@ -50,7 +51,6 @@ from cds_service.store.errors import (
 from cds_service.store.feedback import FeedbackEntry
 from cds_service.store.migrations import check_schema
 from cds_service.store.schema import audit_record, feedback
-from cds_service.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 

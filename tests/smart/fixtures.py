@@ -83,7 +83,7 @@ def serve_smart(
                 }
                 app = create_app(config)
                 stack.callback(app.extensions["hfs_cds"].close)
-                init_smart(app, app.extensions["hfs_cds"].settings, environ={})
+                init_smart(app, app.extensions["hfs_cds"].settings)
                 stack.callback(app.extensions["hfs_cds_smart"].close)
                 return app
 
