@@ -20,7 +20,9 @@ from jwt.algorithms import ECAlgorithm
 from cds_service.assessment import Assessment, Assessor
 from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY, CardContext, build_cards
+from cds_service.sandbox import smoke
 from cds_service.sandbox.bundles import stored_resources
+from cds_service.sandbox.fhir_http import Interrupted
 from cds_service.sandbox.scenarios import build_bundle, synthetic_patients
 from cds_service.sandbox.smoke import (
     FoundPatient,
@@ -196,3 +198,40 @@ def test_the_table_shows_each_mode_and_lists_the_problems() -> None:
     assert "procedure-note-sign  (no card)" in text
     assert "- hfs-synth-1-000 (typical-coded-hb) procedure-note-sign: fetch: HTTP 412" in text
     assert text.endswith("Result: 4 calls, 3 OK, 0 MISMATCH, 1 ERROR")
+
+
+def test_ctrl_c_in_a_smoke_run_keeps_the_rows_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+    patients = [
+        FoundPatient("a", "hfs-synth-1-000", "typical-coded-hb", "scored"),
+        FoundPatient("b", "hfs-synth-1-001", "typical-text-hb", "scored"),
+    ]
+    monkeypatch.setattr(smoke, "find_synthetic_patients", lambda endpoint, seed: patients)
+
+    def one(_e: Any, _c: Any, _a: Any, _s: Any, patient: FoundPatient, *rest: Any) -> list[Row]:
+        if patient.id == "b":
+            raise KeyboardInterrupt
+        return [Row(patient, "patient-view", "info", "15 / 28 / 61 %", {"prefetch": "OK"})]
+
+    monkeypatch.setattr(smoke, "_smoke_patient", one)
+
+    class Service:
+        discovery_url = "http://cds.example/cds-services"
+
+        def discover(self) -> list[Any]:
+            return []
+
+    class Fhir:
+        base = "http://fhir.example"
+
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(Interrupted) as stopped:
+        smoke.run_smoke(
+            Fhir(),  # type: ignore[arg-type]
+            Service(),  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            modes=("prefetch",),
+            progress=lambda done, total: seen.append((done, total)),
+        )
+    table = stopped.value.partial
+    assert "hfs-synth-1-000" in table and "hfs-synth-1-001" not in table
+    assert table.endswith("Interrupted after 1 of 2 patients") and seen == [(1, 2)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -125,11 +125,13 @@ def fetch_fhir_resources(
     timeout_seconds: float = 30.0,
     since: date | None = None,
     until: date | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SourceData:
     """Everything the cohort rules need for every patient with an ablation Procedure.
 
     ``since``/``until`` narrow the ablation search by its ``date`` (the cohort rules then apply
-    the exact window to each patient's index ablation)."""
+    the exact window to each patient's index ablation). ``progress(done, total)`` hears of the
+    patients whose records have been fetched."""
     client = FhirSearchClient(base, token, max_pages=max_pages, timeout_seconds=timeout_seconds)
     try:
         codes = ",".join(f"{s}|{c}" for s, c in value_sets.codes("ablation_procedure"))
@@ -148,6 +150,8 @@ def fetch_fhir_resources(
                 for resource in client.search(rtype, [("subject", subjects)]):
                     key = (str(resource.get("resourceType")), str(resource.get("id")))
                     by_key[key] = resource
+            if progress is not None:
+                progress(start + len(chunk), len(patients))
     finally:
         client.close()
     resources = tuple(by_key[k] for k in sorted(by_key))

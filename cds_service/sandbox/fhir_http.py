@@ -26,6 +26,14 @@ class SandboxError(Exception):
     """A problem with the command line, a file or a server; printed without a traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a load or a smoke run; ``partial`` is the summary of what was done so far."""
+
+    def __init__(self, partial: str) -> None:
+        super().__init__(partial)
+        self.partial = partial
+
+
 @dataclass
 class FhirEndpoint:
     """A FHIR server base URL with an optional bearer token and a per-request time budget."""

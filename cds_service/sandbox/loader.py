@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
 from cds_service.fhir import FhirError, outcome_text, search_matches
 from cds_service.sandbox.bundles import iter_references, rewrite_references
-from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError, wait_for_metadata
+from cds_service.sandbox.fhir_http import (
+    FhirEndpoint,
+    Interrupted,
+    SandboxError,
+    wait_for_metadata,
+)
 from fhir_mappings import Resource
 
 Mode = Literal["auto", "transaction", "batch", "per-resource"]
@@ -117,10 +122,13 @@ def load_bundle(
     mode: Mode = "auto",
     *,
     wait_seconds: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LoadReport:
     """Load ``bundle`` (a transaction) into the server; see the module docstring for how.
 
     ``wait_seconds`` waits that long for a server that is still starting (``/metadata``).
+    ``progress(done, total)`` hears of resources as they are settled. Ctrl-C raises
+    :class:`Interrupted` with the summary of what the server confirmed until then.
     """
     items = _items(bundle)
     capability = wait_for_metadata(endpoint, wait_seconds)
@@ -132,32 +140,54 @@ def load_bundle(
         report.notes.append(
             f"the server says FHIR {version}; the synthetic data is FHIR R4 (4.0.1)"
         )
-    _look_up_existing(endpoint, items, report)
-    resolved: dict[str, str] = {}  # full URL -> "Type/id" on the server
-    pending: list[_Item] = []
-    for item in items:
-        if item.existing is not None and _same_content(item, items, endpoint.base):
-            item.outcome, item.server_id = "unchanged", str(item.existing["id"])
-            if item.full_url:
-                resolved[item.full_url] = f"{item.type}/{item.server_id}"
-        else:
-            pending.append(item)
-    if pending:
-        refused = None
-        if mode in ("auto", "transaction"):
-            refused = _transaction(endpoint, pending, resolved)
-            if refused is None:
-                report.path = "transaction"
-            elif mode == "transaction":
-                report.path = "transaction (refused)"
-                report.failures.append(
-                    f"the server refused the transaction ({refused}); nothing was written "
-                    "(--mode auto falls back to batch and single requests)"
-                )
+    done = 0
+
+    def advance(settled: int) -> None:
+        nonlocal done
+        done += settled
+        if progress is not None:
+            progress(done, len(items))
+
+    try:
+        _look_up_existing(endpoint, items, report)
+        resolved: dict[str, str] = {}  # full URL -> "Type/id" on the server
+        pending: list[_Item] = []
+        for item in items:
+            if item.existing is not None and _same_content(item, items, endpoint.base):
+                item.outcome, item.server_id = "unchanged", str(item.existing["id"])
+                if item.full_url:
+                    resolved[item.full_url] = f"{item.type}/{item.server_id}"
             else:
-                report.notes.append(f"the server refused the transaction ({refused})")
-        if mode in ("batch", "per-resource") or (mode == "auto" and refused is not None):
-            _staged(endpoint, pending, resolved, report, use_batch=mode != "per-resource")
+                pending.append(item)
+        advance(len(items) - len(pending))
+        if pending:
+            refused = None
+            if mode in ("auto", "transaction"):
+                refused = _transaction(endpoint, pending, resolved)
+                if refused is None:
+                    report.path = "transaction"
+                    advance(len(pending))
+                elif mode == "transaction":
+                    report.path = "transaction (refused)"
+                    report.failures.append(
+                        f"the server refused the transaction ({refused}); nothing was written "
+                        "(--mode auto falls back to batch and single requests)"
+                    )
+                else:
+                    report.notes.append(f"the server refused the transaction ({refused})")
+            if mode in ("batch", "per-resource") or (mode == "auto" and refused is not None):
+                use_batch = mode != "per-resource"
+                _staged(endpoint, pending, resolved, report, advance, use_batch=use_batch)
+    except KeyboardInterrupt as stop:
+        report.notes.append(
+            "interrupted: the counts are what the server confirmed; load again to finish"
+        )
+        raise Interrupted(_tally(items, report).render()) from stop
+    return _tally(items, report)
+
+
+def _tally(items: list[_Item], report: LoadReport) -> LoadReport:
+    """The counts by outcome, and a failure line for each item that failed on its own."""
     for item in items:
         if item.outcome in ("created", "updated", "unchanged"):
             getattr(report, item.outcome)[item.type] += 1
@@ -357,6 +387,7 @@ def _staged(
     pending: list[_Item],
     resolved: dict[str, str],
     report: LoadReport,
+    advance: Callable[[int], None],
     *,
     use_batch: bool,
 ) -> None:
@@ -373,6 +404,7 @@ def _staged(
                 item.outcome = "failed"
             else:
                 ready.append(item)
+        advance(len(level) - len(ready))
         if not ready:
             continue
         singles = ready
@@ -384,9 +416,11 @@ def _staged(
                 paths.add("batch")
                 singles = [i for i in ready if i not in done]
                 retried_singly += len(singles)
+                advance(len(done))
         for item in singles:
             _write_one(endpoint, item, resolved, report)
             paths.add("per-resource requests")
+            advance(1)
         for item in ready:
             stored = item.outcome in ("created", "updated", "unchanged")
             if stored and item.server_id and item.full_url:

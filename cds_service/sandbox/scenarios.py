@@ -161,19 +161,26 @@ def synthetic_patients(
     today: date | None = None,
     value_sets: ValueSets | None = None,
     past_cohort: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[SyntheticPatient]:
     """``count`` patients (default: one per named scenario), dated relative to ``today``.
 
     The first patients cover :data:`SCENARIOS` in order; any beyond them are typical scorable
     records with random durations, grades and codings: recent ones, or with ``past_cohort``
     ablations 13-30 months ago, whose follow-up outcomes can then be simulated.
+    ``progress(done, total)`` hears of each patient made.
     """
     count = len(SCENARIOS) if count is None else count
     if count < 0:
         raise ValueError("the patient count must not be negative")
     today = today or datetime.now(UTC).date()
     value_sets = value_sets or load_value_sets()
-    return [_make_patient(seed, i, today, value_sets, past_cohort) for i in range(count)]
+    patients = []
+    for i in range(count):
+        patients.append(_make_patient(seed, i, today, value_sets, past_cohort))
+        if progress is not None:
+            progress(i + 1, count)
+    return patients
 
 
 # -- one patient ----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.services import NOTE_SIGN_HOOK
-from cds_service.sandbox.fhir_http import FhirEndpoint, SandboxError
+from cds_service.sandbox.fhir_http import FhirEndpoint, Interrupted, SandboxError
 from cds_service.sandbox.scenarios import (
     EXPECTED_TAG_SYSTEM,
     KEY_PREFIX,
@@ -460,8 +460,12 @@ def run_smoke(
     seed: int | None = None,
     patient_ids: Sequence[str] = (),
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Callable[[int, int], None] | None = None,
 ) -> SmokeResult:
-    """Run the smoke test; setup problems raise :class:`SandboxError`, call problems become rows."""
+    """Run the smoke test; setup problems raise :class:`SandboxError`, call problems become rows.
+
+    ``progress(done, total)`` hears of each patient done; Ctrl-C raises :class:`Interrupted` with
+    the table of the patients done until then."""
     services = client.discover()
     if hooks:
         # A hook may be named in full or by its last part (``procedure-note-sign``).
@@ -483,8 +487,18 @@ def run_smoke(
             + ": load them first with `hfs-cds load --fhir ...`"
         )
     result = SmokeResult(endpoint.base, client.discovery_url, tuple(modes), services)
-    for patient in patients:
-        result.rows += _smoke_patient(endpoint, client, assessor, services, patient, modes, clock)
+    done = 0
+    try:
+        for patient in patients:
+            result.rows += _smoke_patient(
+                endpoint, client, assessor, services, patient, modes, clock
+            )
+            done += 1
+            if progress is not None:
+                progress(done, len(patients))
+    except KeyboardInterrupt as stop:
+        stopped = f"Interrupted after {done} of {len(patients)} patients"
+        raise Interrupted(f"{result.render()}\n{stopped}") from stop
     return result
 
 
