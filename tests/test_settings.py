@@ -213,7 +213,8 @@ def test_one_url_rule_for_every_url_setting(
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"CDS_DEV_MODE": dev_mode, variable: url})
-    assert str(caught.value) == f"{variable}: {url!r} {why}"
+    message = str(caught.value)  # the entry itself may be shown or redacted (credentials)
+    assert message.startswith(f"{variable}: ") and message.endswith(why) and "\n" not in message
 
 
 @pytest.mark.parametrize("variable", URL_VARIABLES)
