@@ -1,133 +1,145 @@
-"""``hfs-cds``: serve the CDS Hooks service, or score one patient's FHIR Bundle from a file."""
+"""``hfs-cds``: serve the CDS Hooks service, score one patient's FHIR Bundle from a file, and the
+commands of the store, the recalibration and the sandbox, as one Click group."""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from cds_service.assessment import Assessment, Assessor, Status
-from cds_service.config import ConfigError, Settings
-from cds_service.model import ModelCardError, load_model_card
+import click
+
+from cds_service.assessment import Assessment, Status
+from cds_service.cli_support import INPUT_FILE, Choice, CliError, IsoMoment, assessor, read_json
+from cds_service.config import ConfigError
+from cds_service.model import ModelCardError
 from cds_service.presentation import present
-from cds_service.recalibration.commands import register as register_recalibration
-from cds_service.sandbox.commands import register as register_sandbox
+from cds_service.recalibration.commands import COMMANDS as RECALIBRATION_COMMANDS
+from cds_service.recalibration.errors import RecalibrationError
+from cds_service.sandbox.commands import COMMANDS as SANDBOX_COMMANDS
+from cds_service.sandbox.fhir_http import SandboxError
 from cds_service.store import StoreError
-from cds_service.store.commands import register as register_store
-from fhir_mappings import ValueSetError, load_value_sets, resources_from_bundle, roman
+from cds_service.store.commands import COMMANDS as STORE_COMMANDS
+from fhir_mappings import ValueSetError, resources_from_bundle, roman
 
-
-class CliError(Exception):
-    """A problem with the command line or an input file; printed without a traceback."""
+#: Errors a user can fix: one line on stderr and exit status 2, never a traceback.
+_ERRORS = (
+    CliError,
+    ConfigError,
+    ModelCardError,
+    ValueSetError,
+    StoreError,
+    RecalibrationError,
+    SandboxError,
+)
+#: Commands whose error lines name them (``hfs-cds load: …``), as they always have.
+_NAMED = {command.name for command in SANDBOX_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run ``hfs-cds ARGV`` and return its exit status: 2 with one line ``hfs-cds: …`` for a known
+    error, 130 on Ctrl-C, 141 quietly when stdout is a closed pipe (``hfs-cds score … | head -1``).
+    As with argparse before, ``--help`` and ``--version`` exit 0 and a usage error exits 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result: int = args.run(args)
-    except (CliError, ConfigError, ModelCardError, ValueSetError, StoreError) as exc:
-        print(f"hfs-cds: {exc}", file=sys.stderr)
+        with hfs_cds.make_context("hfs-cds", args) as ctx:  # ctx: which command failed, below
+            code = int(hfs_cds.invoke(ctx))
+        sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
+        return code
+    except click.exceptions.Exit as exc:  # --help, --version
+        raise SystemExit(exc.exit_code) from None
+    except click.UsageError as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except _ERRORS as exc:
+        named = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand in _NAMED else ""
+        print(f"hfs-cds{named}: {exc}", file=sys.stderr)
         return 2
-    return result
+    except KeyboardInterrupt:
+        print("hfs-cds: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away: nothing more to say, to anyone
+        with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the pipe
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hfs-cds", description=__doc__)
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the CDS Hooks service (development server)")
-    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    serve.set_defaults(run=_serve)
-
-    token = sub.add_parser(
-        "dev-token", help="print a JWT from the development issuer (development mode only)"
-    )
-    token.add_argument(
-        "--url",
-        default=None,
-        help="endpoint URL the token is for (default: discovery on CDS_PUBLIC_BASE_URL or HOST:PORT)",
-    )
-    token.add_argument("--alg", choices=("ES384", "RS384"), default="ES384")
-    token.set_defaults(run=_dev_token)
-
-    score = sub.add_parser(
-        "score",
-        help="assess one patient from a FHIR Bundle JSON file",
-        epilog=(
-            "Exit status: 0 when the assessment was printed; 1 with --format fhir when the "
-            "patient is not scored or not applicable (the reason goes to stderr: there is no "
-            "RiskAssessment to print); 2 for a bad command line or input file."
-        ),
-    )
-    score.add_argument("bundle", type=Path, help="FHIR R4 Bundle (or a JSON array of resources)")
-    score.add_argument("--patient", help="patient id (default: inferred from the bundle)")
-    score.add_argument("--at", help="assess as of this ISO 8601 date-time (default: now)")
-    score.add_argument(
-        "--format",
-        choices=("text", "json", "fhir"),
-        default="text",
-        help="text: a report (default); json: the assessment (as in the card extension); "
-        "fhir: a FHIR R4 RiskAssessment, for a scored patient only",
-    )
-    # Kept for existing scripts and docs; the first action's default ("text") applies.
-    score.add_argument(
-        "--json",
-        dest="format",
-        action="store_const",
-        const="json",
-        default=argparse.SUPPRESS,
-        help="the same as --format json",
-    )
-    score.set_defaults(run=_score)
-
-    register_recalibration(sub)
-    register_store(sub)
-    register_sandbox(sub)
-    return parser
+@click.group(
+    "hfs-cds", context_settings={"show_default": True, "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(package_name="hfs-cds", prog_name="hfs-cds", message="%(prog)s %(version)s")
+def hfs_cds() -> None:
+    """Recurrence risk after radiofrequency ablation for hemifacial spasm: the CDS Hooks service,
+    one patient's assessment from a file, the feedback store, recalibration and test patients."""
 
 
-def _serve(args: argparse.Namespace) -> int:
+@hfs_cds.command()
+@click.option("--host", envvar="HOST", show_envvar=True, default="127.0.0.1", help="interface")
+@click.option("--port", envvar="PORT", show_envvar=True, type=int, default=8080, help="TCP port")
+def serve(host: str, port: int) -> int:
+    """Run the CDS Hooks service (development server)."""
     from cds_service.app import create_app
     from cds_service.logging_setup import configure_logging
 
     configure_logging(os.environ.get("CDS_LOG_LEVEL", "INFO"))
     app = create_app()
-    print(f"CDS Hooks discovery: http://{args.host}:{args.port}/cds-services", file=sys.stderr)
-    app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    print(f"CDS Hooks discovery: http://{host}:{port}/cds-services", file=sys.stderr)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
     return 0
 
 
-def _dev_token(args: argparse.Namespace) -> int:
+@hfs_cds.command("dev-token")
+@click.option(
+    "--url", show_default="discovery on CDS_PUBLIC_BASE_URL or HOST:PORT", help="token audience"
+)
+@click.option("--alg", type=Choice(("ES384", "RS384")), default="ES384", help="signing algorithm")
+def dev_token(url: str | None, alg: Literal["ES384", "RS384"]) -> int:
+    """Print a JWT from the development issuer (development mode only)."""
     from cds_service.security.trusted_issuers import mint_development_token
 
-    url = args.url
     if url is None:
         base = os.environ.get("CDS_PUBLIC_BASE_URL") or (
             f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
         )
         url = base.rstrip("/") + "/cds-services"
-    print(mint_development_token(url, alg=args.alg))
+    print(mint_development_token(url, alg=alg))
     return 0
 
 
-def _score(args: argparse.Namespace) -> int:
-    resources = _read_resources(args.bundle)
-    as_of = _parse_at(args.at) if args.at else None
-    settings = Settings.from_env(os.environ)
-    assessor = Assessor(
-        load_model_card(settings.model_card or None),
-        load_value_sets(settings.valuesets_file or None),
-    )
-    assessment = assessor.assess(resources, args.patient, as_of=as_of)
-    if args.format == "fhir":
-        from cds_service.presentation import present
+@hfs_cds.command(
+    epilog="Exit status: 0 when the assessment was printed; 1 with --format fhir when the patient "
+    "is not scored or not applicable (the reason goes to stderr: there is no RiskAssessment to "
+    "print); 2 for a bad command line or input file."
+)
+@click.argument("bundle", type=INPUT_FILE, help="FHIR R4 Bundle (or a JSON array of resources)")
+@click.option("--patient", show_default="inferred from the bundle", help="patient id")
+@click.option("--at", type=IsoMoment(), show_default="now", help="assess as of this date-time")
+@click.option(
+    "--format",
+    "output_format",
+    type=Choice(("text", "json", "fhir")),
+    default="text",
+    help="text: a report; json: the assessment (as in the card extension); fhir: a FHIR R4 "
+    "RiskAssessment, for a scored patient only",
+)
+@click.option("--json", "output_format", flag_value="json", help="the same as --format json")
+def score(bundle: Path, patient: str | None, at: datetime | None, output_format: str) -> int:
+    """Assess one patient from a FHIR Bundle JSON file."""
+    holds = "a FHIR Bundle or a JSON array of FHIR resources"
+    data = read_json(bundle, holds, (dict, list))
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        resources = resources_from_bundle(data)
+    elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        resources = data
+    else:
+        raise CliError(f"{bundle} must hold {holds}")
+    assessment = assessor().assess(resources, patient, as_of=at)
+    if output_format == "fhir":
         from cds_service.presentation.risk_assessment import risk_assessment
 
         statement = present(assessment)
@@ -142,33 +154,15 @@ def _score(args: argparse.Namespace) -> int:
         except ValueError as exc:  # no patient id anywhere: the subject is required
             raise CliError(f"{exc}; give --patient") from exc
         print(json.dumps(resource, indent=2))
-    elif args.format == "json":
+    elif output_format == "json":
         print(json.dumps(assessment.to_json(), indent=2))
     else:
         print(render_text(assessment))
     return 0
 
 
-def _read_resources(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CliError(f"{path} is not valid JSON: {exc}") from exc
-    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-        return resources_from_bundle(data)
-    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        return data
-    raise CliError(f"{path} must hold a FHIR Bundle or a JSON array of FHIR resources")
-
-
-def _parse_at(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise CliError(f"--at {value!r} is not an ISO 8601 date or date-time") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+for _command in (*RECALIBRATION_COMMANDS, *STORE_COMMANDS, *SANDBOX_COMMANDS):
+    hfs_cds.add_command(_command)
 
 
 def render_text(a: Assessment) -> str:

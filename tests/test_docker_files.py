@@ -4,7 +4,6 @@ service, HAPI FHIR and the loader job; the build context holds what the Dockerfi
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cds_service.sandbox.commands import register
+from cds_service.sandbox.commands import load
 from cds_service.security.trusted_issuers import DEV_ISSUER, DEV_JWKS_FILE, load_trusted_issuers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,11 +198,11 @@ def test_compose_runs_the_service_hapi_and_a_loader_job(compose: dict[str, Any])
 
 
 def test_the_loader_command_is_a_valid_hfs_cds_load(compose: dict[str, Any]) -> None:
-    parser = argparse.ArgumentParser(prog="hfs-cds")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(compose["services"]["loader"]["command"][1:])
-    assert args.fhir == "http://hapi:8080/fhir"
-    assert args.wait >= 60  # HAPI takes a while to start; the loader waits for /metadata
+    command = compose["services"]["loader"]["command"]
+    assert command[1] == "load"
+    args = load.make_context("load", command[2:]).params
+    assert args["fhir"] == "http://hapi:8080/fhir"
+    assert args["wait"] >= 60  # HAPI takes a while to start; the loader waits for /metadata
 
 
 def test_the_service_mounts_a_trust_list_that_loads(compose: dict[str, Any]) -> None:

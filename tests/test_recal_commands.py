@@ -1,8 +1,5 @@
-"""``hfs-cds fit`` and ``hfs-cds validate``, run in-process through the commands' own parser.
-
-``cds_service.cli`` adds them with ``register(sub)``; until then ``commands.main`` parses exactly the
-same arguments, so these tests exercise the real argument handling and error paths.
-"""
+"""``hfs-cds fit`` and ``hfs-cds validate``, run in-process through ``hfs-cds`` itself, so these
+tests exercise the real argument handling and error paths."""
 
 from __future__ import annotations
 
@@ -12,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cds_service.cli import main
 from cds_service.model import load_model_card
 from cds_service.model.card import DEFAULT_MODEL_CARD
 from cds_service.recalibration import simulate_cohort, simulate_follow_up, write_ndjson_dir
-from cds_service.recalibration.commands import build_parser, main
 from tests.test_recal_cohort import AS_OF, base_patients
 
 Run = Callable[..., tuple[int, str, str]]
@@ -158,13 +155,11 @@ def test_errors_are_one_line_and_exit_2(
 
 def test_argument_errors_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["fit", "--csv", "x.csv", "--out", "o.json"])
+        main(["fit", "--csv", "x.csv", "--out", "o.json"])
     assert exit_info.value.code == 2
     assert "--mode" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        build_parser().parse_args(
-            ["fit", "--mode", "full", "--csv", "a", "--ndjson", "b", "--out", "o"]
-        )
+        main(["fit", "--mode", "full", "--csv", "a", "--ndjson", "b", "--out", "o"])
     assert "not allowed with argument" in capsys.readouterr().err
 
 

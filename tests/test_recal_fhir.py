@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cds_service import create_app
+from cds_service.cli import main
 from cds_service.model import RecurrenceModel, load_model_card
 from cds_service.recalibration import (
     SimulatedFollowUp,
@@ -26,7 +27,6 @@ from cds_service.recalibration import (
     fetch_fhir_resources,
     simulate_follow_up,
 )
-from cds_service.recalibration.commands import main
 from cds_service.recalibration.errors import SourceError
 from cds_service.recalibration.simulate import transaction
 from cds_service.recalibration.sources import FhirSearchClient

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter  # type: ignore[import-untyped,unused-ignore]
 
+from cds_service.cli import main
 from cds_service.model import load_model_card, parse_model_card
 from cds_service.model.card import DEFAULT_MODEL_CARD
 from cds_service.recalibration import (
@@ -27,7 +28,6 @@ from cds_service.recalibration import (
     recalibrate,
     simulate_cohort,
 )
-from cds_service.recalibration.commands import main
 from cds_service.recalibration.report import report_json
 from cds_service.recalibration.validate import ValidationOptions, render_html, validate
 

@@ -384,3 +384,26 @@ def test_the_token_may_come_from_the_environment(
     with serving(_unauthorized) as base:
         assert run_cli("load", "--fhir", base, "--patients", "1") == 2
     assert "it refused the token" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_what_the_server_confirmed_so_far(
+    mini_fhir: MiniFhir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One request per resource, stopped after three: the summary counts those three."""
+    from cds_service.sandbox import loader
+
+    mini_fhir.refuse = {"transaction", "batch"}
+    write_one, written = loader._write_one, list[None]()
+
+    def three_then_ctrl_c(*args: Any) -> None:
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(write_one(*args))
+
+    monkeypatch.setattr(loader, "_write_one", three_then_ctrl_c)
+    assert run_cli("load", "--fhir", mini_fhir.base, "--patients", "2") == 130
+    out, err = capsys.readouterr()
+    assert err == "hfs-cds: interrupted\n"
+    assert "3 created, 0 updated, 0 unchanged" in out
+    assert "note: interrupted: the counts are what the server confirmed; load again" in out
+    assert len(mini_fhir.store) == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from sqlalchemy import func, select
 
 import tests.postgres
 from cds_service.store import HEAD, Store, open_store
-from cds_service.store.commands import _labels, register
+from cds_service.store.commands import _labels
 from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, FeedbackEntry, Outcome, ReasonCoding
 from cds_service.store.report import (
     Durations,
@@ -26,6 +25,7 @@ from cds_service.store.report import (
     render_text,
 )
 from cds_service.store.schema import audit_record, feedback
+from tests.cli_runner import run_cli
 from tests.test_store_audit import synthetic_record
 
 # Fixtures from tests/postgres.py (redundant once conftest.py lists it in pytest_plugins).
@@ -222,13 +222,10 @@ def test_labels_come_from_the_packaged_model_card_and_the_card_builder() -> None
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> RunCli:
-    """Run the store commands through a parser built like ``hfs-cds``'s: ``code, out, err = run(...)``."""
-    parser = argparse.ArgumentParser(prog="hfs-cds")
-    register(parser.add_subparsers(required=True, metavar="COMMAND"))
+    """Run the store commands through ``hfs-cds`` in-process: ``code, out, err = run(...)``."""
 
     def invoke(*argv: str) -> tuple[int, str, str]:
-        args = parser.parse_args(list(argv))
-        code: int = args.run(args)
+        code = run_cli(*argv)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

@@ -1,119 +1,67 @@
-"""``hfs-cds db upgrade|purge|status`` and ``hfs-cds report``, registered on the main CLI parser.
+"""``hfs-cds db upgrade|purge|status`` and ``hfs-cds report``: the feedback and audit store.
 
-``cds_service.cli`` calls :func:`register` with its sub-parsers. SQLAlchemy and the store load
-only when one of these commands runs, so ``hfs-cds score`` stays as fast as before.
-Every command takes ``--database-url``; without it, ``CDS_DATABASE_URL``, else the SQLite file in
-``CDS_INSTANCE_PATH``.
+SQLAlchemy and the store load only when one of these commands runs, so ``hfs-cds score`` stays as
+fast as before. Problems print as one line (exit status 2), the database URL's password hidden.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
-Command = Callable[[argparse.Namespace], int]
+import click
+
+from cds_service.cli_support import OUTPUT_FILE, Choice, CliError, IsoMoment, write_text
+from cds_service.config import StoreSettings
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``db`` (``upgrade``, ``purge``, ``status``) and ``report`` to ``hfs-cds``."""
-    db = subparsers.add_parser("db", help="the feedback and audit database: upgrade, purge, status")
-    actions = db.add_subparsers(required=True, metavar="ACTION")
+def _store_command(command: Callable[..., int]) -> Callable[..., int]:
+    """Adds ``--database-url``; the command gets the store settings and the URL. Connection and
+    driver problems become a one-line :class:`StoreError`, never SQL or values."""
 
-    upgrade = actions.add_parser(
-        "upgrade", help="create the schema or apply pending migrations (run before serving)"
-    )
-    _database_option(upgrade)
-    upgrade.set_defaults(run=_upgrade)
-
-    purge = actions.add_parser(
-        "purge", help="delete audit records and feedback older than the retention period"
-    )
-    purge.add_argument(
-        "--before",
-        metavar="DATE",
-        help="delete what was recorded before this ISO 8601 date or date-time (UTC unless it "
-        "says otherwise); default: now minus CDS_AUDIT_RETENTION_DAYS",
-    )
-    _database_option(purge)
-    purge.set_defaults(run=_purge)
-
-    status = actions.add_parser(
-        "status", help="print the schema version; exit 1 unless it matches this release"
-    )
-    _database_option(status)
-    status.set_defaults(run=_status)
-
-    report = subparsers.add_parser(
-        "report", help="cards by tier and model version, acceptance and overrides, time to feedback"
-    )
-    report.add_argument("--since", metavar="DATE", help="cards shown from this date (UTC)")
-    report.add_argument("--until", metavar="DATE", help="cards shown before this date (UTC)")
-    report.add_argument("--format", choices=("text", "json", "html"), default="text")
-    report.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
-    _database_option(report)
-    report.set_defaults(run=_report)
-
-
-def _database_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    @click.option(
         "--database-url",
         metavar="URL",
-        help="postgresql://… or sqlite:///path (default: CDS_DATABASE_URL, else the SQLite file "
-        "in CDS_INSTANCE_PATH)",
+        show_default="CDS_DATABASE_URL, else the SQLite file in CDS_INSTANCE_PATH",
+        help="postgresql://… or sqlite:///path",
     )
-
-
-def _guarded(command: Command) -> Command:
-    """Print store, configuration and connection problems as one line; exit status 2."""
-
     @wraps(command)
-    def run(args: argparse.Namespace) -> int:
+    def run(database_url: str | None, **kwargs: Any) -> int:
         from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-        from cds_service.config import ConfigError
-        from cds_service.store.database import unavailable
+        from cds_service.store.database import database_url as configured
+        from cds_service.store.database import describe, normalise_url, unavailable
         from cds_service.store.errors import StoreError
 
+        settings = StoreSettings.from_env(os.environ)
+        url = database_url or configured(settings)
+        where = describe(normalise_url(url))  # for messages: the password hidden
         try:
-            return command(args)
-        except (StoreError, ConfigError, _DateError) as exc:
-            print(f"hfs-cds: {exc}", file=sys.stderr)
+            return command(settings, url, **kwargs)
         except OperationalError as exc:  # cannot connect, locked, read-only…: the driver says why
-            where = getattr(args, "database", "(configured)")
-            print(f"hfs-cds: {unavailable(exc, where).args[0]}", file=sys.stderr)
-        except SQLAlchemyError as exc:  # anything else: the class only, never SQL or values
-            print(f"hfs-cds: database error: {type(exc).__name__}", file=sys.stderr)
-        return 2
+            raise unavailable(exc, where) from None
+        except SQLAlchemyError as exc:  # anything else: the class only
+            raise StoreError(f"database error: {type(exc).__name__}") from None
 
     return run
 
 
-class _DateError(ValueError):
-    pass
+@click.group()
+def db() -> None:
+    """The feedback and audit database: upgrade, purge, status."""
 
 
-def _settings_url(args: argparse.Namespace) -> tuple[Any, str]:
-    from cds_service.store.database import database_url, describe, normalise_url
-    from cds_service.store.settings import StoreSettings
-
-    settings = StoreSettings.from_env(os.environ)
-    url = args.database_url or database_url(settings)
-    args.database = describe(normalise_url(url))  # for messages: the password hidden
-    return settings, url
-
-
-@_guarded
-def _upgrade(args: argparse.Namespace) -> int:
+@db.command()
+@_store_command
+def upgrade(settings: StoreSettings, url: str) -> int:
+    """Create the schema or apply pending migrations (run before serving)."""
     from cds_service.store.database import describe, normalise_url, open_engine
     from cds_service.store.migrations import HEAD, current_version, upgrade
 
-    _, url = _settings_url(args)
     parsed = normalise_url(url)
     engine = open_engine(parsed, create_directory=True)
     try:
@@ -130,12 +78,13 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
-def _status(args: argparse.Namespace) -> int:
+@db.command()
+@_store_command
+def status(settings: StoreSettings, url: str) -> int:
+    """Print the schema version; exit 1 unless it matches this release."""
     from cds_service.store.database import describe, normalise_url, open_engine
     from cds_service.store.migrations import HEAD, current_version
 
-    _, url = _settings_url(args)
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists():
         print(f"{describe(parsed)}: no database yet (this release: schema version {HEAD})")
@@ -150,18 +99,24 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if version == HEAD else 1
 
 
-@_guarded
-def _purge(args: argparse.Namespace) -> int:
+@db.command()
+@click.option(
+    "--before",
+    type=IsoMoment(utc=True),
+    show_default="now minus CDS_AUDIT_RETENTION_DAYS",
+    help="delete what was recorded before this ISO 8601 date or date-time (UTC unless it says "
+    "otherwise)",
+)
+@_store_command
+def purge(settings: StoreSettings, url: str, before: datetime | None) -> int:
+    """Delete audit records and feedback older than the retention period."""
     from cds_service.store.database import open_store
 
-    settings, url = _settings_url(args)
     now = datetime.now(UTC)
-    if args.before:
-        before = _parse_date(args.before, "--before")
-        if before > now:
-            raise _DateError("--before is in the future; that would delete every record")
-    else:
+    if before is None:
         before = now - timedelta(days=settings.audit_retention_days)
+    elif before > now:
+        raise CliError("--before is in the future; that would delete every record")
     store = open_store(url)
     try:
         result = store.purge(before)
@@ -174,25 +129,43 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
-def _report(args: argparse.Namespace) -> int:
+@click.command()
+@click.option("--since", type=IsoMoment(utc=True), help="cards shown from this date (UTC)")
+@click.option("--until", type=IsoMoment(utc=True), help="cards shown before this date (UTC)")
+@click.option(
+    "--format",
+    "output_format",
+    type=Choice(("text", "json", "html")),
+    default="text",
+    help="the report's format",
+)
+@click.option(
+    "--output", "-o", type=OUTPUT_FILE, show_default="stdout", help="write the report to this file"
+)
+@_store_command
+def report(
+    settings: StoreSettings,
+    url: str,
+    since: datetime | None,
+    until: datetime | None,
+    output_format: str,
+    output: Path | None,
+) -> int:
+    """Cards by tier and model version, acceptance and overrides, time to feedback."""
     from cds_service.store.database import open_store
     from cds_service.store.report import build_report, render_html, render_json, render_text
 
-    _, url = _settings_url(args)
-    since = _parse_date(args.since, "--since") if args.since else None
-    until = _parse_date(args.until, "--until") if args.until else None
     store = open_store(url)
     try:
-        report = build_report(store, since=since, until=until, labels=_labels())
+        built = build_report(store, since=since, until=until, labels=_labels())
     finally:
         store.close()
-    render = {"text": render_text, "json": render_json, "html": render_html}[args.format]
-    output = render(report)
-    if args.output:
-        args.output.write_text(output + ("" if output.endswith("\n") else "\n"), encoding="utf-8")
+    render = {"text": render_text, "json": render_json, "html": render_html}[output_format]
+    text = render(built)
+    if output:
+        write_text(output, text + ("" if text.endswith("\n") else "\n"))
     else:
-        print(output)
+        print(text)
     return 0
 
 
@@ -213,9 +186,4 @@ def _labels() -> Any:
     )
 
 
-def _parse_date(value: str, option: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise _DateError(f"{option} {value!r} is not an ISO 8601 date or date-time") from exc
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+COMMANDS = (db, report)
