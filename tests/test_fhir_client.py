@@ -4,12 +4,14 @@ A scripted HTTP server on loopback answers each request with the next scripted a
 the connection), and records what it was sent. The client under test believes it talks to
 ``https://ehr.example.org/fhir``: its adapter's connections are routed to the scripted server, so
 URLs, ``next`` links and messages look as they would against an EHR, and urllib3's retries run for
-real. The hardening issue extends the paging and allowlist cases here.
+real. The hostile-server cases of the hardening issue (bombs, drips, escapes along the path) are
+in ``test_fhir_hardening.py``; the URL rule and the byte cap are unit-tested here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import re
@@ -25,10 +27,14 @@ import pytest
 
 from cds_service.fhir import (
     FhirAllowlist,
+    FhirBase,
     FhirClient,
     FhirError,
     FhirTimeout,
+    FhirTooLarge,
     FhirUnreachable,
+    UrlRefused,
+    base_problem,
     outside,
     parse_allowlist,
 )
@@ -43,6 +49,7 @@ class Answer:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None  # sent as is instead of ``body`` as JSON
 
 
 @dataclass
@@ -93,7 +100,9 @@ def scripted(*answers: Answer | str) -> Iterator[Scripted]:
                 self.close_connection = True
                 return
             time.sleep(answer.delay)
-            raw = b"" if answer.body is None else json.dumps(answer.body).encode()
+            raw = answer.raw
+            if raw is None:
+                raw = b"" if answer.body is None else json.dumps(answer.body).encode()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.send_response(answer.status)
                 self.send_header("Content-Type", "application/fhir+json")
@@ -318,3 +327,143 @@ def test_a_server_off_the_allowlist_is_never_contacted() -> None:
         with pytest.raises(FhirError, match="allowlist"):
             ids(client.pages(BASE, "Procedure", "t0k"))
     assert server.seen == []
+
+
+# -- the URL rule: one parser for bases, searches and next links ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://ehr.example.org/fhir?x=", "a query"),
+        ("https://ehr.example.org/fhir?", "a query"),
+        ("https://ehr.example.org/fhir#", "a fragment"),
+        ("https://ehr.example.org/fhir/../outside", "a dot segment in the path"),
+        ("https://ehr.example.org/fhir/./x", "a dot segment in the path"),
+        ("https://ehr.example.org/fhir/..;/outside", "a dot segment in the path"),
+        ("https://ehr.example.org/fhir/%2e%2e/outside", "an encoded dot"),
+        ("https://ehr.example.org/fhir/%2E./outside", "an encoded dot"),
+        ("https://ehr.example.org/fhir/..%2Foutside", "an encoded dot, slash"),
+        ("https://ehr.example.org/fhir/%252e%252e/outside", "percent"),
+        ("https://ehr.example.org/fhir/%5c..", "backslash"),
+        ("https://ehr.example.org/fhir\\..\\outside", "a backslash in the path"),
+        ("https://ehr.example.org/fhir/%", "an encoded dot"),
+        ("https://ehr.example.org/fh ir", "spaces, control or non-ASCII characters"),
+        ("https://ehr.exämple.org/fhir", "spaces, control or non-ASCII characters"),
+        ("https://u:p@ehr.example.org/fhir", "credentials in the URL"),
+        ("https://@ehr.example.org/fhir", "credentials in the URL"),
+        ("https://ehr.example.org:99999/fhir", "not a valid host or port"),
+        ("https://ehr_ex@mple/fhir", "credentials in the URL"),
+        ("ftp://ehr.example.org/fhir", "not an absolute http(s) URL"),
+        ("/fhir", "not an absolute http(s) URL"),
+    ],
+)
+def test_a_base_that_could_lead_elsewhere_is_refused(url: str, reason: str) -> None:
+    with pytest.raises(UrlRefused, match=re.escape(reason)):
+        FhirBase.parse(url)
+    assert base_problem(url, allow_loopback_http=True) is not None
+
+
+def test_a_base_has_one_normal_form() -> None:
+    assert (
+        FhirBase.parse("HTTPS://EHR.Example.ORG/fhir/R4//").url == "https://ehr.example.org/fhir/R4"
+    )
+    assert FhirBase.parse("http://[::1]:8080/fhir").host == "::1"
+    assert FhirBase.parse("https://ehr.example.org").path == ""
+    assert FhirBase.parse("https://ehr.example.org/fhir/obs.1/x-y_z~").path == "/fhir/obs.1/x-y_z~"
+    assert parse_allowlist("HTTPS://EHR.example.org/fhir/", allow_loopback_http=False) == (
+        "https://ehr.example.org/fhir",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("https://ehr.example.org/fhir?tenant=1", "must not have a query"),
+        ("https://ehr.example.org/fhir#x", "must not have a fragment"),
+        ("https://ehr.example.org/fhir/../admin", "must not have a dot segment in the path"),
+    ],
+)
+def test_allowlist_entries_that_could_lead_elsewhere_are_refused(raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_allowlist(raw, allow_loopback_http=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (f"{BASE}/../admin/Procedure", "a dot segment in the path"),
+        (f"{BASE}/%2e%2e/admin/Procedure", "an encoded dot"),
+        (f"{BASE}/..%2fadmin/Procedure", "an encoded dot"),
+        (f"{BASE}/Procedure?page=2#x", "a fragment"),
+        ("Procedure?page=2", "not an absolute http(s) URL"),
+    ],
+)
+def test_a_target_under_the_base_must_also_be_well_formed(url: str, reason: str) -> None:
+    assert reason in (outside(url, BASE) or "")
+    assert outside(f"{BASE}/Procedure?code=http%3A%2F%2Fsnomed.info%2Fsct%7C1", BASE) is None
+    assert outside(BASE + "?_getpages=abc&_getpagesoffset=20", BASE) is None  # HAPI's next links
+
+
+def test_an_issuers_own_bases_count_only_when_well_formed() -> None:
+    allowlist = FhirAllowlist(())
+    assert allowlist.permits(f"{BASE}/tenant-1", (BASE,))
+    assert not allowlist.permits(f"{BASE}/../other", (BASE,))
+    assert not allowlist.permits("https://other.example/fhir", (f"{BASE}/..",))
+    with pytest.raises(UrlRefused, match="not on this service's FHIR allowlist"):
+        allowlist.base_for("https://ehr.example.org/other", (BASE,))
+
+
+def test_a_query_cannot_climb_out_of_the_base() -> None:
+    with scripted() as server:
+        client = server.client()
+        with pytest.raises(FhirError, match="would leave the FHIR base"):
+            client.fetch_all(BASE, {"procedures": "../admin/Procedure"}, "t0k")
+        with pytest.raises(FhirError, match="would leave the FHIR base"):
+            ids(client.pages(BASE, "%2e%2e/admin/Procedure", "t0k"))
+    assert server.seen == []
+
+
+# -- the byte cap, counted after decompression ------------------------------------------------------
+
+
+def test_a_gzip_answer_is_inflated_within_the_cap() -> None:
+    text = json.dumps(bundle("a")).encode()
+    small = gzip.compress(text)
+    two_members = gzip.compress(text[:20]) + gzip.compress(text[20:])
+    large = gzip.compress(b'{"resourceType":"Bundle",' + b" " * 300_000 + b'"entry":[]}')
+    with scripted(
+        Answer(200, raw=small, headers={"Content-Encoding": "gzip"}),
+        Answer(200, raw=two_members, headers={"Content-Encoding": "gzip"}),
+        Answer(200, raw=large, headers={"Content-Encoding": "gzip"}),
+    ) as server:
+        client = server.client(max_response_bytes=200_000, budget_seconds=5.0)
+        assert ids(client.pages(BASE, "Procedure", "t0k")) == ["a"]
+        assert ids(client.pages(BASE, "Procedure", "t0k")) == ["a"]
+        with pytest.raises(FhirTooLarge, match="larger than 200000 bytes") as info:
+            client.read(f"{BASE}/Procedure", "t0k", query="'procedures'")
+    assert info.value.status == 200 and str(info.value).startswith("'procedures': ")
+    assert server.seen[0][1]["Accept-Encoding"] == "gzip, deflate"
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading() -> None:
+    with scripted(Answer(200, raw=b" " * 300_000)) as server:
+        client = server.client(max_response_bytes=100_000, budget_seconds=5.0)
+        with pytest.raises(FhirTooLarge):
+            client.read(f"{BASE}/Procedure", "t0k")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw", "message"),
+    [
+        ("br", b"\x00", "an encoding the service did not ask for ('br')"),
+        ("gzip", b"not gzip at all", "not valid gzip"),
+    ],
+)
+def test_an_answer_the_client_cannot_inflate_is_refused(
+    encoding: str, raw: bytes, message: str
+) -> None:
+    with scripted(Answer(200, raw=raw, headers={"Content-Encoding": encoding})) as server:
+        client = server.client(budget_seconds=5.0)
+        with pytest.raises(FhirError, match=re.escape(message)):
+            client.read(f"{BASE}/Procedure", "t0k")

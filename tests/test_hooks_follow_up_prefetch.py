@@ -195,11 +195,13 @@ def test_a_server_refusing_only_the_follow_up_search_still_gives_the_card(
     real = client.fetch_all
     batches: list[list[str]] = []
 
-    def refuse_service_requests(base: str, queries: dict[str, str], *args: Any) -> Any:
+    def refuse_service_requests(
+        base: str, queries: dict[str, str], *args: Any, **kwargs: Any
+    ) -> Any:
         batches.append(sorted(queries))
         if "followUpOrders" in queries:
             raise FhirError("the FHIR server answered HTTP 400", status=400)
-        return real(base, queries, *args)
+        return real(base, queries, *args, **kwargs)
 
     monkeypatch.setattr(client, "fetch_all", refuse_service_requests)
     body = hook_body("patient-view", prefetch={}, **_auth(fhir.base))

@@ -5,43 +5,73 @@
   with backoff, and never past the call's deadline. Redirects are never followed.
 * **One time budget per call**: a connect timeout and a deadline every attempt and retry shares.
   ``fetch_all`` and ``follow_pages`` (the hooks and the SMART app) spend one budget on all their
-  queries; a batch tool's ``request`` and each page of its ``pages`` get one each.
-* **One paging rule**: ``next`` is followed only under the base of the search (:func:`outside`), at
-  most ``max_pages`` pages, else :class:`FhirError` says why; a result is never silently cut short.
+  queries; a batch tool's ``request`` and each page of its ``pages`` get one each. When the
+  deadline passes, a watchdog shuts the call's sockets: a server that sends one byte a second (or
+  its status line that slowly) cannot keep a thread reading after the caller has its answer.
+* **One byte cap per answer** (``max_response_bytes``, counted after gzip/deflate decompression,
+  which the client does itself with a bounded inflater): a larger answer is refused as soon as it
+  passes the cap, and its connection closed. An encoding the client did not ask for is refused.
+* **Bounded fetches per issuer**: ``fetch_all`` and ``follow_pages`` hold one of the calling
+  EHR's ``max_fetches_per_issuer`` permits per query (waiting at most until the deadline), so one
+  EHR's slow server cannot take every fetch thread. Fetches run on daemon threads: a process
+  that exits never waits on one.
+* **One URL rule** (:mod:`.urls`): bases, searches and ``next`` links are parsed and checked in
+  one place; ``next`` is followed only under the base of the search, at most ``max_pages`` pages,
+  else :class:`FhirError` says why; a result is never silently cut short.
 * **One allowlist check** when the client has one (the service); a command-line tool has none and
   contacts only the server its user named.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import math
+import os
+import socket
+import threading
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from contextlib import suppress
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError, MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util import Retry, Timeout
 
-from cds_service.fhir.allowlist import FhirAllowlist, outside
+from cds_service.fhir.allowlist import FhirAllowlist
 from cds_service.fhir.errors import (
     FhirError,
     FhirTimeout,
+    FhirTooLarge,
     FhirTooManyPages,
     FhirUnreachable,
 )
+from cds_service.fhir.urls import FhirBase, UrlRefused
 from fhir_mappings import Resource, resources_from_bundle
 
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = (429, 502, 503, 504)
+#: The most an answer may hold, decompressed. A patient's searches narrowed to the model's codes
+#: answer in kilobytes; this leaves room for long histories and for the tools' larger pages.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+#: Fetches one EHR (one issuer; without one, one FHIR base) may have in flight in a process: one
+#: hook call's searches at once.
+DEFAULT_MAX_FETCHES_PER_ISSUER = 4
 _MAX_TEXT = 300
+_CHUNK = 64 * 1024
+_T = TypeVar("_T")
 
 #: The deadline of the request being sent on this thread (read by the retry and the timeout).
 _deadline: ContextVar[float] = ContextVar("fhir_deadline", default=math.inf)
@@ -103,6 +133,192 @@ class _BudgetRetry(Retry):
         raise MaxRetryError(pool, url, error or ResponseError("not retried"))
 
 
+# -- the deadline watchdog ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Call:
+    """One request in flight: its deadline and the connections it used."""
+
+    deadline: float
+    connections: list[Any] = field(default_factory=list)
+    done: bool = False
+    cut: bool = False
+
+
+#: The request being sent on this thread; its connections register with it (``_Watched*``).
+_call: ContextVar[_Call | None] = ContextVar("fhir_call", default=None)
+
+
+class _Watchdog:
+    """One daemon thread per process that shuts the sockets of calls whose deadline has passed.
+
+    A socket timeout bounds each wait for a byte, not a call: a server that sends a byte just
+    before each timeout would hold the thread forever. Shutting the socket down wakes the reading
+    thread at once (with an end of stream or an error), and the connection is never reused.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked worker starts its own thread
+
+    def _reset(self) -> None:
+        self.lock = threading.Lock()
+        self._wake = threading.Condition(self.lock)
+        self._queue: list[tuple[float, int, _Call]] = []
+        self._order = itertools.count()
+        self._running = False
+
+    def watch(self, call: _Call) -> None:
+        with self.lock:
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="fhir-deadlines", daemon=True).start()
+            heapq.heappush(self._queue, (call.deadline, next(self._order), call))
+            if self._queue[0][2] is call:
+                self._wake.notify()
+
+    def register(self, connection: Any) -> None:
+        """Called by a connection about to connect or send a request for the current call."""
+        call = _call.get()
+        if call is not None:
+            with self.lock:
+                connection.hfs_fhir_call = call
+                call.connections.append(connection)
+
+    def finish(self, call: _Call) -> None:
+        with self.lock:
+            call.done = True
+            call.connections.clear()
+
+    def _run(self) -> None:
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                while self._queue and self._queue[0][0] <= now:
+                    call = heapq.heappop(self._queue)[2]
+                    if not call.done:
+                        self._cut(call)
+                self._wake.wait(self._queue[0][0] - now if self._queue else None)
+
+    @staticmethod
+    def _cut(call: _Call) -> None:
+        call.cut = True
+        for connection in call.connections:
+            sock = connection.sock
+            # Only while the connection still serves this call (not once back in the pool and
+            # taken by another), and on the socket itself (for TLS, under the TLS layer).
+            if getattr(connection, "hfs_fhir_call", None) is call and isinstance(
+                sock, socket.socket
+            ):
+                with suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        _WATCHDOG.register(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _WATCHDOG.register(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        _WATCHDOG.register(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _WATCHDOG.register(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections the watchdog can shut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPConnectionPool,
+            "https": _WatchedHTTPSConnectionPool,
+        }
+
+
+# -- reading an answer within the byte cap -----------------------------------------------------------
+
+
+class _Inflater:
+    """gzip or zlib-wrapped deflate (told apart by their headers), inflated a piece at a time and
+    never past the cap: a bomb is refused at the cap, not inflated first."""
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(32 + zlib.MAX_WBITS)
+
+    def inflate_into(self, body: bytearray, data: bytes, cap: int) -> None:
+        """Append the output of ``data`` to ``body``, stopping once ``body`` passes ``cap``."""
+        while data and len(body) <= cap:
+            if self._d.eof:  # a further gzip member (RFC 1952 allows several)
+                self._d = zlib.decompressobj(32 + zlib.MAX_WBITS)
+            body += self._d.decompress(data, min(cap + 1 - len(body), _CHUNK))
+            data = self._d.unconsumed_tail or (self._d.unused_data if self._d.eof else b"")
+
+
+def _read_body(response: requests.Response, cap: int, query: str | None) -> bytearray:
+    """The whole body of a streamed answer, decompressed, or FhirTooLarge past ``cap`` bytes."""
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    inflater = _Inflater() if coding in ("gzip", "x-gzip", "deflate") else None
+    if inflater is None and coding not in ("", "identity"):
+        raise FhirError(
+            f"the FHIR server's answer came in an encoding the service did not ask for "
+            f"({coding[:20]!r})",
+            response.status_code,
+            query,
+        )
+    declared = response.headers.get("Content-Length", "")
+    if inflater is None and declared.isdigit() and int(declared) > cap:
+        raise _too_large(cap, response.status_code, query)
+    body = bytearray()
+    while chunk := response.raw.read(_CHUNK, decode_content=False):
+        if inflater is None:
+            body += chunk
+        else:
+            try:
+                inflater.inflate_into(body, chunk, cap)
+            except zlib.error:
+                raise FhirError(
+                    f"the FHIR server's answer is not valid {coding}", response.status_code, query
+                ) from None
+        if len(body) > cap:
+            del body  # not kept alive by the exception's traceback
+            raise _too_large(cap, response.status_code, query)
+    return body
+
+
+def _too_large(cap: int, status: int, query: str | None) -> FhirTooLarge:
+    return FhirTooLarge(
+        f"the FHIR server's answer is larger than {_size(cap)}, the most the service reads",
+        status,
+        query,
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
+
+
 @dataclass(frozen=True, slots=True)
 class FhirAnswer:
     """One response: status, the FHIR resource (None if empty or not FHIR JSON) and headers."""
@@ -122,7 +338,8 @@ class FhirAnswer:
 
 
 class FhirClient:
-    """Allowlisted, time-bounded FHIR reads, searches and (for the sandbox loader) writes."""
+    """Allowlisted, time- and size-bounded FHIR reads, searches and (for the sandbox loader)
+    writes."""
 
     def __init__(
         self,
@@ -134,11 +351,15 @@ class FhirClient:
         max_workers: int = 8,
         retries: int = 2,
         backoff_seconds: float = 0.25,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_fetches_per_issuer: int = DEFAULT_MAX_FETCHES_PER_ISSUER,
     ) -> None:
         self.allowlist = allowlist
         self.budget_seconds = budget_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
         self.max_pages = max_pages
+        self.max_response_bytes = max_response_bytes
+        self.max_fetches_per_issuer = max_fetches_per_issuer
         retry = _BudgetRetry(
             total=retries,
             status_forcelist=RETRY_STATUSES,
@@ -146,14 +367,15 @@ class FhirClient:
             backoff_factor=backoff_seconds,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=max_workers, max_retries=retry)
+        # Connections kept per server; fetches beyond them open (and then drop) their own.
+        adapter = _WatchedAdapter(pool_connections=8, pool_maxsize=max_workers, max_retries=retry)
         self.session = requests.Session()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-fetch")
+        self._permits: dict[str, threading.BoundedSemaphore] = {}
+        self._permits_lock = threading.Lock()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self.session.close()
 
     # -- one request ------------------------------------------------------------------------------
@@ -169,18 +391,22 @@ class FhirClient:
         deadline: float | None = None,
         query: str | None = None,
     ) -> FhirAnswer:
-        """Send one request (GET retried as above) and return whatever status came back;
-        FhirTimeout or FhirUnreachable when no answer came in time. Not allowlist-checked: the
-        service reads through :meth:`fetch_all` and :meth:`pages`, which check the base."""
+        """Send one request (GET retried as above) and return whatever status came back, its
+        body read within the byte cap; FhirTimeout or FhirUnreachable when no whole answer came
+        in time, FhirTooLarge past the cap. Not allowlist-checked: the service reads through
+        :meth:`fetch_all` and :meth:`follow_pages`, which check the base."""
         deadline = deadline or time.monotonic() + self.budget_seconds
         if deadline <= time.monotonic():
             raise FhirTimeout("the FHIR time budget ran out", query=query)
-        sent = {"Accept": FHIR_JSON, **(headers or {})}
+        # Only encodings the client inflates itself, within the cap.
+        sent = {"Accept": FHIR_JSON, "Accept-Encoding": "gzip, deflate", **(headers or {})}
         if body is not None:
             sent["Content-Type"] = FHIR_JSON
         if token:
             sent["Authorization"] = f"Bearer {token}"
-        budget = _deadline.set(deadline)
+        call = _Call(deadline)
+        budget, current = _deadline.set(deadline), _call.set(call)
+        _WATCHDOG.watch(call)
         try:
             response = self.session.request(
                 method,
@@ -189,14 +415,23 @@ class FhirClient:
                 headers=sent,
                 timeout=cast(Any, _BudgetTimeout(self.connect_timeout_seconds)),
                 allow_redirects=False,
+                stream=True,
             )
+            try:
+                raw = _read_body(response, self.max_response_bytes, query)
+            finally:
+                response.close()  # a body not read to its end closes the connection
         except requests.Timeout as exc:
             raise FhirTimeout("the FHIR server did not answer in time", query=query) from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, HTTPError, OSError) as exc:
+            if call.cut or time.monotonic() >= deadline:
+                raise FhirTimeout("the FHIR server did not answer in time", query=query) from exc
             raise FhirUnreachable(_reason(exc), query=query) from exc
         finally:
+            _WATCHDOG.finish(call)
+            _call.reset(current)
             _deadline.reset(budget)
-        return _answer(response)
+        return _answer(response.status_code, response.headers, raw)
 
     def read(
         self,
@@ -240,26 +475,34 @@ class FhirClient:
     ) -> Iterator[Resource]:
         """Every Bundle page of a search: ``first`` is a query relative to ``base`` or the first
         page already in hand. ``deadline`` None gives each page a budget of its own."""
-        base = base.rstrip("/")
-        if self.allowlist is not None and not self.allowlist.permits(base, extra_bases):
-            raise FhirError("fhirServer is not on this service's FHIR allowlist", query=query)
-        page = (
-            self.read(f"{base}/{first}", token, deadline=deadline, query=query, bundle=True)
-            if isinstance(first, str)
-            else first
-        )
+        root = self._base(base, extra_bases, query)
+        if isinstance(first, str):
+            url = self._under(root, first, query)
+            first = self.read(url, token, deadline=deadline, query=query, bundle=True)
+        return self._follow(root, first, token, deadline, query)
+
+    def _follow(
+        self,
+        root: FhirBase,
+        page: Resource,
+        token: str | None,
+        deadline: float | None,
+        query: str | None,
+    ) -> Iterator[Resource]:
         count = 1
         while True:
             yield page
             next_url = _next_link(page)
             if next_url is None:
                 return
-            if (why := outside(next_url, base)) is not None:
+            try:
+                root.target(next_url)
+            except UrlRefused as exc:
                 raise FhirError(
-                    f"a 'next' link points away from {base} ({why}); not followed (the token "
-                    "only ever goes to the base URL)",
+                    f"a 'next' link points away from {root} ({exc.reason}); not followed (the "
+                    "token only ever goes to the base URL)",
                     query=query,
-                )
+                ) from None
             if count >= self.max_pages:
                 raise FhirTooManyPages(f"more than {self.max_pages} pages", query=query)
             page = self.read(next_url, token, deadline=deadline, query=query, bundle=True)
@@ -271,59 +514,145 @@ class FhirClient:
         queries: Mapping[str, str],
         token: str | None,
         extra_bases: tuple[str, ...] = (),
+        *,
+        issuer: str | None = None,
     ) -> dict[str, list[Resource]]:
         """Run each relative query against ``base`` concurrently under one budget; all results, or
-        FhirError. ``extra_bases`` extend the allowlist for this call (the calling EHR's own)."""
-        if self.allowlist is not None and not self.allowlist.permits(base, extra_bases):
-            raise FhirError("fhirServer is not on this service's FHIR allowlist")
+        FhirError. ``extra_bases`` extend the allowlist for this call (the calling EHR's own);
+        ``issuer`` names that EHR, whose fetches in flight are bounded (see the module)."""
+        root = self._base(base, extra_bases)
+        urls = {key: self._under(root, query, f"'{key}'") for key, query in queries.items()}
         deadline = time.monotonic() + self.budget_seconds
-        futures = {
-            key: self._pool.submit(self._query, base, key, query, token, deadline, extra_bases)
-            for key, query in queries.items()
-        }
-        done, pending = wait(
-            futures.values(), timeout=self.budget_seconds, return_when=FIRST_EXCEPTION
-        )
-        for future in pending:
-            future.cancel()
-        # A query that failed explains more than one cut short because of it: report it first.
-        for future in done:
-            if future.exception() is not None:
-                future.result()  # re-raises that query's FhirError
-        results: dict[str, list[Resource]] = {}
-        for key, future in futures.items():
-            if future not in done:
-                raise FhirTimeout(
-                    f"did not finish within {self.budget_seconds:g} s", query=f"'{key}'"
+        permits = self._permits_of(issuer or root.url)
+        futures: dict[str, Future[list[Resource]]] = {}
+        try:
+            for key, url in urls.items():
+                self._acquire(permits, deadline, f"'{key}'")
+                futures[key] = _in_thread(
+                    partial(self._query, root, key, url, token, deadline), permits.release
                 )
-            results[key] = future.result()
+        except FhirError:
+            for future in futures.values():
+                future.cancel()
+            raise
+        done, _ = wait(
+            futures.values(),
+            timeout=max(deadline - time.monotonic(), 0.0),
+            return_when=FIRST_EXCEPTION,
+        )
+        # A query that failed explains more than one cut short because of it: report it first.
+        error = next((e for f in done if (e := f.exception()) is not None), None)
+        late = next((key for key, f in futures.items() if f not in done), None)
+        results = {key: f.result() for key, f in futures.items()} if not (error or late) else {}
+        # The futures hold the failed query's exception (and its traceback, its answer's body):
+        # no reference cycle through this frame may keep them past the call.
+        del futures, done
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
+        if late is not None:
+            raise FhirTimeout(f"did not finish within {self.budget_seconds:g} s", query=f"'{late}'")
         return results
 
     def follow_pages(
-        self, base: str, bundle: Resource, token: str | None, extra_bases: tuple[str, ...] = ()
-    ) -> list[Resource]:
-        """Entries of a paginated Bundle from the EHR's prefetch, following ``next`` on ``base``."""
-        deadline = time.monotonic() + self.budget_seconds
-        pages = self.pages(base, bundle, token, extra_bases=extra_bases, deadline=deadline)
-        return [r for page in pages for r in resources_from_bundle(page)]
-
-    def _query(
         self,
         base: str,
-        key: str,
-        query: str,
+        bundle: Resource,
         token: str | None,
-        deadline: float,
-        extra_bases: tuple[str, ...],
+        extra_bases: tuple[str, ...] = (),
+        *,
+        issuer: str | None = None,
+    ) -> list[Resource]:
+        """Entries of a paginated Bundle from the EHR's prefetch, following ``next`` on ``base``
+        (one of ``issuer``'s fetch permits held meanwhile)."""
+        root = self._base(base, extra_bases)
+        deadline = time.monotonic() + self.budget_seconds
+        permits = self._permits_of(issuer or root.url)
+        self._acquire(permits, deadline, None)
+        try:
+            pages = self._follow(root, bundle, token, deadline, None)
+            return [r for page in pages for r in resources_from_bundle(page)]
+        finally:
+            permits.release()
+
+    def _query(
+        self, root: FhirBase, key: str, url: str, token: str | None, deadline: float
     ) -> list[Resource]:
         label = f"'{key}'"
-        first = self.read(f"{base.rstrip('/')}/{query}", token, deadline=deadline, query=label)
+        first = self.read(url, token, deadline=deadline, query=label)
         if first.get("resourceType") != "Bundle":
             return [first]  # a read
-        pages = self.pages(
-            base, first, token, extra_bases=extra_bases, deadline=deadline, query=label
-        )
+        pages = self._follow(root, first, token, deadline, label)
         return [r for page in pages for r in resources_from_bundle(page)]
+
+    # -- where, and how many at once ---------------------------------------------------------------
+
+    def _base(self, base: str, extra_bases: tuple[str, ...], query: str | None = None) -> FhirBase:
+        """``base`` parsed, and allowed when the client has an allowlist; FhirError if not (the
+        URL itself is never repeated: a hook's ``fhirServer`` is the EHR's input)."""
+        try:
+            if self.allowlist is not None:
+                return self.allowlist.base_for(base, extra_bases)
+            return FhirBase.parse(base)
+        except UrlRefused as exc:
+            if exc.kind == "allowlist":
+                raise FhirError(
+                    "fhirServer is not on this service's FHIR allowlist", query=query
+                ) from None
+            raise FhirError(
+                f"the FHIR base URL has {exc.reason}; not contacted", query=query
+            ) from None
+
+    @staticmethod
+    def _under(root: FhirBase, relative: str, query: str | None) -> str:
+        try:
+            return root.join(relative)
+        except UrlRefused as exc:
+            raise FhirError(
+                f"the query would leave the FHIR base ({exc.reason}); not sent", query=query
+            ) from None
+
+    def _permits_of(self, caller: str) -> threading.BoundedSemaphore:
+        with self._permits_lock:
+            permits = self._permits.get(caller)
+            if permits is None:
+                permits = self._permits[caller] = threading.BoundedSemaphore(
+                    self.max_fetches_per_issuer
+                )
+            return permits
+
+    def _acquire(
+        self, permits: threading.BoundedSemaphore, deadline: float, query: str | None
+    ) -> None:
+        if not permits.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise FhirTimeout(
+                f"this EHR already had {self.max_fetches_per_issuer} FHIR fetches in flight "
+                f"for {self.budget_seconds:g} s",
+                query=query,
+            )
+
+
+def _in_thread(work: Callable[[], _T], release: Callable[[], None]) -> Future[_T]:
+    """Run ``work`` on a daemon thread of its own (a process that exits never waits on a fetch;
+    each is cut at its deadline anyway); ``release`` runs once it is done or cancelled."""
+    future: Future[_T] = Future()
+    future.add_done_callback(lambda _: release())
+    threading.Thread(target=_run, args=(future, work), name="fhir-fetch", daemon=True).start()
+    return future
+
+
+def _run(future: Future[_T], work: Callable[[], _T]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = work()
+    except BaseException as exc:  # handed to the waiting caller
+        future.set_exception(exc)
+        del future  # no cycle: exception -> traceback -> this frame -> future -> exception
+    else:
+        future.set_result(result)
 
 
 def search_matches(bundle: Resource) -> list[Resource]:
@@ -354,9 +683,8 @@ def outcome_text(body: Any) -> str:
     return " ".join(text.split())[:_MAX_TEXT]
 
 
-def _answer(response: requests.Response) -> FhirAnswer:
-    status, headers, raw = response.status_code, response.headers, response.content
-    if not raw.strip():
+def _answer(status: int, headers: Mapping[str, str], raw: bytearray) -> FhirAnswer:
+    if not raw or raw.isspace():
         return FhirAnswer(status, None, headers)
     try:
         data = orjson.loads(raw)

@@ -31,3 +31,8 @@ class FhirTimeout(FhirError):
 
 class FhirTooManyPages(FhirError):
     """A search had more pages than the client's cap (a result is never silently cut short)."""
+
+
+class FhirTooLarge(FhirError):
+    """An answer was larger than the client's byte cap (counted after decompression); the
+    connection was closed without reading the rest."""

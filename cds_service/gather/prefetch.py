@@ -88,12 +88,14 @@ def resolve_prefetch(
     policy: FetchPolicy,
     optional_keys: frozenset[str] = frozenset(),
     issuer_fhir_servers: tuple[str, ...] = (),
+    issuer: str | None = None,
 ) -> list[Resource]:
     """All resources for the patient: usable ``prefetch`` plus what had to be fetched.
 
     ``templates`` are the queries by prefetch key, filled from ``context``; ``fhir_server`` and
     ``token`` are where (and as whom) missing keys may be fetched. ``issuer_fhir_servers`` are the
-    FHIR bases the calling EHR's trust entry allows, on top of the service-wide allowlist.
+    FHIR bases the calling EHR's trust entry allows, on top of the service-wide allowlist;
+    ``issuer`` names that EHR (the client bounds each EHR's fetches in flight).
     """
     may_fetch = fhir_server is not None and (token is not None or policy.fetch_without_token)
     resources: list[Resource] = []
@@ -113,7 +115,9 @@ def resolve_prefetch(
         if may_fetch and isinstance(value, dict) and _has_next(value):
             assert fhir_server is not None
             try:
-                found = client.follow_pages(fhir_server, value, token, issuer_fhir_servers)
+                found = client.follow_pages(
+                    fhir_server, value, token, issuer_fhir_servers, issuer=issuer
+                )
             except FhirError as exc:
                 if key not in optional_keys:
                     raise PrefetchUnavailable(
@@ -133,7 +137,9 @@ def resolve_prefetch(
             return resources
         assert fhir_server is not None
         try:
-            fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers)
+            fetched = client.fetch_all(
+                fhir_server, to_fetch, token, issuer_fhir_servers, issuer=issuer
+            )
         except FhirError as exc:
             log.warning("optional prefetch %s could not be fetched: %s", _keys(optional), exc)
             return resources
@@ -145,7 +151,7 @@ def resolve_prefetch(
         raise PrefetchUnavailable(f"prefetch {problem}, and the request has no fhirAuthorization")
     started = time.monotonic()
     try:
-        fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers)
+        fetched = client.fetch_all(fhir_server, to_fetch, token, issuer_fhir_servers, issuer=issuer)
     except FhirError as exc:
         quick = time.monotonic() - started < client.budget_seconds / 2
         if not optional or not quick:  # a slow failure: no time for a second try
@@ -155,7 +161,9 @@ def resolve_prefetch(
         # Perhaps only the optional search was refused: the required keys alone, once more.
         required = {k: q for k, q in to_fetch.items() if k not in optional}
         try:
-            fetched = client.fetch_all(fhir_server, required, token, issuer_fhir_servers)
+            fetched = client.fetch_all(
+                fhir_server, required, token, issuer_fhir_servers, issuer=issuer
+            )
         except FhirError as again:
             raise PrefetchUnavailable(
                 f"prefetch {problem}, and querying fhirServer failed: {again}"

@@ -117,6 +117,7 @@ def call_service(service_id: str) -> Response:
         policy=runtime.fetch_policy,
         optional_keys=service.optional_prefetch,
         issuer_fhir_servers=ehr.fhir_servers if ehr else (),
+        issuer=ehr.iss if ehr else None,
     )
     assessor = runtime.assessor
     assessment = assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
