@@ -21,11 +21,13 @@ from cds_service.model import ModelCardError
 from cds_service.presentation import present
 from cds_service.recalibration.commands import COMMANDS as RECALIBRATION_COMMANDS
 from cds_service.recalibration.errors import RecalibrationError
+from cds_service.sandbox.bundles import stored_resources
 from cds_service.sandbox.commands import COMMANDS as SANDBOX_COMMANDS
 from cds_service.sandbox.fhir_http import SandboxError
 from cds_service.store import StoreError
 from cds_service.store.commands import COMMANDS as STORE_COMMANDS
-from fhir_mappings import ValueSetError, resources_from_bundle, roman
+from fhir_mappings import Resource, ValueSetError, infer_patient_id, resources_from_bundle, roman
+from fhir_mappings.subjects import subject_patient_id
 
 #: Errors a user can fix: one line on stderr and exit status 2, never a traceback.
 _ERRORS = (
@@ -129,16 +131,11 @@ def dev_token(url: str | None, alg: Literal["ES384", "RS384"]) -> int:
 )
 @click.option("--json", "output_format", flag_value="json", help="the same as --format json")
 def score(bundle: Path, patient: str | None, at: datetime | None, output_format: str) -> int:
-    """Assess one patient from a FHIR Bundle JSON file."""
-    holds = "a FHIR Bundle or a JSON array of FHIR resources"
-    data = read_json(bundle, holds, (dict, list))
-    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-        resources = resources_from_bundle(data)
-    elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        resources = data
-    else:
-        raise CliError(f"{bundle} must hold {holds}")
-    assessment = assessor().assess(resources, patient, as_of=at)
+    """Assess one patient from a FHIR Bundle JSON file.
+
+    A file with several patients (``hfs-cds synth`` writes one) needs --patient."""
+    resources = _resources(bundle)
+    assessment = assessor().assess(resources, _patient(bundle, resources, patient), as_of=at)
     if output_format == "fhir":
         from cds_service.presentation.risk_assessment import risk_assessment
 
@@ -159,6 +156,35 @@ def score(bundle: Path, patient: str | None, at: datetime | None, output_format:
     else:
         print(render_text(assessment))
     return 0
+
+
+def _resources(path: Path) -> list[Resource]:
+    """The resources in a Bundle or a JSON array; a transaction whose resources have no ids yet
+    (as ``hfs-cds synth`` writes) is read as a FHIR server would store it."""
+    holds = "a FHIR Bundle or a JSON array of FHIR resources"
+    data = read_json(path, holds, (dict, list))
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return data
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        raise CliError(f"{path} must hold {holds}")
+    resources = resources_from_bundle(data)
+    if data.get("type") == "transaction" and not any("id" in r for r in resources):
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # not our kind of transaction
+            return stored_resources(data)
+    return resources
+
+
+def _patient(path: Path, resources: list[Resource], given: str | None) -> str | None:
+    """``--patient`` when the file holds that patient; without it, the file's one patient."""
+    ids = {r.get("id") for r in resources if r.get("resourceType") == "Patient"}
+    ids |= {subject_patient_id(r) for r in resources}
+    held = sorted(i for i in ids if isinstance(i, str))
+    listed = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
+    if given is not None and given.removeprefix("Patient/") not in held:
+        raise CliError(f"{path} holds no patient {given!r} (it holds {listed or 'none'})")
+    if given is None and len(held) > 1 and infer_patient_id(resources) is None:
+        raise CliError(f"{path} holds {len(held)} patients ({listed}): choose one with --patient")
+    return given
 
 
 for _command in (*RECALIBRATION_COMMANDS, *STORE_COMMANDS, *SANDBOX_COMMANDS):
