@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
+    from cds_service.config import Settings
+
 __version__ = "0.1.0"
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app (imported lazily so the model and mappings load without Flask)."""
     from cds_service.app import create_app as _create_app
 

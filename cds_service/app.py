@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cds_service.config import load_settings
+from cds_service.config import Settings, load_settings
 from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import init_hooks
 from cds_service.logging_setup import quiet_third_party_loggers, request_id_from
@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 _ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. ``config`` overrides settings by upper-case name (e.g. ``FHIR_ALLOWLIST``,
-    ``SMART_CLIENT_ID``; see :func:`~cds_service.config.load_settings`)."""
-    settings = load_settings(overrides=config)
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from settings already read, or from the environment with ``config``
+    overriding settings by upper-case name (e.g. ``FHIR_ALLOWLIST``, ``SMART_CLIENT_ID``; see
+    :func:`~cds_service.config.load_settings`)."""
+    settings = config if isinstance(config, Settings) else load_settings(overrides=config)
     app = Flask(__name__)
     app.config.update(settings.flask)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

@@ -16,7 +16,7 @@ import click
 
 from cds_service.assessment import Assessment, Status
 from cds_service.cli_support import INPUT_FILE, Choice, CliError, IsoMoment, assessor, read_json
-from cds_service.config import ConfigError
+from cds_service.config import ConfigError, load_settings
 from cds_service.model import ModelCardError
 from cds_service.presentation import present
 from cds_service.recalibration.commands import COMMANDS as RECALIBRATION_COMMANDS
@@ -88,8 +88,9 @@ def serve(host: str, port: int) -> int:
     from cds_service.app import create_app
     from cds_service.logging_setup import configure_logging
 
-    configure_logging(os.environ.get("CDS_LOG_LEVEL", "INFO"))
-    app = create_app()
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
     print(f"CDS Hooks discovery: http://{host}:{port}/cds-services", file=sys.stderr)
     app.run(host=host, port=port, threaded=True, use_reloader=False)
     return 0
@@ -105,7 +106,7 @@ def dev_token(url: str | None, alg: Literal["ES384", "RS384"]) -> int:
     from cds_service.security.trusted_issuers import mint_development_token
 
     if url is None:
-        base = os.environ.get("CDS_PUBLIC_BASE_URL") or (
+        base = load_settings().public_base_url or (
             f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
         )
         url = base.rstrip("/") + "/cds-services"

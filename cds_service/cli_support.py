@@ -4,7 +4,6 @@ parameter types for dates, choices and counts, and a progress bar that only a te
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from cds_service.config import Settings
+from cds_service.config import load_settings
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -25,7 +24,9 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 #: Environment variable with the FHIR bearer token, which it keeps out of process lists.
 TOKEN_ENV = "HFS_CDS_FHIR_TOKEN"
-TOKEN = click.option("--token", show_default=f"${TOKEN_ENV}", help="FHIR bearer token")
+TOKEN = click.option(
+    "--token", envvar=TOKEN_ENV, show_envvar=True, show_default="none", help="FHIR bearer token"
+)
 
 #: Checked when read, so that a missing file is one line like a malformed one.
 INPUT_FILE = click.Path(dir_okay=False, path_type=Path)
@@ -59,24 +60,24 @@ def write_text(path: Path, text: str) -> None:
         raise CliError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def fhir_token(given: str | None) -> str | None:
-    """``--token``, else ``$HFS_CDS_FHIR_TOKEN``; None when neither is set."""
-    return given if given is not None else os.environ.get(TOKEN_ENV) or None
-
-
 def value_sets() -> ValueSets:
     """The value sets the service would use (``CDS_VALUESETS_FILE``, else the packaged ones)."""
     from fhir_mappings import load_value_sets
 
-    return load_value_sets(Settings.from_env(os.environ).valuesets_file or None)
+    return load_value_sets(load_settings().valuesets_file or None)
 
 
 def assessor() -> Assessor:
     """The service's assessor: its model card and value sets (``CDS_MODEL_CARD``, …)."""
     from cds_service.assessment import Assessor
     from cds_service.model import load_model_card
+    from fhir_mappings import load_value_sets
 
-    return Assessor(load_model_card(Settings.from_env(os.environ).model_card or None), value_sets())
+    settings = load_settings()
+    return Assessor(
+        load_model_card(settings.model_card or None),
+        load_value_sets(settings.valuesets_file or None),
+    )
 
 
 def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:

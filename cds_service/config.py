@@ -32,6 +32,7 @@ DEFAULT_DATABASE_FILE = "hfs-cds.sqlite3"
 Words = tuple[str, ...]  # a list, comma and/or whitespace separated
 FhirBases = tuple[str, ...]  # URLs under the one URL rule, without trailing slashes
 Url = str  # one URL under the same rule
+LogLevel = str  # a logging level name
 
 _URL_RULE = "https; http only on loopback in development mode"
 _ACCEPTS = {
@@ -42,6 +43,7 @@ _ACCEPTS = {
     "Words": "a list, comma and/or whitespace separated",
     "FhirBases": f"absolute URLs, comma and/or whitespace separated ({_URL_RULE})",
     "Url": f"one absolute URL ({_URL_RULE})",
+    "LogLevel": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
 }
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True}
 _FLAGS |= {"0": False, "false": False, "no": False, "off": False}
@@ -88,11 +90,6 @@ class StoreSettings:
     #: How many days audit records and feedback are kept (``hfs-cds db purge`` deletes older rows):
     #: a year of follow-up plus a quarter for governance review.
     audit_retention_days: int = 400
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> StoreSettings:
-        """Temporary, for the ``hfs-cds db`` commands: use ``load_settings(environ).store``."""
-        return load_settings(environ).store
 
     def resolved_url(self) -> str:
         """The database URL to use: ``database_url``, else the SQLite file in the instance path."""
@@ -190,15 +187,12 @@ class Settings:
     shared_state_path: str = ""
     #: Largest accepted request body, in bytes.
     max_request_bytes: int = 5 * 1024 * 1024
+    #: Lowest level of the JSON log lines on stderr (``hfs-cds serve`` and gunicorn).
+    log_level: LogLevel = "INFO"
     store: StoreSettings = field(default_factory=StoreSettings)
     smart: SmartSettings = field(default_factory=SmartSettings)
     #: Extra Flask settings from ``create_app(config)`` that are not service settings (e.g. TESTING).
     flask: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Temporary, for the commands: use :func:`load_settings`."""
-        return load_settings(environ)
 
     @classmethod
     def describe(cls) -> list[Variable]:
@@ -282,6 +276,8 @@ def _parse(name: str, value: Any, kind: str, dev_mode: bool = False) -> Any:
             return bases if kind == "FhirBases" else bases[0]
     elif kind == "str":
         return str(value).strip()
+    elif kind == "LogLevel" and (level := str(value).strip().upper()) in _ACCEPTS[kind]:
+        return level
     else:
         text = str(value).strip().lower()
         try:

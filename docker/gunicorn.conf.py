@@ -80,8 +80,8 @@ def _number(value: Any) -> Any:
         return value
 
 
-def _refuse_bad_configuration() -> None:
-    """Check the configuration as the app will (same code), before gunicorn starts.
+def _refuse_bad_configuration() -> str:
+    """Check the configuration as the app will (same code), before gunicorn starts; the log level.
 
     A missing trust list, a bad model card or an unreachable database then ends start-up with one
     JSON line naming the problem instead of a traceback from inside gunicorn.
@@ -93,7 +93,8 @@ def _refuse_bad_configuration() -> None:
     from fhir_mappings import ValueSetError
 
     try:
-        Runtime.build(load_settings()).close()
+        settings = load_settings()
+        Runtime.build(settings).close()
     except (ConfigError, ModelCardError, ValueSetError, StoreError) as exc:
         line = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -103,9 +104,7 @@ def _refuse_bad_configuration() -> None:
         }
         print(json.dumps(line), file=sys.stderr, flush=True)
         raise SystemExit(3) from None
-
-
-_refuse_bad_configuration()
+    return settings.log_level
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -136,7 +135,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicorn >= 25.1 opens a control socket under $HOME by default; the image user has no home.
 control_socket_disable = True
 
-_level = os.environ.get("CDS_LOG_LEVEL", "INFO").upper()
+_level = _refuse_bad_configuration()
 skip_unused_record_fields()
 loglevel = _level.lower()
 accesslog = "-"

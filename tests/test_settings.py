@@ -273,7 +273,7 @@ def test_a_client_id_without_an_ehr_that_may_launch_is_refused() -> None:
 
 def test_describe_lists_every_variable_once_with_its_help() -> None:
     names = [row.name for row in ROWS]
-    assert len(names) == len(set(names)) == 30
+    assert len(names) == len(set(names)) == 31
     assert {"CDS_AUTH_REQUIRED", "CDS_AUDIT_RETENTION_DAYS", "SMART_CLIENT_ID"} <= set(names)
     assert all(row.help and "\n" not in row.help for row in ROWS)
     retention = next(row for row in ROWS if row.name == "CDS_AUDIT_RETENTION_DAYS")
@@ -293,3 +293,41 @@ def test_reading_settings_imports_no_http_client() -> None:
         "sys.exit(bool({'requests', 'flask', 'sqlalchemy', 'pydantic'} & set(sys.modules)))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"), [("debug", "DEBUG"), (" Warning ", "WARNING"), ("", "INFO")]
+)
+def test_the_log_level_is_a_setting_read_like_the_others(raw: str, level: str) -> None:
+    assert load_settings({"CDS_LOG_LEVEL": raw}).log_level == level
+
+
+def test_an_unknown_log_level_is_one_line_naming_the_levels() -> None:
+    """``CDS_LOG_LEVEL=verbose`` used to end ``hfs-cds serve`` in a traceback from logging."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CDS_LOG_LEVEL": "verbose"})
+    assert str(caught.value) == (
+        "CDS_LOG_LEVEL: cannot use 'verbose' (DEBUG, INFO, WARNING, ERROR or CRITICAL)"
+    )
+
+
+def test_serve_refuses_an_unknown_log_level_before_starting(
+    monkeypatch: pytest.MonkeyPatch, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    monkeypatch.setenv("CDS_LOG_LEVEL", "verbose")
+    code, out, err = cli("serve", "--port", "9")
+    assert (code, out) == (2, "")
+    assert (
+        err
+        == "hfs-cds: CDS_LOG_LEVEL: cannot use 'verbose' (DEBUG, INFO, WARNING, ERROR or CRITICAL)\n"
+    )
+
+
+def test_the_app_factory_takes_settings_already_read() -> None:
+    settings = load_settings({"CDS_AUTH_REQUIRED": "false", "CDS_MAX_REQUEST_BYTES": "2048"})
+    app = create_app(settings)
+    try:
+        assert app.extensions["hfs_cds"].settings is settings
+        assert app.config["MAX_CONTENT_LENGTH"] == 2048
+    finally:
+        app.extensions["hfs_cds"].close()

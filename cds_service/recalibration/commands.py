@@ -9,7 +9,6 @@ of the value-set file. Patients left out of the cohort are listed on standard er
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,13 +27,12 @@ from cds_service.cli_support import (
     IsoDate,
     IsoMoment,
     WholeNumber,
-    fhir_token,
     options,
     progress,
     value_sets,
     write_text,
 )
-from cds_service.config import Settings
+from cds_service.config import load_settings
 from cds_service.model import ModelCard, load_model_card
 from cds_service.recalibration.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from cds_service.recalibration.card_writer import build_card, read_card_json, write_card
@@ -286,14 +284,13 @@ def load_cohort(
         if since or until or as_of:
             raise RecalibrationError("--since, --until and --as-of need dates: use a FHIR source")
         return cohort_from_csv(csv, card)
-    rules = follow_up_rules(value_sets, Settings.from_env(os.environ).valuesets_file or None)
+    rules = follow_up_rules(value_sets, load_settings().valuesets_file or None)
     if fhir is not None:
-        token = fhir_token(token or None)
         with progress("fetching patients") as step:
             data = fetch_fhir_resources(
                 fhir,
                 value_sets,
-                token,
+                token or None,
                 max_pages=max_pages,
                 since=since,
                 until=until,

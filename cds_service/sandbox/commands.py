@@ -22,7 +22,6 @@ from cds_service.cli_support import (
     Choice,
     IsoDate,
     assessor,
-    fhir_token,
     options,
     progress,
     read_json,
@@ -254,7 +253,7 @@ def _synthesise(
 def _endpoint(fhir: str, token: str | None, timeout: float) -> FhirEndpoint:
     if timeout <= 0:
         raise SandboxError("--timeout must be positive")
-    return FhirEndpoint(fhir, token=fhir_token(token), timeout=timeout)
+    return FhirEndpoint(fhir, token=token or None, timeout=timeout)
 
 
 COMMANDS = (synth, load, smoke)

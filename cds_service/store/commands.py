@@ -6,7 +6,6 @@ fast as before. Problems print as one line (exit status 2), the database URL's p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
@@ -16,7 +15,7 @@ from typing import Any
 import click
 
 from cds_service.cli_support import OUTPUT_FILE, Choice, CliError, IsoMoment, write_text
-from cds_service.config import StoreSettings
+from cds_service.config import StoreSettings, load_settings
 
 
 def _store_command(command: Callable[..., int]) -> Callable[..., int]:
@@ -37,7 +36,7 @@ def _store_command(command: Callable[..., int]) -> Callable[..., int]:
         from cds_service.store.database import describe, normalise_url, unavailable
         from cds_service.store.errors import StoreError
 
-        settings = StoreSettings.from_env(os.environ)
+        settings = load_settings().store
         url = database_url or configured(settings)
         where = describe(normalise_url(url))  # for messages: the password hidden
         try:
@@ -171,12 +170,11 @@ def report(
 
 def _labels() -> Any:
     """Tier order and labels from the model card in use; display names of our override reasons."""
-    from cds_service.config import Settings
     from cds_service.model import load_model_card
     from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
     from cds_service.store.report import ReportLabels
 
-    card = load_model_card(Settings.from_env(os.environ).model_card or None)
+    card = load_model_card(load_settings().model_card or None)
     return ReportLabels(
         tier_order=tuple(t.id for t in card.tiers),
         tier_labels={t.id: t.label for t in card.tiers},
