@@ -18,12 +18,12 @@ a date element is present but the rule can read none of the dates it falls back 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.quantity import Quantity
 from pydantic import BaseModel, ValidationError
@@ -35,7 +35,7 @@ from .records import Record
 from .recurrence import RECURRENT_CLINICAL_STATUSES
 from .resource_dates import condition_onset, observation_time, procedure_end
 from .types import Problem, Reason, Resource
-from .valuesets import CodeSet, ValueSets
+from .valuesets import ValueSets
 
 
 class Kind(StrEnum):
@@ -97,7 +97,6 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
 }
 _MODELS: dict[str, type[BaseModel]] = {"CodeableConcept": CodeableConcept, "Quantity": Quantity}
 _ELEMENT_NAME = re.compile(r"[a-z_][A-Za-z0-9_]{0,40}")
-_ENCODE = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +111,17 @@ def kind_of(record: Record, value_sets: ValueSets) -> Kind | None:
     """What the rules read this record as, or None when no rule reads it."""
     # One pass over the codings (this runs on every record the rules read, on every request).
     pairs = tuple(coding_pairs(record.resource.get("code")))
-
-    def coded(code_set: CodeSet) -> bool:
-        return any(pair in code_set for pair in pairs)
-
     if record.type == "Procedure":
-        if coded(value_sets.ablation_procedure):
+        if value_sets.ablation_procedure.has_any(pairs):
             return Kind.ABLATION
-        return Kind.LATER_TREATMENT if coded(value_sets.later_treatment_procedure) else None
-    if coded(value_sets.recurrence_finding):
+        return Kind.LATER_TREATMENT if value_sets.later_treatment_procedure.has_any(pairs) else None
+    if value_sets.recurrence_finding.has_any(pairs):
         return Kind.RECURRENCE
     if record.type == "Observation":
-        if coded(value_sets.hb_grade_observation):
+        if value_sets.hb_grade_observation.has_any(pairs):
             return Kind.HB_GRADE
-        return Kind.DURATION if coded(value_sets.operation_duration_observation) else None
-    if record.type == "Condition" and coded(value_sets.hemifacial_spasm_condition):
+        return Kind.DURATION if value_sets.operation_duration_observation.has_any(pairs) else None
+    if record.type == "Condition" and value_sets.hemifacial_spasm_condition.has_any(pairs):
         clinical = record.resource.get("clinicalStatus")
         recurrent = status_codes(record.resource, "clinicalStatus", CLINICAL_SYSTEM)
         stu3_recurrent = isinstance(clinical, str) and clinical in RECURRENT_CLINICAL_STATUSES
@@ -335,8 +330,8 @@ def _complex(element: str, value: object, r4_type: str = "CodeableConcept") -> _
             f"{element} as {article} {r4_type} object",
         )
     try:
-        text = _ENCODE(value)
-    except (TypeError, ValueError, RecursionError):
+        text = orjson.dumps(value)  # the memo key: key order as sent, like the element itself
+    except orjson.JSONEncodeError:  # not JSON (a key that is no string, nesting beyond 255)
         return _Finding(f"{element} is not JSON", f"FHIR R4 needs a {r4_type}", None, element)
     error = _r4b_error(r4_type, text)
     if error is None:
@@ -353,9 +348,9 @@ def _complex(element: str, value: object, r4_type: str = "CodeableConcept") -> _
 # Status concepts and codes repeat across patients and chart openings, so the model run (10-30 µs
 # per element) is memoised by the element's JSON text; the result is a path and a phrase only.
 @functools.lru_cache(maxsize=2048)
-def _r4b_error(r4_type: str, text: str) -> tuple[str, str] | None:
+def _r4b_error(r4_type: str, text: bytes) -> tuple[str, str] | None:
     """Where the element is not R4 (a path of element names) and what is wrong, else None."""
-    value = json.loads(text)
+    value = orjson.loads(text)
     wrong = _json_types(value, _JSON_TYPES[r4_type], "")
     if wrong is not None:
         return wrong

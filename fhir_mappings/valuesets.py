@@ -7,6 +7,7 @@ local codes; nothing in the rules names a code directly.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -53,6 +54,10 @@ class CodeSet:
             return item in self._by_key
         except TypeError:  # an unhashable probe is simply not a member
             return False
+
+    def has_any(self, pairs: Iterable[tuple[str, str]]) -> bool:
+        """Whether any ``(system, code)`` of ``pairs`` is in the set."""
+        return not self._by_key.keys().isdisjoint(pairs)
 
     def match(self, concept: object) -> Code | None:
         """The first coding of a CodeableConcept that is in the set (display from the set)."""

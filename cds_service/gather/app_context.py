@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 _PROCEDURE_REF = re.compile(
     r"(?:.*/)?Procedure/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?"
 )
@@ -40,7 +42,7 @@ def app_context_for(
         out["operationTime"] = operation_time
     if risk_12m is not None:
         out["risk12m"] = round(risk_12m, 4)
-    return json.dumps(out, separators=(",", ":"))
+    return orjson.dumps(out).decode()  # compact, like json.dumps with separators=(",", ":")
 
 
 _REFERENCE = re.compile(

@@ -10,16 +10,17 @@ import math
 
 #: Below this a risk reads "<5%"; above ``1 - FLOOR`` it reads ">95%".
 FLOOR = 0.05
+_BELOW, _ABOVE = f"<{FLOOR * 100:.0f}%", f">{(1.0 - FLOOR) * 100:.0f}%"
 
 
 def percent(value: float) -> str:
     """``0.1526`` → ``"15%"``; ``0.012`` → ``"<5%"``; ``0.996`` → ``">95%"``."""
     if value < FLOOR:
-        return f"<{FLOOR * 100:.0f}%"
+        return _BELOW
     if value > 1.0 - FLOOR:
-        return f">{(1.0 - FLOOR) * 100:.0f}%"
+        return _ABOVE
     # Half up, not Python's half-to-even, so 0.125 reads 13% wherever it is shown.
-    return f"{math.floor(value * 100 + 0.5):.0f}%"
+    return f"{math.floor(value * 100 + 0.5)}%"
 
 
 def percent_range(low: float, high: float) -> str:
