@@ -41,7 +41,7 @@ def app_context_for(
     if operation_time:
         out["operationTime"] = operation_time
     if risk_12m is not None:
-        out["risk12m"] = round(risk_12m, 4)
+        out["risk12m"] = round(float(risk_12m), 4)  # a numpy float from the what-if path too
     return orjson.dumps(out).decode()  # compact, like json.dumps with separators=(",", ":")
 
 
