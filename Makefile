@@ -11,7 +11,7 @@ SEKMET_VERSION ?= 0.1.1
 # The OAuth server for the SMART tests (oauth2-mock-server, pinned by the lock file).
 SMART_NODE := tests/smart/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck bench bench-smoke docker-lint system-packages clean
+.PHONY: run test test-unit lint typecheck bench bench-smoke docker-lint system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ test: $(VENV)/.installed-test $(FHIR_VENV)/.installed $(SMART_NODE) system-packa
 	$(BIN)/hadolint docker/Dockerfile
 	$(MAKE) --no-print-directory bench-smoke
 	$(BIN)/python -m pytest
+
+# The tests that need only `pip install -e '.[test]'`: no root, no network, no server process but
+# the app's own. Left out: tests marked integration (sekmet FHIR server, Chromium, Node.js for the
+# OAuth server and the card renderer, gunicorn) and the PostgreSQL half of the store tests (ids
+# containing "postgresql", which also drops three database-URL parsing cases).
+test-unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not integration" -k "not postgresql"
 
 # The benchmark (issue 7): the image's gunicorn configuration on loopback, driven by wrk.
 bench: $(VENV)/.installed-test $(FHIR_VENV)/.installed system-packages

@@ -35,6 +35,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from tests.hook_calls import HookCaller, recent_patient
 
+pytestmark = pytest.mark.integration  # every test renders with Node.js (npm ci on first use)
 REPO = Path(__file__).resolve().parents[1]
 SMART_DIR = REPO / "tests" / "smart"
 RENDERER = SMART_DIR / "render_card.mjs"
