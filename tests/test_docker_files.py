@@ -184,7 +184,7 @@ def test_compose_runs_the_service_hapi_and_a_loader_job(compose: dict[str, Any])
     services = compose["services"]
     assert set(services) == {"cds", "hapi", "loader"}
     cds, hapi, loader = services["cds"], services["hapi"], services["loader"]
-    assert hapi["image"] == "hapiproject/hapi:latest"
+    assert hapi["image"] == "hapiproject/hapi:v8.4.0"  # pinned: a new HAPI release is a change here
     assert hapi["environment"]["hapi.fhir.fhir_version"] == "R4"
     assert cds["build"] == loader["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
     assert cds["image"] == loader["image"]
