@@ -159,7 +159,7 @@ class Settings:
 
     #: Require a valid JWT from a trusted EHR on discovery, service and feedback calls.
     auth_required: bool = True
-    #: JSON file of trusted EHR issuers (keys, audiences, tenants, FHIR servers); see the README.
+    #: JSON file of trusted EHR issuers (keys, audiences, tenants, FHIR servers); see docs/security.md.
     trusted_issuers_file: str = ""
     #: Path of the model card JSON; empty = the published model shipped with the package.
     model_card: str = ""
@@ -177,13 +177,17 @@ class Settings:
     fhir_connect_timeout_seconds: float = 0.5
     #: Upper bound on search-result pages followed per prefetch key.
     fhir_max_pages: int = 5
+    #: Largest FHIR response read, in bytes after decompression; a larger one is refused (412).
+    fhir_max_response_bytes: int = 4 * 1024 * 1024
+    #: FHIR fetches one EHR may have in flight per worker process; more wait within the budget.
+    fhir_max_fetches_per_issuer: int = 4
     #: Origins allowed by CORS; ``*`` allows any (no credentials are ever allowed).
     cors_origins: Words = ("*",)
     #: The service's public base URL as EHRs call it (behind proxies): JWT audiences and card links.
     public_base_url: str = ""
     #: SQLite file holding what the worker processes of one instance share (the JWT replay cache,
     #: the SMART sessions). Disposable: recreated when missing or outdated. Empty: a file in the
-    #: instance path (see :meth:`shared_state_file`).
+    #: instance path.
     shared_state_path: str = ""
     #: Largest accepted request body, in bytes.
     max_request_bytes: int = 5 * 1024 * 1024

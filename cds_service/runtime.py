@@ -59,6 +59,8 @@ class Runtime:
             budget_seconds=settings.fhir_budget_seconds,
             connect_timeout_seconds=settings.fhir_connect_timeout_seconds,
             max_pages=settings.fhir_max_pages,
+            max_response_bytes=settings.fhir_max_response_bytes,
+            max_fetches_per_issuer=settings.fhir_max_fetches_per_issuer,
         )
         shared = _shared_state(settings)
         return cls(

@@ -273,7 +273,7 @@ def test_a_client_id_without_an_ehr_that_may_launch_is_refused() -> None:
 
 def test_describe_lists_every_variable_once_with_its_help() -> None:
     names = [row.name for row in ROWS]
-    assert len(names) == len(set(names)) == 31
+    assert len(names) == len(set(names)) == 33
     assert {"CDS_AUTH_REQUIRED", "CDS_AUDIT_RETENTION_DAYS", "SMART_CLIENT_ID"} <= set(names)
     assert all(row.help and "\n" not in row.help for row in ROWS)
     retention = next(row for row in ROWS if row.name == "CDS_AUDIT_RETENTION_DAYS")
@@ -329,5 +329,26 @@ def test_the_app_factory_takes_settings_already_read() -> None:
     try:
         assert app.extensions["hfs_cds"].settings is settings
         assert app.config["MAX_CONTENT_LENGTH"] == 2048
+    finally:
+        app.extensions["hfs_cds"].close()
+
+
+def test_the_fhir_clients_response_cap_and_per_issuer_limit_are_settings() -> None:
+    """Issue 15's byte cap and per-EHR fetch limit reach both outbound clients (hooks and app)."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "FHIR_MAX_RESPONSE_BYTES": "65536",
+            "FHIR_MAX_FETCHES_PER_ISSUER": 2,
+            "SMART_CLIENT_ID": "app",
+            "SMART_ALLOWED_ISSUERS": "https://ehr.example.org/fhir",
+        }
+    )
+    try:
+        client = app.extensions["hfs_cds"].fhir_client
+        assert (client.max_response_bytes, client.max_fetches_per_issuer) == (65536, 2)
+        smart = app.extensions["hfs_cds_smart"]
+        assert smart.fhir_client.max_response_bytes == 65536
     finally:
         app.extensions["hfs_cds"].close()

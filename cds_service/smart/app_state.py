@@ -39,6 +39,7 @@ class SmartRuntime:
             budget_seconds=settings.fhir_budget_seconds,
             connect_timeout_seconds=settings.fhir_connect_timeout_seconds,
             max_pages=cds.settings.fhir_max_pages,
+            max_response_bytes=cds.settings.fhir_max_response_bytes,
         )
         return cls(
             settings=settings,
