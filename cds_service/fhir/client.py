@@ -419,8 +419,12 @@ class FhirClient:
             )
             try:
                 raw = _read_body(response, self.max_response_bytes, query)
-            finally:
-                response.close()  # a body not read to its end closes the connection
+            except BaseException:
+                response.close()  # a body not read to its end: the connection is closed
+                raise
+            # Read to its end: the connection goes back to the pool for the next query (closing
+            # the response would close it, and every query would open a new one).
+            response.raw.release_conn()
         except requests.Timeout as exc:
             raise FhirTimeout("the FHIR server did not answer in time", query=query) from exc
         except (requests.RequestException, HTTPError, OSError) as exc:
