@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
+from copy import deepcopy
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -89,12 +90,11 @@ def stored_resources(bundle: Mapping[str, Any]) -> list[Resource]:
 
 def rewrite_references(resource: Resource, targets: Mapping[str, str]) -> Resource:
     """A deep copy of ``resource`` with each reference found in ``targets`` replaced."""
-    copy = _deep_copy(resource)
+    copy = deepcopy(resource)
     for ref in iter_references(copy):
         target = targets.get(ref["reference"])
         if target is not None:
             ref["reference"] = target
-    assert isinstance(copy, dict)
     return copy
 
 
@@ -111,14 +111,6 @@ def iter_references(node: Any) -> list[dict[str, Any]]:
         elif isinstance(item, list):
             stack.extend(reversed(item))
     return found
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 __all__ = [

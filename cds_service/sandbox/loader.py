@@ -18,6 +18,7 @@ The report counts created, updated and unchanged resources and says which path w
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -226,7 +227,7 @@ def _items(bundle: Mapping[str, Any]) -> list[_Item]:
             _Item(
                 index=index,
                 full_url=full_url if isinstance(full_url, str) else None,
-                resource=_copy(resource),
+                resource=copy.deepcopy(resource),
                 method=method,
                 url=url,
                 identifier=_conditional_identifier(url),
@@ -339,10 +340,10 @@ def _meta_codings(resource: Mapping[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def _normalised(resource: Mapping[str, Any], drop: Iterable[str], resolve: Any) -> str:
-    copy = _copy({k: v for k, v in resource.items() if k not in drop})
-    for ref in iter_references(copy):
+    kept = copy.deepcopy({k: v for k, v in resource.items() if k not in drop})
+    for ref in iter_references(kept):
         ref["reference"] = resolve(ref["reference"])
-    return json.dumps(copy, sort_keys=True, default=str)
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 # -- step 2: one transaction ----------------------------------------------------------------------
@@ -352,29 +353,14 @@ def _transaction(
     endpoint: FhirEndpoint, pending: list[_Item], resolved: dict[str, str]
 ) -> str | None:
     """None when the server took the transaction, else why it did not."""
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [_entry(item, resolved) for item in pending],
-    }
-    answer = endpoint.request("POST", "", body=bundle, headers={"Prefer": "return=minimal"})
-    entries = answer.body.get("entry") if answer.ok and answer.body else None
-    if (
-        not answer.ok
-        or answer.body is None
-        or answer.body.get("type") != "transaction-response"
-        or not isinstance(entries, list)
-        or len(entries) != len(pending)
-    ):
-        if not answer.ok:
-            return f"HTTP {answer.status}: {answer.diagnostics()}"
-        return "the answer was not a transaction-response with one entry per request"
+    entries = _post_bundle(endpoint, "transaction", pending, resolved)
+    if isinstance(entries, str):
+        return entries
     for item, entry in zip(pending, entries, strict=True):
-        response = entry.get("response") if isinstance(entry, dict) else None
-        status = _status_code(response.get("status")) if isinstance(response, dict) else 0
-        item.outcome = "created" if status == 201 else "updated"
+        response = _response(entry)
+        item.outcome = "created" if _status_code(response.get("status")) == 201 else "updated"
         item.error = None
-        location = response.get("location") if isinstance(response, dict) else None
+        location = response.get("location")
         item.server_id = _id_from_location(location, item.type) or _resource_id(entry)
     return None
 
@@ -471,29 +457,18 @@ def _batch(
     endpoint: FhirEndpoint, ready: list[_Item], resolved: dict[str, str], report: LoadReport
 ) -> tuple[list[_Item], bool]:
     """Send one batch; returns the items it stored and whether the server refused batches."""
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "batch",
-        "entry": [_entry(item, resolved) for item in ready],
-    }
-    answer = endpoint.request("POST", "", body=bundle, headers={"Prefer": "return=minimal"})
-    entries = answer.body.get("entry") if answer.ok and answer.body else None
-    if (
-        not answer.ok
-        or answer.body is None
-        or answer.body.get("type") != "batch-response"
-        or not isinstance(entries, list)
-        or len(entries) != len(ready)
-    ):
-        why = f"HTTP {answer.status}: {answer.diagnostics()}" if not answer.ok else "bad answer"
-        report.notes.append(f"the server refused a batch ({why}); sending one request per resource")
+    entries = _post_bundle(endpoint, "batch", ready, resolved)
+    if isinstance(entries, str):
+        report.notes.append(
+            f"the server refused a batch ({entries}); sending one request per resource"
+        )
         return [], True
     done: list[_Item] = []
     for item, entry in zip(ready, entries, strict=True):
-        response = entry.get("response") if isinstance(entry, dict) else None
-        status = _status_code(response.get("status")) if isinstance(response, dict) else 0
+        response = _response(entry)
+        status = _status_code(response.get("status"))
         if 200 <= status < 300:
-            location = response.get("location") if isinstance(response, dict) else None
+            location = response.get("location")
             item.server_id = _id_from_location(location, item.type) or _resource_id(entry)
             if item.server_id is None:
                 item.server_id = _find_id(endpoint, item)
@@ -501,8 +476,7 @@ def _batch(
             item.error = None
             done.append(item)
         else:
-            outcome = response.get("outcome") if isinstance(response, dict) else None
-            item.error = f"batch entry answered {status}: {outcome_text(outcome)}"
+            item.error = f"batch entry answered {status}: {outcome_text(response.get('outcome'))}"
     return done, False
 
 
@@ -567,6 +541,30 @@ def _entry(item: _Item, resolved: Mapping[str, str]) -> Resource:
     return entry
 
 
+def _post_bundle(
+    endpoint: FhirEndpoint, kind: str, items: list[_Item], resolved: Mapping[str, str]
+) -> list[Any] | str:
+    """The response entries, one per item; else why the server did not take the Bundle."""
+    bundle = {"resourceType": "Bundle", "type": kind, "entry": [_entry(i, resolved) for i in items]}
+    answer = endpoint.request("POST", "", body=bundle, headers={"Prefer": "return=minimal"})
+    if not answer.ok:
+        return f"HTTP {answer.status}: {answer.diagnostics()}"
+    entries = answer.body.get("entry") if answer.body else None
+    if (
+        answer.body is None
+        or answer.body.get("type") != f"{kind}-response"
+        or not isinstance(entries, list)
+        or len(entries) != len(items)
+    ):
+        return f"the answer was not a {kind}-response with one entry per request"
+    return entries
+
+
+def _response(entry: Any) -> dict[str, Any]:
+    response = entry.get("response") if isinstance(entry, dict) else None
+    return response if isinstance(response, dict) else {}
+
+
 def _status_code(status: Any) -> int:
     try:
         return int(str(status).split()[0])
@@ -589,10 +587,6 @@ def _resource_id(entry: Any) -> str | None:
     resource = entry.get("resource") if isinstance(entry, dict) else None
     rid = resource.get("id") if isinstance(resource, dict) else None
     return str(rid) if rid else None
-
-
-def _copy(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 __all__ = ["MODES", "LOOKUP_CHUNK", "LoadReport", "Mode", "load_bundle"]
