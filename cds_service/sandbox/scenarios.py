@@ -15,11 +15,7 @@ Loading twice must not duplicate anything, on sekmet-fhir, HAPI or a vendor sand
 resource carries a stable business identifier (``Patient.identifier`` in
 :data:`PATIENT_IDENTIFIER_SYSTEM`, the others in :data:`RECORD_IDENTIFIER_SYSTEM`) and the Bundle is
 built by :mod:`~cds_service.sandbox.bundles` (conditional updates, ``urn:uuid`` references).
-
-Follow-up data (recurrences, last-contact encounters) can be added later without touching the
-scenarios: build the patients with :func:`synthetic_patients`, make extra resources that reference
-``patient.reference()`` and carry ``patient.record_identifier(...)``, and pass them to
-:func:`build_bundle` as ``extra_resources_by_patient``.
+Follow-up data is added without touching the scenarios (:func:`build_bundle`).
 """
 
 from __future__ import annotations
@@ -211,10 +207,6 @@ class _Builder:
         text = moment.isoformat(timespec="seconds")
         return text[:-6] + "Z" if text.endswith("+00:00") else text
 
-    def instant(self, moment: datetime) -> str:
-        """An instant (``issued``): seconds and a zone are required."""
-        return self.stamp(moment)
-
     # -- identity --------------------------------------------------------------------------------
 
     def identifier(self, kind: str) -> list[dict[str, str]]:
@@ -389,7 +381,7 @@ class _Builder:
             },
             "subject": self.subject(),
             "effectiveDateTime": self.stamp(at),
-            "issued": self.instant(at + timedelta(minutes=self.rng.randint(5, 90))),
+            "issued": self.stamp(at + timedelta(minutes=self.rng.randint(5, 90))),
         }
         if integer:
             resource["valueInteger"] = grade
@@ -595,9 +587,10 @@ def _no_hb_in_window(b: _Builder) -> None:
     b.scored_record(days_ago=(30, 120), minutes=(25, 50), grade=2, hb_hours=(240, 480))
 
 
-def _typical_random(b: _Builder) -> None:
+def _random_record(b: _Builder, days_ago: tuple[int, int]) -> None:
+    """A typical scorable record with a random duration, grade and coding."""
     b.scored_record(
-        days_ago=(5, 330),
+        days_ago=days_ago,
         minutes=(12, 95),
         grade=b.rng.choice((1, 2, 2, 3)),
         hb_status=b.rng.choice(("final", "final", "amended")),
@@ -714,15 +707,6 @@ PAST_COHORT: Final = Scenario(
 )
 
 
-def _past_cohort(b: _Builder) -> None:
-    b.scored_record(
-        days_ago=(400, 900),
-        minutes=(12, 95),
-        grade=b.rng.choice((1, 2, 2, 3)),
-        hb_status=b.rng.choice(("final", "final", "amended")),
-    )
-
-
 def scenario_for(index: int, past_cohort: bool = False) -> Scenario:
     """The scenario of patient ``index`` (stable whatever the patient count)."""
     if index < len(SCENARIOS):
@@ -747,12 +731,11 @@ def _make_patient(
         tz=timezone(offset) if offset else UTC,
     )
     scenario = scenario_for(index, past_cohort)
-    if index < len(SCENARIOS):
-        build = SCENARIOS[index][1]
-    else:
-        build = _past_cohort if past_cohort else _typical_random
     builder.patient(index, scenario)
-    build(builder)
+    if index < len(SCENARIOS):
+        SCENARIOS[index][1](builder)
+    else:
+        _random_record(builder, (400, 900) if past_cohort else (5, 330))
     return SyntheticPatient(
         key=builder.key,
         index=index,

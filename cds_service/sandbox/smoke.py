@@ -33,6 +33,7 @@ from cds_service.gather.queries import render_template
 from cds_service.hooks.cards import EXTENSION_KEY
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.services import NOTE_SIGN_HOOK
+from cds_service.recalibration.simulate import FOLLOW_UP_CODING
 from cds_service.sandbox.fhir_http import FhirEndpoint, Interrupted, SandboxError
 from cds_service.sandbox.scenarios import (
     EXPECTED_TAG_SYSTEM,
@@ -257,13 +258,7 @@ def hook_context(hook: str, patient_id: str) -> dict[str, Any]:
                         # A follow-up order: order-sign answers for it at any time after the
                         # ablation (an unrelated order past the post-ablation window gets none).
                         "code": {
-                            "coding": [
-                                {
-                                    "system": "http://snomed.info/sct",
-                                    "code": "390906007",
-                                    "display": "Follow-up encounter",
-                                }
-                            ],
+                            "coding": [FOLLOW_UP_CODING],
                             "text": "Facial nerve function review after RFA",
                         },
                         "subject": {"reference": f"Patient/{patient_id}"},
