@@ -346,11 +346,6 @@ class CoxPH:
 
     # -- predictions -------------------------------------------------------------------------------
 
-    def predict_log_partial_hazard(self, x: ArrayLike) -> FloatArray:
-        """``x @ params_`` (no centring: the baseline is for covariates zero)."""
-        out: FloatArray = np.asarray(x, dtype=np.float64) @ self.params_
-        return out
-
     def cumulative_baseline_hazard(self, times: ArrayLike) -> FloatArray:
         """Breslow's step function at ``times`` (covariates zero)."""
         t = np.asarray(times, dtype=np.float64)

@@ -47,9 +47,6 @@ class Estimate:
     def has_interval(self) -> bool:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
-    def with_interval(self, low: float, high: float, interval: str, note: str = "") -> Estimate:
-        return Estimate(self.value, low, high, interval, note or self.note)
-
     def as_json(self, digits: int = 6) -> dict[str, object]:
         """``{"estimate", "ci95", "interval", "note"}``; null where undefined (strict JSON)."""
         return {
@@ -92,11 +89,11 @@ class KaplanMeier:
     def risk(self, t: float) -> Estimate:
         """Cumulative incidence ``1 - S(t)`` with its log-log interval, or why there is none."""
         n = int(self.at_risk[0]) if self.at_risk.size else 0
-        everyone = self.survival.size > 0 and self.survival[-1] <= 0.0  # all at risk recurred
-        if everyone and t >= self.times[-1]:
-            return Estimate(
-                1.0, note=f"interval undefined: every patient at risk recurred ({n} at start)"
-            )
+        all_recurred = Estimate(
+            1.0, note=f"interval undefined: every patient at risk recurred ({n} at start)"
+        )
+        if self.survival.size > 0 and self.survival[-1] <= 0.0 and t >= self.times[-1]:
+            return all_recurred
         if t > self.last_time:
             return Estimate(
                 math.nan, note=f"not observed: follow-up ends at {self.last_time:.2f} months"
@@ -106,9 +103,7 @@ class KaplanMeier:
         if i == 0:
             return Estimate(0.0, note="interval undefined: no recurrence by then")
         if s <= 0.0:
-            return Estimate(
-                1.0, note=f"interval undefined: every patient at risk recurred ({n} at start)"
-            )
+            return all_recurred
         return Estimate(1.0 - s, 1.0 - s_hi, 1.0 - s_lo, "log-log Greenwood")
 
     def quantile_time(self, p: float) -> float:
