@@ -71,13 +71,8 @@ def assessor() -> Assessor:
     """The service's assessor: its model card and value sets (``CDS_MODEL_CARD``, …)."""
     from cds_service.assessment import Assessor
     from cds_service.model import load_model_card
-    from fhir_mappings import load_value_sets
 
-    settings = load_settings()
-    return Assessor(
-        load_model_card(settings.model_card or None),
-        load_value_sets(settings.valuesets_file or None),
-    )
+    return Assessor(load_model_card(load_settings().model_card or None), value_sets())
 
 
 def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:

@@ -1,19 +1,11 @@
 """Write a recalibrated model card: the source card's JSON with a local baseline (and coefficients).
 
-The new card keeps everything the fit did not change (coding, cut, HB window, reference patient,
-horizon, scenarios, tiers, citation) and records what it did in ``fit``: mode, cohort size and
-recurrences, patients left out by reason, date range, follow-up, the input's source and SHA-256,
-the source card, the outcome and censoring definitions the cohort was built with, and in ``slope``
-and ``full`` mode the estimates with standard errors, confidence intervals, the likelihood-ratio
-test and the 2x2 coefficient covariance (``fit.covariance``, rows and columns in
-``fit.covariance_order``; rank one ``var(slope) b b^T`` in slope mode) so a presentation layer can
-show a delta-method interval. A top-level ``caveat`` says in one sentence what the card is; other
-top-level fields of the source card are copied through unchanged. No patient identifier is
-written.
-
-:func:`write_card` validates the card with the same parser the service uses before writing it
-(atomically), so the file it leaves behind always loads with ``load_model_card`` unchanged and
-the service uses it via ``CDS_MODEL_CARD``.
+The new card keeps everything the fit did not change and records in ``fit`` what the fit did, on
+which data (counts, patients left out by reason, dates, the input's SHA-256, the outcome and
+censoring definitions) and, in ``slope`` and ``full`` mode, the estimates with the 2x2 coefficient
+covariance so a presentation layer can show a delta-method interval. No patient identifier is
+written. :func:`write_card` validates the card with the service's own parser before writing it
+atomically, so the file it leaves behind always loads via ``CDS_MODEL_CARD``.
 """
 
 from __future__ import annotations
@@ -65,14 +57,14 @@ def build_card(
     card = rec.card
     cohort = rec.cohort
     data = copy.deepcopy(source)
-    base_id = card.id if card.id.endswith("-local") else f"{card.id}-local"
-    data["id"] = base_id
+    data["id"] = card.id if card.id.endswith("-local") else f"{card.id}-local"
     data["version"] = version or f"{card.version.split('+')[0]}+local.{rec.mode}.{when:%Y%m%d}"
     if "recalibrated" not in card.title:
         data["title"] = f"{card.title}, recalibrated on local patients ({rec.mode})"
+    dates = cohort.date_range()
     who = (
         f"{rec.n} local patients ({rec.events} recurrences within {card.horizon_months:g} months"
-        + (_dates_text(cohort.date_range()) or "")
+        + (f", ablations {dates['first_procedure']} to {dates['last_procedure']}" if dates else "")
         + ")"
     )
 
@@ -86,23 +78,15 @@ def build_card(
         assert cox is not None
         slope, slope_se = float(cox.params_[0]), float(cox.standard_errors_[0])
         for j, name in enumerate(names):
-            estimate = rec.params[j]
-            se = slope_se * abs(published[j])
             lo, hi = sorted(float(v) * published[j] for v in cox.confidence_intervals_[0])
-            data["covariates"][name]["coefficient"] = _num(estimate)
+            data["covariates"][name]["coefficient"] = _num(rec.params[j])
             data["covariates"][name]["basis"] = (
                 f"coefficient: source card {published[j]:g} times the calibration slope "
                 f"{slope:.4g} fitted on {who} by Efron partial likelihood; coding and cut "
                 "unchanged from the source card"
             )
-            coefficients[name] = {
-                "estimate": _num(estimate),
-                "se": _num(se),
-                "ci95": [_num(lo), _num(hi)],
-                "hazard_ratio": _num(math.exp(estimate)),
-                "hazard_ratio_ci95": [_num(math.exp(lo)), _num(math.exp(hi))],
-                "source_card_coefficient": published[j],
-            }
+            se = slope_se * abs(published[j])
+            coefficients[name] = _coefficient(rec.params[j], se, lo, hi, published[j])
         s_lo, s_hi = (float(v) for v in cox.confidence_intervals_[0])
         slope_record |= {
             "estimate": _num(slope),
@@ -116,23 +100,17 @@ def build_card(
         cox = rec.cox
         assert cox is not None
         for j, name in enumerate(names):
+            estimate = float(cox.params_[j])
             cov = data["covariates"][name]
-            cov["coefficient"] = _num(float(cox.params_[j]))
+            cov["coefficient"] = _num(estimate)
             cov["basis"] = (
                 f"coefficient: fitted on {who} by Efron partial likelihood (source card: "
                 f"{published[j]:g}); coding and cut unchanged from the source card"
             )
             lo, hi = (float(v) for v in cox.confidence_intervals_[j])
-            coefficients[name] = {
-                "estimate": _num(float(cox.params_[j])),
-                "se": _num(float(cox.standard_errors_[j])),
-                "ci95": [_num(lo), _num(hi)],
-                "hazard_ratio": _num(math.exp(float(cox.params_[j]))),
-                "hazard_ratio_ci95": [_num(math.exp(lo)), _num(math.exp(hi))],
-                "z": _num(float(cox.z_[j])),
-                "p": _num(float(cox.p_values_[j])),
-                "source_card_coefficient": published[j],
-            }
+            se = float(cox.standard_errors_[j])
+            z, p = _num(float(cox.z_[j])), _num(float(cox.p_values_[j]))
+            coefficients[name] = _coefficient(estimate, se, lo, hi, published[j], z=z, p=p)
     else:
         for j, name in enumerate(names):
             coefficients[name] = {"estimate": published[j], "source": "source card (kept)"}
@@ -206,7 +184,6 @@ def build_card(
         },
         "coefficients": coefficients,
     }
-    dates = cohort.date_range()
     if dates:
         fit["cohort"]["date_range"] = dates
     if rec.extrapolated_after_months is not None:
@@ -293,6 +270,21 @@ def write_card(data: CardJson, path: str | Path) -> ModelCard:
     return load_model_card(target)
 
 
+def _coefficient(
+    estimate: float, se: float, low: float, high: float, source: float, **test: float
+) -> dict[str, Any]:
+    """One coefficient of ``fit.coefficients``: the estimate, its interval and hazard ratio."""
+    return {
+        "estimate": _num(estimate),
+        "se": _num(se),
+        "ci95": [_num(low), _num(high)],
+        "hazard_ratio": _num(math.exp(estimate)),
+        "hazard_ratio_ci95": [_num(math.exp(low)), _num(math.exp(high))],
+        **test,
+        "source_card_coefficient": source,
+    }
+
+
 def _num(value: float) -> float:
     """A float for JSON, rounded to 10 significant digits (finite values only)."""
     if not math.isfinite(value):
@@ -302,9 +294,3 @@ def _num(value: float) -> float:
 
 def _month(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
-
-
-def _dates_text(dates: dict[str, str] | None) -> str:
-    if not dates:
-        return ""
-    return f", ablations {dates['first_procedure']} to {dates['last_procedure']}"

@@ -93,6 +93,7 @@ class FollowUpRules:
 def follow_up_rules(value_sets: ValueSets, path: str | Path | None = None) -> FollowUpRules:
     """The follow-up value set from ``path`` (a value-set file), else the packaged file."""
     packaged = files("fhir_mappings").joinpath("data", "valuesets.json").read_text("utf-8")
+    source = "packaged valuesets.json"
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -101,9 +102,7 @@ def follow_up_rules(value_sets: ValueSets, path: str | Path | None = None) -> Fo
         data = _object(text, str(path))
         if FOLLOW_UP_KEY in data:
             return FollowUpRules(_code_set(data, str(path)), value_sets, str(path))
-        source = f"packaged valuesets.json ({Path(path).name} has no {FOLLOW_UP_KEY!r})"
-        return FollowUpRules(_code_set(_object(packaged, source), source), value_sets, source)
-    source = "packaged valuesets.json"
+        source += f" ({Path(path).name} has no {FOLLOW_UP_KEY!r})"
     return FollowUpRules(_code_set(_object(packaged, source), source), value_sets, source)
 
 

@@ -126,37 +126,26 @@ def recalibrate(
         )
     x = cohort.covariates(card)
     cox: CoxPH | None = None
-    if mode == "full":
-        needed = math.ceil(opts.min_events_per_coefficient * x.shape[1])
+    params = (card.operation_time.coefficient, card.hb_grade.coefficient)
+    if mode in ("full", "slope"):
+        # full: both coefficients; slope: one coefficient on the card's linear predictor.
+        full = mode == "full"
+        covariates = x if full else (x @ np.array(params))[:, None]
+        needed = math.ceil(opts.min_events_per_coefficient * covariates.shape[1])
         if events < needed:
+            what = f"refit {x.shape[1]} coefficients" if full else "fit a calibration slope"
             raise CohortError(
-                f"{events} recurrences are too few to refit {x.shape[1]} coefficients (at least "
-                f"{needed}: {opts.min_events_per_coefficient:g} per coefficient); recalibrate the "
-                "baseline only (--mode baseline)"
-            )
-        try:
-            cox = CoxPH().fit(x, t, e, names=COVARIATE_NAMES)
-        except CohortError as exc:
-            raise CohortError(f"{exc}; recalibrate the baseline only (--mode baseline)") from exc
-        params = (float(cox.params_[0]), float(cox.params_[1]))
-    elif mode == "slope":
-        needed = math.ceil(opts.min_events_per_coefficient)
-        if events < needed:
-            raise CohortError(
-                f"{events} recurrences are too few to fit a calibration slope (at least {needed}: "
+                f"{events} recurrences are too few to {what} (at least {needed}: "
                 f"{opts.min_events_per_coefficient:g} per coefficient); recalibrate the baseline "
                 "only (--mode baseline)"
             )
-        b = np.array([card.operation_time.coefficient, card.hb_grade.coefficient])
         try:
-            cox = CoxPH().fit((x @ b)[:, None], t, e, names=[SLOPE_NAME])
+            cox = CoxPH().fit(covariates, t, e, names=COVARIATE_NAMES if full else [SLOPE_NAME])
         except CohortError as exc:
             raise CohortError(f"{exc}; recalibrate the baseline only (--mode baseline)") from exc
-        slope = float(cox.params_[0])
-        params = (slope * float(b[0]), slope * float(b[1]))
-    elif mode == "baseline":
-        params = (card.operation_time.coefficient, card.hb_grade.coefficient)
-    else:
+        fitted = cox.params_ if full else float(cox.params_[0]) * np.array(params)
+        params = (float(fitted[0]), float(fitted[1]))
+    elif mode != "baseline":
         raise ValueError(f"unknown fit mode {mode!r}")
 
     reference = np.array([card.reference_x1, card.reference_x2])

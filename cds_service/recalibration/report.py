@@ -59,8 +59,7 @@ def report_json(validations: Sequence[Validation], cohort: Cohort) -> dict[str, 
 
 def cohort_json(cohort: Cohort, v: Validation | None) -> dict[str, Any]:
     follow = follow_up_time(cohort.time_months, cohort.event)
-    definitions = cohort.definitions.as_json()
-    out: dict[str, Any] = {
+    return {
         "source": cohort.source,
         "location": cohort.location,
         "sha256": cohort.sha256 or None,
@@ -77,13 +76,12 @@ def cohort_json(cohort: Cohort, v: Validation | None) -> dict[str, Any]:
             "longest_months": _num(follow.longest),
         },
         "definitions": {
-            **definitions,
+            **cohort.definitions.as_json(),
             "administrative_censoring": HORIZON_CENSORING,
             "time_origin": "End of the index ablation; months = days / 30.4375.",
         },
         "predictors": predictors_json(cohort, v),
     }
-    return out
 
 
 def predictors_json(cohort: Cohort, v: Validation | None) -> dict[str, Any]:

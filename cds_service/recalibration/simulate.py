@@ -7,15 +7,10 @@ the earliest of loss to follow-up (exponential, ``loss_per_month``), the end of 
 (``follow_up_months``, default the horizon) and ``as_of`` (a sandbox never writes future dates).
 The time is the recurrence if it comes first, else the last contact (censored).
 
-:func:`simulate_follow_up` adds the outcomes to patients given as FHIR resources, as FHIR R4:
-
-* a recurrence is a **Condition** coded ``hfs-rfa|hfs-recurrence`` with ``onsetDateTime`` (and
-  ``recordedDate``) at the recurrence, confirmed and active, linked to the Encounter at which it
-  was diagnosed;
-* every patient gets an ambulatory HFS follow-up **Encounter** (``finished``, typed SNOMED
-  390906007 "Follow-up encounter" and the project's ``hfs-rfa|hfs-follow-up``, reason hemifacial
-  spasm) whose ``period.end`` is the last assessment (or the recurrence visit). The cohort
-  extraction censors at the last HFS-specific assessment, which this Encounter is.
+:func:`simulate_follow_up` adds the outcomes to patients given as FHIR resources, as FHIR R4: a
+recurrence **Condition** linked to the Encounter at which it was diagnosed, and for every patient an
+HFS follow-up **Encounter** whose ``period.end`` is the last assessment (or the recurrence visit):
+the cohort extraction censors at the last HFS-specific assessment, which this Encounter is.
 
 Instants are written to the second, in the time zone of the ablation, and the cohort table is
 computed from the written instants, so extracting the resources gives back the same table.

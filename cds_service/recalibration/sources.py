@@ -1,18 +1,9 @@
 """Where a recalibration cohort comes from: a FHIR server, a Bulk Data export directory, a CSV file.
 
 Each reader returns the raw material and a SHA-256 of it, which the refit model card records so
-an audit can tell which data a card was fitted on:
-
-* **FHIR server** (:func:`fetch_fhir_resources`): one search for the ablation Procedures finds the
-  candidate patients; then, 50 patients at a time, ``Procedure``, ``Observation``, ``Condition``
-  and ``Encounter`` searches by ``subject`` fetch everything the mapping and the follow-up rules
-  read. Every search follows the Bundle's ``next`` links by the one FHIR client's rule (only under
-  the base URL: the token goes nowhere else) and at most ``max_pages`` pages. The checksum is over
-  the canonical JSON of the resources, sorted by type and id (the server's order does not matter).
-* **Bulk Data ``$export`` directory** (:func:`read_ndjson_dir`): every ``*.ndjson`` file, one
-  resource per line (``Patient.ndjson``, ``Procedure.ndjson``, ``Procedure.2.ndjson``, ...). The
-  checksum is over the file names and bytes, in name order.
-* **CSV** (:func:`read_csv_file`): the file's text; the checksum is over its bytes.
+an audit can tell which data a card was fitted on: over the resources' canonical JSON in sorted
+order for a FHIR server (the server's order does not matter), over the file names and bytes in name
+order for a Bulk Data ``$export`` directory, over the bytes of a CSV file.
 """
 
 from __future__ import annotations

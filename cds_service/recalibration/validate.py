@@ -1,27 +1,13 @@
 """Validate model cards on a cohort: discrimination and calibration at a named horizon, with intervals.
 
-For each card, on the same cohort:
-
-* **Evaluation horizon** (:func:`.metrics.evaluation_horizon`): the card's horizon when at least
-  ``min_at_risk`` patients (default 10) are followed to it, else the latest time with that many
-  still followed. Every figure is given at it and the report names it and why; follow-up beyond
-  it is censored there.
-* **Harrell's C-index** of the linear predictor (usable pairs: the shorter time is a recurrence;
-  equal times count when the other patient was censored; prediction ties count one half) and
-  **Uno's C** truncated at the horizon (censoring-weighted, :func:`.metrics.uno_c`).
-* **Calibration slope**: the coefficient of the linear predictor in a Cox model refitted on the
-  cohort (1 is ideal; below 1 means predictions are too extreme); Wald 95% CI beside the
-  bootstrap one.
-* **Observed / expected** at the horizon: Kaplan-Meier risk of the whole cohort over the mean
-  predicted risk (calibration-in-the-large).
-* **Calibration by risk group** at each report month up to the horizon and at the horizon:
-  groups cut between distinct predicted risks (:func:`.metrics.risk_groups`, no tie split), the
-  mean predicted risk of each against its Kaplan-Meier observed risk with a 95% log-log CI; a
-  **smoothed calibration curve** at the horizon (:func:`.metrics.smoothed_calibration`).
-* **Bootstrap** (:mod:`.bootstrap`, seeded, ``replicates`` default 200): percentile 95% intervals
-  for both C statistics, the slope, O/E and the mean predicted risk. When the card was refitted
-  (``slope`` or ``full``) on this very cohort (its ``fit.input.sha256`` equals the cohort's),
-  Harrell's **optimism correction** refits it the same way on every resample.
+For each card, on the same cohort, at the evaluation horizon (:func:`.metrics.evaluation_horizon`;
+follow-up beyond it is censored there): Harrell's and Uno's C, the calibration slope (the
+coefficient of the linear predictor in a Cox model refitted on the cohort: 1 is ideal, below 1
+means predictions are too extreme), observed / expected, calibration by risk group at each report
+month and a smoothed calibration curve (the estimators are in :mod:`.metrics`), with seeded
+bootstrap intervals (:mod:`.bootstrap`). A ``slope`` or ``full`` card validated on the very cohort
+it was refitted on (its ``fit.input.sha256`` equals the cohort's) gets Harrell's optimism
+correction: the same refit on every resample.
 
 Rendering lives in :mod:`.report` (JSON and text) and :mod:`.html_report` (Jinja templates).
 """
@@ -296,18 +282,13 @@ def validate(
 
     # Apparent performance, the slope's Wald interval, and the bootstrap.
     apparent = performance(lp, risk_tau, t, e, tau)
-    slope, slope_ci = apparent["calibration_slope"], (math.nan, math.nan)
-    if math.isnan(slope):
-        try:
-            CoxPH().fit(lp[:, None], t, e, names=["linear predictor"])
-        except RecalibrationError as exc:
-            notes.append(f"calibration slope not estimable: {exc}")
-    else:
+    slope_ci = (math.nan, math.nan)
+    try:
         wald = CoxPH().fit(lp[:, None], t, e, names=["linear predictor"])
-        slope_ci = (
-            float(wald.confidence_intervals_[0, 0]),
-            float(wald.confidence_intervals_[0, 1]),
-        )
+        low, high = wald.confidence_intervals_[0]
+        slope_ci = (float(low), float(high))
+    except RecalibrationError as exc:
+        notes.append(f"calibration slope not estimable: {exc}")
     metrics, bootstrap_info = _estimates(apparent, opts, lp, risk_tau, t, e, tau)
     metrics["observed_risk"] = kaplan_meier(t, e).risk(tau)
     optimism, optimism_note = _optimism(card, cohort, opts, tau, t, e)
@@ -327,7 +308,7 @@ def validate(
         events=int(e.sum()),
         horizon=horizon,
         c_index=apparent["harrell_c"],
-        slope=slope,
+        slope=apparent["calibration_slope"],
         slope_ci=slope_ci,
         observed_horizon=1.0 - kaplan_meier(t, e).at(tau)[0],
         predicted_horizon=float(risk_tau.mean()),
