@@ -40,6 +40,8 @@ class UrlRefused(ValueError):
         self.kind = kind
 
 
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x21-\x7e]")  # spaces, controls, DEL, non-ASCII
+
 @dataclass(frozen=True, slots=True)
 class _Parts:
     scheme: str
@@ -50,7 +52,7 @@ class _Parts:
 def _split(url: str, *, query_allowed: bool) -> _Parts:
     if not isinstance(url, str) or not url:
         raise UrlRefused("not an absolute http(s) URL", kind="absolute")
-    if any(c <= " " or c >= "\x7f" for c in url):
+    if _NOT_PRINTABLE_ASCII.search(url):
         raise UrlRefused("spaces, control or non-ASCII characters")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
