@@ -205,11 +205,6 @@ class Cohort:
 # -- from FHIR resources ----------------------------------------------------------------------------
 
 
-def mapping_parameters(card: ModelCard, value_sets: ValueSets) -> MappingParameters:
-    """The mapping rules the service applies with this card (taken from the Assessor itself)."""
-    return Assessor(card, value_sets).mapping_parameters
-
-
 def cohort_from_source(
     data: SourceData,
     card: ModelCard,
@@ -250,7 +245,7 @@ def cohort_from_resources(
     """One row per patient with an ablation Procedure; every other candidate left out with why."""
     now = as_of or datetime.now(UTC)
     rules = follow_up or follow_up_rules(value_sets)
-    params = mapping_parameters(card, value_sets)
+    params = Assessor(card, value_sets).mapping_parameters  # the rules the service applies
     by_patient: dict[str, list[Resource]] = {}
     patients: set[str] = set()
     for resource in resources:

@@ -1,13 +1,7 @@
-"""What counts as the outcome and as follow-up: the definitions a fit and a report write down.
-
-* **Outcome** (composite): the earliest after the index ablation of a recorded recurrence
-  (Condition or Observation in the ``recurrence_finding`` value set), a later treatment such as
-  microvascular decompression (``later_treatment_procedure``) or a repeat ablation.
-* **Censoring**: at the last *HFS-specific assessment* after the ablation, not at any contact: an
-  unrelated lab visit says nothing about the spasm, and counting it as recurrence-free follow-up
-  biases the hazard down. An assessment is a final House-Brackmann grade (``hb_grade_observation``),
-  an Observation coded in the follow-up value set, or an Encounter whose type, service type or
-  reason is in the follow-up value set (or whose reason is a hemifacial spasm diagnosis).
+"""What counts as the outcome and as follow-up: the definitions a fit and a report write down
+(:data:`OUTCOME_FHIR`, :data:`CENSORING_FHIR`). Follow-up is censored at the last HFS-specific
+assessment, not at any contact: an unrelated lab visit says nothing about the spasm, and counting
+it as recurrence-free follow-up biases the hazard down.
 
 The follow-up value set is data: the key ``hfs_follow_up`` of the value-set file
 (``fhir_mappings/data/valuesets.json``, or the site's ``CDS_VALUESETS_FILE``). A site file without

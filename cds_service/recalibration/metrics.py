@@ -1,15 +1,7 @@
-"""Survival validation statistics in numpy: each function one estimator, each documented.
-
-* :func:`kaplan_meier` with Greenwood's variance and the log-log 95% interval (as lifelines).
-* :func:`harrell_c`: Harrell's concordance (lifelines' ``concordance_index`` conventions).
-* :func:`uno_c`: Uno's C truncated at a horizon, inverse-probability-of-censoring weighted.
-* :func:`follow_up_time`: median (and quartiles) of potential follow-up by reverse Kaplan-Meier.
-* :func:`evaluation_horizon`: the model's horizon if enough patients remain at risk there, else
-  the latest time with at least ``min_at_risk`` at risk.
-* :func:`risk_groups`: groups of near-equal size cut between *distinct* predicted risks, so
-  identical patients are never split across groups.
-* :func:`smoothed_calibration`: observed risk at the horizon as a smooth function of predicted
-  risk (Beran's kernel-weighted Kaplan-Meier; the integrated calibration index from it).
+"""Survival validation statistics in numpy, one estimator per function, each documented where it
+is defined: Kaplan-Meier with Greenwood's variance, Harrell's C (lifelines' conventions) and Uno's
+C, follow-up by reverse Kaplan-Meier, the evaluation horizon, risk groups that never split tied
+predictions, and smoothed calibration.
 
 Every point estimate is an :class:`Estimate`: a value, a 95% interval and, whenever the value or
 its interval is undefined, a note that says why (a report never prints a bare "n/a").

@@ -203,7 +203,6 @@ def fmt(estimate: Estimate, percent: bool = False) -> str:
 def render_text(validations: Sequence[Validation], cohort: Cohort | None = None) -> str:
     lines: list[str] = []
     if cohort is not None:
-        data = cohort_json(cohort, validations[0] if validations else None)
         follow = follow_up_time(cohort.time_months, cohort.event)
         lines += [
             f"cohort: {len(cohort)} patients, {cohort.n_events} recurrences; median follow-up "
@@ -213,8 +212,8 @@ def render_text(validations: Sequence[Validation], cohort: Cohort | None = None)
                 else follow.median.note
             )
             + " (reverse Kaplan-Meier)",
-            f"  outcome: {data['definitions']['outcome']}",
-            f"  censoring: {data['definitions']['censoring']}",
+            f"  outcome: {cohort.definitions.outcome}",
+            f"  censoring: {cohort.definitions.censoring}",
         ]
     for v in validations:
         h = v.horizon

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cds_service.assessment import Assessor
 from cds_service.model import ModelCard, RecurrenceModel
 from cds_service.model.engine import FloatArray
 from cds_service.recalibration.cohort import (
@@ -33,7 +34,6 @@ from cds_service.recalibration.cohort import (
     CohortRow,
     Exclusion,
     cohort_from_arrays,
-    mapping_parameters,
 )
 from fhir_mappings import (
     HouseBrackmannGrade,
@@ -165,7 +165,7 @@ def simulate_follow_up(
     inputs, HB IV-VI, recurrence already recorded, ...) are skipped with the mapping's reason.
     """
     sets = value_sets if value_sets is not None else load_value_sets()
-    params = mapping_parameters(card, sets)
+    params = Assessor(card, sets).mapping_parameters
     now = as_of or datetime.now(UTC)
     items = (
         list(patients.items())
