@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service import __version__
 from cds_service.config import Settings, load_settings
 from cds_service.hooks.errors import outcome_response
 from cds_service.hooks.views import init_hooks
@@ -57,7 +58,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     def readyz() -> Response:
         """Readiness: the model card is loaded (start-up fails otherwise) and the store answers."""
         card = runtime.assessor.card
-        body: dict[str, Any] = {"model": {"id": card.id, "version": card.version}}
+        body: dict[str, Any] = {
+            "software": {"name": "hfs-cds", "version": __version__},
+            "model": {"id": card.id, "version": card.version},
+        }
         try:
             runtime.store.ping()
         except StoreError:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cds_service import __version__
 from cds_service.assessment import Assessment, Status
 from cds_service.gather.app_context import app_context_for
 from cds_service.ids import new_uuid
@@ -227,7 +228,7 @@ def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> d
         "indicator": st.indicator,
         "detail": detail,
         "source": {
-            "label": f"HFS-RFA recurrence model (Fei et al. 2022), {model.version}",
+            "label": f"HFS-RFA recurrence model (Fei et al. 2022), {model.version}; hfs-cds {__version__}",
             "url": model.citation.url,
         },
         "links": links,
