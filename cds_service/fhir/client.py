@@ -220,6 +220,8 @@ _WATCHDOG = _Watchdog()
 
 
 class _WatchedHTTPConnection(HTTPConnection):
+    """A connection the watchdog knows about before it connects or sends."""
+
     def connect(self) -> None:
         _WATCHDOG.register(self)
         super().connect()
@@ -229,14 +231,8 @@ class _WatchedHTTPConnection(HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        _WATCHDOG.register(self)
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _WATCHDOG.register(self)
-        super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    """The same, for TLS: by the MRO, HTTPSConnection's connect runs inside the one above."""
 
 
 class _WatchedHTTPConnectionPool(HTTPConnectionPool):
