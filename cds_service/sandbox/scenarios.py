@@ -487,19 +487,38 @@ def _concept(system: str, code: str, display: str | None = None) -> dict[str, An
 # Days-ago ranges keep every event (grades up to 20 days after) before today, and every scorable
 # ablation inside the model's 12-month horizon.
 
+_Build = Callable[[_Builder], None]
+_NAMED: list[tuple[Scenario, _Build]] = []
 
+
+def _scenario(
+    name: str, expected: Expected, description: str, *reasons: Reason
+) -> Callable[[_Build], _Build]:
+    """Adds the builder it decorates to :data:`SCENARIOS`, in the order they are defined."""
+
+    def register(build: _Build) -> _Build:
+        _NAMED.append((Scenario(name, expected, description, reasons), build))
+        return build
+
+    return register
+
+
+@_scenario("typical-coded-hb", "scored", "34-70 min, HB II coded")
 def _typical_coded(b: _Builder) -> None:
     b.scored_record(days_ago=(20, 150), minutes=(34, 70), grade=2, as_integer=False)
 
 
+@_scenario("short-ablation-integer-hb", "scored", "under 30 min, HB I integer")
 def _short_integer(b: _Builder) -> None:
     b.scored_record(days_ago=(10, 90), minutes=(12, 28), grade=1, as_integer=True)
 
 
+@_scenario("amended-hb-iii", "scored", "HB III with status amended")
 def _amended_grade(b: _Builder) -> None:
     b.scored_record(days_ago=(30, 200), minutes=(22, 45), grade=3, hb_status="amended")
 
 
+@_scenario("duration-observation-hours", "scored", "time-only end; duration Observation in h")
 def _duration_observation_hours(b: _Builder) -> None:
     reason = b.hfs_condition()
     start = b.start_time(b.rng.randint(15, 120))
@@ -510,6 +529,7 @@ def _duration_observation_hours(b: _Builder) -> None:
     b.hb(grade=2, at=_minute(end + timedelta(hours=b.rng.uniform(3, 30))))
 
 
+@_scenario("several-hb-candidates", "scored", "pre-op, preliminary, void and later grades")
 def _several_hb_candidates(b: _Builder) -> None:
     reason = b.hfs_condition()
     start = b.start_time(b.rng.randint(15, 120))
@@ -523,24 +543,36 @@ def _several_hb_candidates(b: _Builder) -> None:
     b.hb(grade=1, at=_minute(end + timedelta(days=5)), status="amended")  # later: not first
 
 
+@_scenario("hb-fallback-window", "scored", "only grade 3-7 days after")
 def _hb_fallback_window(b: _Builder) -> None:
     b.scored_record(days_ago=(20, 120), minutes=(30, 60), grade=2, hb_hours=(80, 160))
 
 
+@_scenario("no-ablation", "no-card", "hemifacial spasm, no ablation")
 def _no_ablation(b: _Builder) -> None:
     b.hfs_condition()
 
 
+@_scenario("ablation-over-12-months", "no-card", "ablation 14-20 months ago")
 def _ablation_over_horizon(b: _Builder) -> None:
     b.scored_record(days_ago=(420, 600), minutes=(25, 50), grade=2)
 
 
+@_scenario(
+    "procedure-not-completed",
+    "not-scored",
+    "ablation in progress or in preparation",
+    Reason.PROCEDURE_NOT_COMPLETED,
+)
 def _procedure_not_completed(b: _Builder) -> None:
     reason = b.hfs_condition()
     start = b.start_time(b.rng.randint(8, 60))
     b.ablation(start=start, status=b.rng.choice(("in-progress", "preparation")), reason=reason)
 
 
+@_scenario(
+    "missing-times", "not-scored", "performedDateTime is a date only", Reason.PERIOD_WITHOUT_TIMES
+)
 def _missing_times(b: _Builder) -> None:
     reason = b.hfs_condition()
     start = b.start_time(b.rng.randint(15, 120))
@@ -548,14 +580,27 @@ def _missing_times(b: _Builder) -> None:
     b.hb(grade=2, at=_minute(start + timedelta(hours=b.rng.uniform(20, 40))))
 
 
+@_scenario(
+    "duration-out-of-range",
+    "not-scored",
+    "195-260 min performedPeriod",
+    Reason.DURATION_OUT_OF_RANGE,
+)
 def _duration_out_of_range(b: _Builder) -> None:
     b.scored_record(days_ago=(15, 120), minutes=(195, 260), grade=2)
 
 
+@_scenario("hb-iv", "not-scored", "HB IV after the ablation", Reason.HB_OUTSIDE_MODEL)
 def _hb_iv(b: _Builder) -> None:
     b.scored_record(days_ago=(8, 60), minutes=(30, 60), grade=4, hb_hours=(2, 20))
 
 
+@_scenario(
+    "repeat-ablation",
+    "not-scored",
+    "second ablation months after the first",
+    Reason.REPEAT_PROCEDURE,
+)
 def _repeat_ablation(b: _Builder) -> None:
     reason = b.hfs_condition()
     first = b.start_time(b.rng.randint(250, 330))
@@ -567,11 +612,23 @@ def _repeat_ablation(b: _Builder) -> None:
     b.hb(grade=2, at=_minute(second + timedelta(minutes=minutes, hours=18)))
 
 
+@_scenario(
+    "recurrence-recorded",
+    "not-scored",
+    "recurrence Condition after the ablation",
+    Reason.RECURRENCE_RECORDED,
+)
 def _recurrence_recorded(b: _Builder) -> None:
     end = b.scored_record(days_ago=(150, 300), minutes=(25, 50), grade=2)
     b.recurrence_condition(onset=(end + timedelta(days=b.rng.randint(60, 120))).date())
 
 
+@_scenario(
+    "later-mvd",
+    "not-scored",
+    "microvascular decompression after the ablation",
+    Reason.LATER_TREATMENT,
+)
 def _later_mvd(b: _Builder) -> None:
     end = b.scored_record(days_ago=(200, 320), minutes=(25, 50), grade=1)
     start = b.local(0, 8) - timedelta(days=b.rng.randint(30, 90))
@@ -579,10 +636,14 @@ def _later_mvd(b: _Builder) -> None:
     b.mvd(start=start, minutes=b.rng.randint(150, 240))
 
 
+@_scenario(
+    "hb-preliminary-only", "not-scored", "the only grade is preliminary", Reason.HB_PRELIMINARY_ONLY
+)
 def _hb_preliminary_only(b: _Builder) -> None:
     b.scored_record(days_ago=(8, 40), minutes=(25, 50), grade=2, hb_status="preliminary")
 
 
+@_scenario("no-hb-in-window", "not-scored", "grade 10-20 days after only", Reason.NO_HB_IN_WINDOW)
 def _no_hb_in_window(b: _Builder) -> None:
     b.scored_record(days_ago=(30, 120), minutes=(25, 50), grade=2, hb_hours=(240, 480))
 
@@ -598,103 +659,7 @@ def _random_record(b: _Builder, days_ago: tuple[int, int]) -> None:
 
 
 #: The named scenarios, in patient order. Patients beyond them are ``typical-random``.
-SCENARIOS: Final[tuple[tuple[Scenario, Callable[[_Builder], None]], ...]] = (
-    (Scenario("typical-coded-hb", "scored", "34-70 min, HB II coded"), _typical_coded),
-    (Scenario("short-ablation-integer-hb", "scored", "under 30 min, HB I integer"), _short_integer),
-    (Scenario("amended-hb-iii", "scored", "HB III with status amended"), _amended_grade),
-    (
-        Scenario(
-            "duration-observation-hours", "scored", "time-only end; duration Observation in h"
-        ),
-        _duration_observation_hours,
-    ),
-    (
-        Scenario("several-hb-candidates", "scored", "pre-op, preliminary, void and later grades"),
-        _several_hb_candidates,
-    ),
-    (Scenario("hb-fallback-window", "scored", "only grade 3-7 days after"), _hb_fallback_window),
-    (Scenario("no-ablation", "no-card", "hemifacial spasm, no ablation"), _no_ablation),
-    (
-        Scenario("ablation-over-12-months", "no-card", "ablation 14-20 months ago"),
-        _ablation_over_horizon,
-    ),
-    (
-        Scenario(
-            "procedure-not-completed",
-            "not-scored",
-            "ablation in progress or in preparation",
-            (Reason.PROCEDURE_NOT_COMPLETED,),
-        ),
-        _procedure_not_completed,
-    ),
-    (
-        Scenario(
-            "missing-times",
-            "not-scored",
-            "performedDateTime is a date only",
-            (Reason.PERIOD_WITHOUT_TIMES,),
-        ),
-        _missing_times,
-    ),
-    (
-        Scenario(
-            "duration-out-of-range",
-            "not-scored",
-            "195-260 min performedPeriod",
-            (Reason.DURATION_OUT_OF_RANGE,),
-        ),
-        _duration_out_of_range,
-    ),
-    (
-        Scenario("hb-iv", "not-scored", "HB IV after the ablation", (Reason.HB_OUTSIDE_MODEL,)),
-        _hb_iv,
-    ),
-    (
-        Scenario(
-            "repeat-ablation",
-            "not-scored",
-            "second ablation months after the first",
-            (Reason.REPEAT_PROCEDURE,),
-        ),
-        _repeat_ablation,
-    ),
-    (
-        Scenario(
-            "recurrence-recorded",
-            "not-scored",
-            "recurrence Condition after the ablation",
-            (Reason.RECURRENCE_RECORDED,),
-        ),
-        _recurrence_recorded,
-    ),
-    (
-        Scenario(
-            "later-mvd",
-            "not-scored",
-            "microvascular decompression after the ablation",
-            (Reason.LATER_TREATMENT,),
-        ),
-        _later_mvd,
-    ),
-    (
-        Scenario(
-            "hb-preliminary-only",
-            "not-scored",
-            "the only grade is preliminary",
-            (Reason.HB_PRELIMINARY_ONLY,),
-        ),
-        _hb_preliminary_only,
-    ),
-    (
-        Scenario(
-            "no-hb-in-window",
-            "not-scored",
-            "grade 10-20 days after only",
-            (Reason.NO_HB_IN_WINDOW,),
-        ),
-        _no_hb_in_window,
-    ),
-)
+SCENARIOS: Final = tuple(_NAMED)
 TYPICAL_RANDOM: Final = Scenario(
     "typical-random", "scored", "random duration 12-95 min, HB I-III, coded or integer"
 )
