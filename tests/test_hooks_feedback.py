@@ -16,7 +16,7 @@ from cds_service import create_app
 from cds_service.store import StoreUnavailable
 from cds_service.store.schema import audit_record, feedback
 from tests.cds_invariants import assert_valid_cds_response
-from tests.hook_calls import SERVICE_IDS, HookCaller, recent_patient
+from tests.hook_calls import SERVICE_IDS, HookCaller, hook_body, recent_patient
 from tests.jwt_factory import bearer, claims, mint, signing_key
 
 SERVICE = SERVICE_IDS["patient-view"]
@@ -102,7 +102,8 @@ def test_overrides_with_or_without_reasons(
     assert client.post(FEEDBACK, json=body).status_code == 200
 
 
-def test_unknown_cards_are_stored_and_flagged(app: Flask, client: FlaskClient) -> None:
+def test_unknown_cards_are_refused_and_not_stored(app: Flask, client: FlaskClient) -> None:
+    """Issue 15 item 4 (test_feedback_hardening.py has the rest): no row for a made-up card."""
     body = {
         "feedback": [
             {
@@ -112,9 +113,19 @@ def test_unknown_cards_are_stored_and_flagged(app: Flask, client: FlaskClient) -
             }
         ]
     }
-    assert client.post(FEEDBACK, json=body).get_json()["unknownCards"] == 1
-    (row,) = _rows(app, feedback)
-    assert not row["card_known"]
+    response = client.post(FEEDBACK, json=body)
+    assert response.status_code == 422
+    assert response.get_json()["issue"][0]["code"] == "not-found"
+    assert _rows(app, feedback) == []
+
+
+def test_feedback_goes_to_the_service_that_showed_the_card(
+    client: FlaskClient, hooks: HookCaller
+) -> None:
+    card = _card(hooks)
+    other = f"/cds-services/{SERVICE_IDS['order-sign']}/feedback"
+    assert client.post(other, json={"feedback": [_accepted(card)]}).status_code == 422
+    assert client.post(FEEDBACK, json={"feedback": [_accepted(card)]}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -187,11 +198,15 @@ def test_feedback_jwt_audience_is_the_feedback_url(tmp_path: Path) -> None:
     trust.write_text(json.dumps({"issuers": [{"iss": iss, "jwks": {"keys": [key.public_jwk()]}}]}))
     app = create_app({"TESTING": True, "TRUSTED_ISSUERS_FILE": str(trust), "PUBLIC_BASE_URL": base})
     client = app.test_client()
-    body = {
-        "feedback": [
-            {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}
-        ]
-    }
+    hook_token = mint(key, claims(f"{base}/cds-services/{SERVICE}", iss, now=time.time()))
+    shown = HookCaller(client).post(
+        SERVICE,
+        hook_body("patient-view", recent_patient()),
+        headers={"Authorization": bearer(hook_token)},
+    )
+    (card,) = assert_valid_cds_response(shown.get_json())
+    entry = {"card": card["uuid"], "outcome": "overridden"}
+    body = {"feedback": [{**entry, "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
 
     def post(aud_path: str) -> int:
         token = mint(key, claims(base + aud_path, iss, now=time.time()))

@@ -177,7 +177,7 @@ def test_text_format(report: Report) -> None:
     assert re.search(r"Follow-up already planned \(already-planned\) +1", text)
     assert re.search(r"ehr-own \(urn:ehr:reasons\) +1", text)
     assert "median 2 min, 90th percentile 1 h 0 min (n = 5)" in text
-    assert "Feedback for cards not in the audit trail: 1" in text
+    assert "Feedback for cards not in the audit trail (or shown to another EHR): 1" in text
     assert re.search(r"2026-05-18 +0 +0 +0 +0 +0 +0 +0", text)
 
 

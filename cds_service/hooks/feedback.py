@@ -1,8 +1,18 @@
-"""CDS Hooks feedback (``POST /cds-services/{id}/feedback``): parsing and validation, nothing else.
+"""CDS Hooks feedback (``POST /cds-services/{id}/feedback``): parsing, validation, refusals.
 
 Pure: no Flask, no database. The web layer passes the decoded JSON body to :func:`parse_feedback`,
 answers 400 with the :class:`InvalidFeedback` message, and hands the entries to the store
-(:meth:`cds_service.store.Store.save_feedback`), which writes them synchronously.
+(:meth:`cds_service.store.Store.save_feedback` with
+:data:`~cds_service.store.feedback.DEFAULT_POLICY`), which writes them synchronously or refuses the
+whole POST; :func:`refusal` says how to answer a refusal:
+
+- an entry naming a card this service did not return to this EHR (issuer and tenant), never shown
+  or shown to another EHR alike: **422** ``not-found``, nothing stored (the CDS Hooks
+  specification defines no feedback status codes; 422 says "well-formed, but not acceptable",
+  which a resend will not change). Unless the audit writer had not caught up within its wait:
+  the card may be in flight to the audit trail, so **503** ``transient`` with ``Retry-After``;
+- a card that already has the most entries kept for one card: **422** ``business-rule``;
+- an EHR past its feedback rate: **429** ``throttled`` with ``Retry-After`` (seconds).
 
 Rules (CDS Hooks 2.0 §"Feedback", checklist F1/F2 in ``shared/design/cds-hooks.md``):
 
@@ -28,10 +38,19 @@ Error messages name the offending member but never echo a value from the body.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from cds_service.store.feedback import FeedbackEntry, Outcome, ReasonCoding
+from cds_service.store.feedback import (
+    CardFeedbackFull,
+    CardNotIssued,
+    FeedbackEntry,
+    FeedbackRateLimited,
+    FeedbackRefused,
+    Outcome,
+    ReasonCoding,
+)
 
 #: Most entries accepted in one POST (an EHR batches a handful; this bounds the work of one call).
 MAX_ENTRIES = 1000
@@ -51,6 +70,36 @@ _RFC3339 = re.compile(
 
 class InvalidFeedback(ValueError):
     """The feedback body breaks the CDS Hooks rules; the message names the member (400 answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """How to answer a POST the store refused: status, OperationOutcome issue code, text, headers."""
+
+    status: int
+    issue_code: str
+    diagnostics: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def refusal(error: FeedbackRefused, *, audit_caught_up: bool = True) -> Refusal:
+    """The answer to a refused POST (see the module docstring). ``audit_caught_up``: whether every
+    audit record queued before the feedback had been written when the store was asked."""
+    if isinstance(error, FeedbackRateLimited):
+        return Refusal(
+            429, "throttled", str(error), {"Retry-After": str(error.retry_after_seconds)}
+        )
+    if isinstance(error, CardNotIssued) and not audit_caught_up:
+        return Refusal(
+            503,
+            "transient",
+            f"feedback[{error.index}].card is not in the audit trail yet; nothing was stored, "
+            "send it again",
+            {"Retry-After": "5"},
+        )
+    if isinstance(error, CardFeedbackFull):
+        return Refusal(422, "business-rule", str(error))
+    return Refusal(422, "not-found", str(error))
 
 
 def parse_feedback(body: Any) -> list[FeedbackEntry]:

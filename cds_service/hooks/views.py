@@ -20,7 +20,7 @@ from cds_service.hooks.errors import (
     UnsupportedMediaType,
     outcome_response,
 )
-from cds_service.hooks.feedback import InvalidFeedback, parse_feedback
+from cds_service.hooks.feedback import InvalidFeedback, parse_feedback, refusal
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
 from cds_service.hooks.services import HookServices
@@ -28,6 +28,7 @@ from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security.ehr_auth import AuthenticationError
 from cds_service.store import StoreError, audit_record_from, inputs_key
+from cds_service.store.feedback import DEFAULT_POLICY, FeedbackRefused
 from fhir_mappings.orders import drafts_follow_up, follow_up_ordered
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def feedback(service_id: str) -> Response:
     ehr = g.ehr_client
     # Feedback can follow its card within the writer's linger time: let queued audit records land
     # first so the card is recognised (feedback is rare; the wait is bounded and usually nil).
-    runtime.audit.flush(timeout=1.0)
+    caught_up = runtime.audit.flush(timeout=1.0)
     try:
         result = runtime.store.save_feedback(
             service_id,
@@ -238,7 +239,14 @@ def feedback(service_id: str) -> Response:
             received_at=runtime.clock(),  # the app's one "now" (suppression periods count from it)
             issuer=ehr.iss if ehr else None,
             tenant=ehr.tenant if ehr else None,
+            policy=DEFAULT_POLICY,  # only cards issued to this EHR; bounded volume (issue 15)
         )
+    except FeedbackRefused as exc:  # nothing was stored; the answer says why (hooks/feedback.py)
+        refused = refusal(exc, audit_caught_up=caught_up)
+        log.warning("feedback refused: %s %s", refused.status, type(exc).__name__)
+        response = outcome_response(refused.status, refused.diagnostics, refused.issue_code)
+        response.headers.update(refused.headers)
+        return response
     except StoreError as exc:
         log.error("feedback not stored: %s", type(exc).__name__)
         raise FeedbackNotStored(

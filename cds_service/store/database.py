@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +33,7 @@ from sqlalchemy import (
     delete,
     event,
     exists,
+    func,
     select,
     text,
 )
@@ -48,7 +51,13 @@ from cds_service.store.errors import (
     StoreUnavailable,
     UnsupportedDatabase,
 )
-from cds_service.store.feedback import FeedbackEntry
+from cds_service.store.feedback import (
+    CardFeedbackFull,
+    CardNotIssued,
+    FeedbackEntry,
+    FeedbackPolicy,
+    FeedbackRateLimited,
+)
 from cds_service.store.migrations import check_schema
 from cds_service.store.schema import audit_record, feedback
 
@@ -244,17 +253,25 @@ class Store:
         received_at: datetime | None = None,
         issuer: str | None = None,
         tenant: str | None = None,
+        policy: FeedbackPolicy | None = None,
     ) -> FeedbackResult:
         """Store the entries of one POST in one transaction; repeats are ignored, not errors.
 
-        Returns after the commit, so the caller may answer 200. Entries naming a card the audit
-        trail does not know are stored with ``card_known = false``. Raises
+        Returns after the commit, so the caller may answer 200. Without a ``policy``, entries
+        naming a card the audit trail does not know are stored with ``card_known = false``. With
+        one (the feedback endpoint passes
+        :data:`~cds_service.store.feedback.DEFAULT_POLICY`), the POST is refused as a whole,
+        nothing stored, by a :class:`~cds_service.store.feedback.FeedbackRefused` subclass: an
+        entry naming a card not returned by ``service_id`` to this issuer and tenant, a card past
+        its most entries, or an issuer past its rate (checked in the same transaction as the
+        insert, so on SQLite exactly; PostgreSQL's concurrent POSTs may pass the limits by what
+        they insert at the same moment). Raises
         :class:`~cds_service.store.errors.StoreUnavailable` when the database cannot be used and
         :class:`~cds_service.store.errors.StoreError` on any other database failure (answer 503:
         nothing was stored, and the EHR may send the same feedback again).
         """
         try:
-            return self._save_feedback(service_id, entries, received_at, issuer, tenant)
+            return self._save_feedback(service_id, entries, received_at, issuer, tenant, policy)
         except OperationalError as exc:
             raise unavailable(exc, self.describe()) from exc
         except SQLAlchemyError as exc:
@@ -267,10 +284,15 @@ class Store:
         received_at: datetime | None,
         issuer: str | None,
         tenant: str | None,
+        policy: FeedbackPolicy | None = None,
     ) -> FeedbackResult:
         now = received_at or datetime.now(UTC)
+        issuer, tenant = (issuer[:255] if issuer else None), (tenant[:255] if tenant else None)
         stored = duplicates = unknown = 0
+        new_per_card: Counter[str] = Counter()
         with self.engine.begin() as conn:
+            if policy is not None and policy.issued_cards_only:
+                _refuse_cards_not_issued(conn, service_id, entries, issuer, tenant)
             insert = insert_ignoring_duplicates(conn, feedback, feedback.c.natural_key).returning(
                 feedback.c.id
             )
@@ -297,8 +319,8 @@ class Store:
                         reason_code=entry.reason.code if entry.reason else None,
                         has_comment=entry.has_comment,
                         comment_length=entry.comment_length,
-                        issuer=issuer[:255] if issuer else None,
-                        tenant=tenant[:255] if tenant else None,
+                        issuer=issuer,
+                        tenant=tenant,
                         inputs_key=key,
                     )
                 )
@@ -306,8 +328,12 @@ class Store:
                 # PostgreSQL reports an implicit RETURNING, SQLite an executemany, differently).
                 if result.first() is not None:
                     stored += 1
+                    new_per_card[entry.card] += 1
                 else:
                     duplicates += 1
+            if policy is not None and stored:
+                # Counted after the inserts, inside the transaction: raising rolls them back.
+                _refuse_past_limits(conn, policy, entries, new_per_card, issuer, now)
             cards = {e.card for e in entries}
             known_cards = set(
                 conn.execute(
@@ -390,6 +416,65 @@ class Store:
             total += deleted
             if deleted < batch:
                 return total
+
+
+def _refuse_cards_not_issued(
+    conn: Connection,
+    service_id: str,
+    entries: Sequence[FeedbackEntry],
+    issuer: str | None,
+    tenant: str | None,
+) -> None:
+    """Raise :class:`CardNotIssued` for the first entry whose card has no audit record of this
+    service, issuer and tenant (issuer and tenant as stored: clipped, empty as NULL)."""
+    a = audit_record
+    issued = set(
+        conn.execute(
+            select(a.c.card_uuid).where(
+                a.c.card_uuid.in_({e.card for e in entries}),
+                a.c.service_id == service_id,
+                a.c.issuer.is_not_distinct_from(issuer),
+                a.c.tenant.is_not_distinct_from(tenant),
+            )
+        ).scalars()
+    )
+    for i, entry in enumerate(entries):
+        if entry.card not in issued:
+            raise CardNotIssued(i)
+
+
+def _refuse_past_limits(
+    conn: Connection,
+    policy: FeedbackPolicy,
+    entries: Sequence[FeedbackEntry],
+    new_per_card: Counter[str],
+    issuer: str | None,
+    now: datetime,
+) -> None:
+    """Raise when the rows just inserted take a card past its most entries, or the issuer past its
+    rate (cards that got nothing new are not judged: a resend is always answered)."""
+    f = feedback
+    per_card = {
+        card: int(n)
+        for card, n in conn.execute(
+            select(f.c.card_uuid, func.count())
+            .where(f.c.card_uuid.in_(set(new_per_card)))
+            .group_by(f.c.card_uuid)
+        )
+    }
+    for i, entry in enumerate(entries):
+        if entry.card in new_per_card and per_card.get(entry.card, 0) > policy.max_per_card:
+            raise CardFeedbackFull(i, policy.max_per_card)
+    since = now - policy.window
+    count, oldest = conn.execute(
+        select(func.count(), func.min(f.c.received_at)).where(
+            f.c.received_at >= since, f.c.issuer.is_not_distinct_from(issuer)
+        )
+    ).one()
+    if count > policy.max_per_issuer:
+        # When the oldest entry in the window leaves it (a hint: a big POST may need longer).
+        wait = (oldest + policy.window - now).total_seconds() if oldest is not None else 1.0
+        raise FeedbackRateLimited(policy.max_per_issuer, policy.window, max(1, math.ceil(wait)))
 
 
 def database_url(settings: StoreSettings | None = None) -> str:

@@ -1,6 +1,8 @@
 """``hfs-cds report``: what the service said and what clinicians did with it.
 
-Counts come from the audit trail (cards shown) joined to feedback on the card uuid:
+Counts come from the audit trail (cards shown) joined to feedback on the card uuid, and on the
+service, EHR issuer and tenant: only the feedback of the EHR that received a card counts for it
+(the endpoint refuses any other since issue 15; rows stored before that are counted apart):
 
 - cards by model id/version, status and tier;
 - for the cards shown in the period: how many got feedback (CDS Hooks sends none for cards that
@@ -9,7 +11,8 @@ Counts come from the audit trail (cards shown) joined to feedback on the card uu
 - time from card to feedback: from the audit time to the card's first ``outcomeTimestamp``
   (median, and 90th percentile by the nearest-rank method; negative gaps from clock skew between
   the EHR and the service count as zero);
-- feedback naming a card the audit trail does not know (received in the period), counted apart;
+- feedback naming a card the audit trail does not know, or a card shown to another EHR (issuer
+  or tenant) or by another service (received in the period), counted apart;
 - per week (Monday, UTC): cards by tier, and the outcome of the cards shown that week. The HTML
   format draws these as an inline SVG chart (``templates/report.html``, geometry from
   :mod:`cds_service.presentation.chart`); the page loads nothing from anywhere.
@@ -27,7 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 
 from cds_service.presentation.chart import Scale, nice_max, stacked_bars
 from cds_service.store.database import SQLITE_BEGIN, Store
@@ -212,7 +215,7 @@ def build_report(
                 f.c.has_comment,
                 a.c.recorded_at,
             )
-            .join(a, a.c.card_uuid == f.c.card_uuid)
+            .join(a, _same_card(a, f))
             .where(*window)
             .order_by(f.c.card_uuid, f.c.outcome_at, f.c.id)
             .execution_options(yield_per=5000)
@@ -226,7 +229,7 @@ def build_report(
             if card not in first_gap:
                 first_gap[card] = max(0.0, (outcome_at - recorded_at).total_seconds())
 
-        unknown_filter = [~select(a.c.id).where(a.c.card_uuid == f.c.card_uuid).exists()]
+        unknown_filter = [~select(a.c.id).where(_same_card(a, f)).exists()]
         if since is not None:
             unknown_filter.append(f.c.received_at >= since)
         if until is not None:
@@ -283,6 +286,17 @@ def build_report(
     )
 
 
+def _same_card(a: Any, f: Any) -> Any:
+    """A feedback row is about an audited card when the card was returned by the same service to
+    the same EHR issuer and tenant (NULL matching NULL: no authentication, no tenant)."""
+    return and_(
+        a.c.card_uuid == f.c.card_uuid,
+        a.c.service_id == f.c.service_id,
+        a.c.issuer.is_not_distinct_from(f.c.issuer),
+        a.c.tenant.is_not_distinct_from(f.c.tenant),
+    )
+
+
 # -- text ----------------------------------------------------------------------------------------
 
 
@@ -319,7 +333,10 @@ def render_text(report: Report) -> str:
             f"  Time from card to feedback: median {_duration(ttf.median_seconds)}, "
             f"90th percentile {_duration(ttf.p90_seconds)} (n = {ttf.n})"
         )
-    lines.append(f"  Feedback for cards not in the audit trail: {r.unknown_card_feedback}")
+    lines.append(
+        "  Feedback for cards not in the audit trail (or shown to another EHR): "
+        f"{r.unknown_card_feedback}"
+    )
     if r.weeks:
         lines += ["", "By week (Monday, UTC)"]
         cats = r.categories
