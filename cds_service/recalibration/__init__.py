@@ -29,6 +29,7 @@ from cds_service.recalibration.errors import (
     SourceError,
 )
 from cds_service.recalibration.fit import FitMode, FitOptions, Recalibration, recalibrate
+from cds_service.recalibration.metrics import harrell_c, kaplan_meier, uno_c
 from cds_service.recalibration.report import report_json
 from cds_service.recalibration.simulate import (
     SimulatedFollowUp,
@@ -42,14 +43,7 @@ from cds_service.recalibration.sources import (
     read_ndjson_dir,
     write_ndjson_dir,
 )
-from cds_service.recalibration.validate import (
-    Validation,
-    ValidationOptions,
-    harrell_c,
-    kaplan_meier,
-    uno_c,
-    validate,
-)
+from cds_service.recalibration.validate import Validation, ValidationOptions, validate
 
 __all__ = [
     "Cohort",

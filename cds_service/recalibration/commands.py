@@ -215,9 +215,8 @@ def validate_command(
     --model and, side by side, --compare. Text, JSON or HTML."""
     card = load_model_card(model)
     published = load_model_card(None)
-    other: ModelCard | None
     if compare is not None:
-        other = load_model_card(compare)
+        other: ModelCard | None = load_model_card(compare)
     else:
         other = published if published.sha256 != card.sha256 else None
     cohort = load_cohort(card, value_sets(), **source)
@@ -226,10 +225,8 @@ def validate_command(
         replicates=bootstrap, seed=seed, min_at_risk=min_at_risk, groups=groups
     )
     started = time.perf_counter()
-    results = []
-    if other is not None:
-        results.append(validate(other, cohort, _label(other, published), options))
-    results.append(validate(card, cohort, _label(card, published), options))
+    cards = [c for c in (other, card) if c is not None]  # the one to compare with first
+    results = [validate(c, cohort, _label(c, published), options) for c in cards]
     print(
         f"validated {len(results)} card(s) on {len(cohort)} patients in "
         f"{time.perf_counter() - started:.1f} s (bootstrap {bootstrap} resamples, seed {seed})",

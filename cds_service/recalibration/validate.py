@@ -35,7 +35,6 @@ from cds_service.recalibration.coxph import CoxPH
 from cds_service.recalibration.errors import CohortError, RecalibrationError
 from cds_service.recalibration.fit import FitOptions, recalibrate
 from cds_service.recalibration.metrics import (
-    Z95,
     CalibrationCurve,
     Estimate,
     Horizon,
@@ -47,20 +46,6 @@ from cds_service.recalibration.metrics import (
     smoothed_calibration,
     uno_c,
 )
-
-__all__ = [
-    "Z95",
-    "GroupCalibration",
-    "KaplanMeier",
-    "Validation",
-    "ValidationOptions",
-    "harrell_c",
-    "kaplan_meier",
-    "render_html",
-    "render_text",
-    "uno_c",
-    "validate",
-]
 
 #: The statistics with bootstrap intervals, in report order.
 METRICS = ("harrell_c", "uno_c", "calibration_slope", "observed_expected", "predicted_risk")
@@ -460,6 +445,6 @@ def _source_card(card: ModelCard) -> ModelCard:
     )
 
 
-# Rendering (imported last: the renderers only need Validation's attributes).
-from cds_service.recalibration.html_report import render_html  # noqa: E402
-from cds_service.recalibration.report import render_text  # noqa: E402
+# Rendering, for the commands (imported last: the renderers only need Validation's attributes).
+from cds_service.recalibration.html_report import render_html as render_html  # noqa: E402
+from cds_service.recalibration.report import render_text as render_text  # noqa: E402
