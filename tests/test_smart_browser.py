@@ -134,7 +134,7 @@ def test_ehr_launch_in_an_iframe_shows_the_cards_numbers(
     assert f"Procedure/{procedure['id']}" in app.locator(".summary__sub").inner_text()
 
     # The session cookie survived the cross-site iframe with the production attributes.
-    (cookie,) = [c for c in context.cookies() if c["name"] == "hfs_smart_sid"]
+    (cookie,) = [c for c in context.cookies() if c["name"] == "__Host-hfs_smart_sid"]
     assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"]) == (True, True, "None")
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -628,8 +628,10 @@ def test_cookie_and_headers_suit_an_ehr_iframe(
         timeout=TIMEOUT,
     )
     cookie = response.headers["Set-Cookie"]
-    for attribute in ("HttpOnly", "Secure", "SameSite=None", "Partitioned", "Path=/smart"):
-        assert attribute in cookie
+    assert cookie.startswith("__Host-hfs_smart_sid=")  # issue 15 item 6: Path=/, no Domain
+    for attribute in ("HttpOnly", "Secure", "SameSite=None", "Partitioned", "Path=/;"):
+        assert attribute in cookie + ";"
+    assert "Domain" not in cookie
     assert "X-Frame-Options" not in response.headers
     csp = response.headers["Content-Security-Policy"]
     origin = shim.fhir_base.rsplit("/", 1)[0]

@@ -372,8 +372,9 @@ def test_used_states_are_remembered_up_to_a_bound(make_store: MakeStore) -> None
 def test_the_least_recently_used_session_goes_when_there_are_too_many(
     make_store: MakeStore,
 ) -> None:
+    """In each pool: pending sessions here (test_smart_sessions_hardening.py has both pools)."""
     clock = FakeClock()
-    store = make_store(clock, timedelta(hours=1), max_sessions=3)
+    store = make_store(clock, timedelta(hours=1), max_pending_sessions=3)
     first, _ = store.open(None)
     clock.advance(timedelta(minutes=1))
     second, _ = store.open(None)

@@ -5,6 +5,23 @@ context stay on the server. One browser session holds the authorizations it star
 verifier, single use, ten minutes) and the launches it completed (a random reference → token and
 context), so two tabs with two patients do not mix. Sessions end after an idle period.
 
+Two pools (issue 15, items 5 and 6):
+
+- a session made by ``/smart/launch`` for a browser without one is **pending**: anyone can make one
+  without credentials, so pending sessions live in a pool of their own
+  (:data:`MAX_PENDING_SESSIONS`, least recently used evicted). A flood of anonymous launches evicts
+  only other pending sessions (a clinician caught mid-login by one relaunches), never a clinician
+  who is signed in;
+- a session is **signed in** once it holds a launch the EHR authorised. Only :meth:`sign_in`, at
+  the OAuth callback after the token exchange, makes one (and ``add_launch``, for library use).
+  Signed-in sessions have their own bound (:data:`MAX_SESSIONS`), which only completed
+  authorizations count against.
+
+:meth:`Sessions.sign_in` also gives the browser a **new session id** (no session fixation): the
+pending authorizations, used ``state`` values and launches move to a fresh random id and the id the
+browser had before the callback stops working. A session id planted in a browser before the login
+is therefore worth nothing after it.
+
 :class:`Sessions` is what the app needs from a store. The app uses
 :class:`~cds_service.smart.shared_sessions.SharedSessionStore`, which every worker process of the
 instance shares; :class:`SessionStore` here is the same in the memory of one process (tests,
@@ -27,7 +44,11 @@ PENDING_TTL = timedelta(minutes=10)
 #: Bounds that keep one browser, or many, from growing the store without limit.
 MAX_PENDING_PER_SESSION = 16
 MAX_LAUNCHES_PER_SESSION = 16
+#: Signed-in sessions (LRU beyond it). Suggested setting: ``SMART_MAX_SESSIONS``.
 MAX_SESSIONS = 10_000
+#: Pending sessions (started a launch, no token yet), LRU beyond it, apart from the signed-in.
+#: Suggested setting: ``SMART_MAX_PENDING_SESSIONS``.
+MAX_PENDING_SESSIONS = 10_000
 #: Used ``state`` values remembered per session, to say "already used" rather than "unknown".
 MAX_USED_STATES = 32
 
@@ -102,7 +123,14 @@ class Sessions(Protocol):
         """Consume ``state`` (single use): the pending request, or why it is refused."""
         ...
 
-    def add_launch(self, cookie: str, launch: LaunchContext) -> None: ...
+    def add_launch(self, cookie: str, launch: LaunchContext) -> None:
+        """Add a completed launch to the session, which is then signed in (keeps its id)."""
+        ...
+
+    def sign_in(self, cookie: str | None, launch: LaunchContext) -> str | None:
+        """Add a completed launch and give the session a new id, returned for the cookie; the old
+        id stops working at once. None when the session is gone (expired or evicted)."""
+        ...
 
     def launch(self, cookie: str | None, ref: str) -> LaunchContext | None:
         """The launch ``ref`` if it belongs to this browser session (else None)."""
@@ -139,12 +167,19 @@ class SessionStore:
     """
 
     def __init__(
-        self, clock: Callable[[], datetime], idle: timedelta, max_sessions: int = MAX_SESSIONS
+        self,
+        clock: Callable[[], datetime],
+        idle: timedelta,
+        max_sessions: int = MAX_SESSIONS,
+        max_pending_sessions: int = MAX_PENDING_SESSIONS,
     ) -> None:
         self._clock = clock
         self._idle = idle
         self._max_sessions = max_sessions
+        self._max_pending = max_pending_sessions
+        # Signed in, and pending: two pools, each in last-use order (see the module docstring).
         self._sessions: OrderedDict[str, BrowserSession] = OrderedDict()
+        self._pending: OrderedDict[str, BrowserSession] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- sessions --------------------------------------------------------------------------------
@@ -158,26 +193,27 @@ class SessionStore:
         now = self._clock()
         with self._lock:
             self._expire(now)
-            if cookie and (session := self._sessions.get(_key(cookie))) is not None:
-                session.last_seen = now
-                self._sessions.move_to_end(_key(cookie))
+            if cookie and self._find(cookie, now) is not None:
                 return cookie, False
             value = secrets.token_urlsafe(32)
-            self._sessions[_key(value)] = BrowserSession(last_seen=now)
-            while len(self._sessions) > self._max_sessions:
-                self._sessions.popitem(last=False)
+            self._pending[_key(value)] = BrowserSession(last_seen=now)
+            while len(self._pending) > self._max_pending:  # only pending sessions go
+                self._pending.popitem(last=False)
             return value, True
 
     def exists(self, cookie: str | None) -> bool:
         with self._lock:
             self._expire(self._clock())
-            return bool(cookie) and _key(cookie or "") in self._sessions
+            key = _key(cookie or "")
+            return bool(cookie) and (key in self._sessions or key in self._pending)
 
     # -- authorization requests ------------------------------------------------------------------
 
     def add_pending(self, cookie: str, pending: PendingAuthorization) -> None:
         with self._lock:
-            session = self._sessions[_key(cookie)]
+            session = self._find(cookie)
+            if session is None:
+                raise KeyError("no such session")
             session.pending[pending.state] = pending
             while len(session.pending) > MAX_PENDING_PER_SESSION:
                 session.pending.popitem(last=False)
@@ -187,10 +223,9 @@ class SessionStore:
         now = self._clock()
         with self._lock:
             self._expire(now)
-            session = self._sessions.get(_key(cookie)) if cookie else None
+            session = self._find(cookie, now)
             if session is None:
                 return "no-session"
-            session.last_seen = now
             pending = session.pending.pop(state, None)
             if pending is None:
                 return "used" if state in session.used_states else "unknown"
@@ -205,25 +240,40 @@ class SessionStore:
 
     def add_launch(self, cookie: str, launch: LaunchContext) -> None:
         with self._lock:
-            session = self._sessions[_key(cookie)]
-            session.launches[launch.ref] = launch
-            while len(session.launches) > MAX_LAUNCHES_PER_SESSION:
-                session.launches.popitem(last=False)
+            key = _key(cookie)
+            session = self._sessions.get(key) or self._pending.pop(key, None)
+            if session is None:
+                raise KeyError("no such session")
+            self._signed_in(key, session, launch)
+
+    def sign_in(self, cookie: str | None, launch: LaunchContext) -> str | None:
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            if not cookie:
+                return None
+            key = _key(cookie)
+            session = self._sessions.pop(key, None) or self._pending.pop(key, None)
+            if session is None:
+                return None
+            session.last_seen = now
+            value = secrets.token_urlsafe(32)  # the old id is gone with the pop above
+            self._signed_in(_key(value), session, launch)
+            return value
 
     def launch(self, cookie: str | None, ref: str) -> LaunchContext | None:
         """The launch ``ref`` if it belongs to this browser session (else None)."""
         now = self._clock()
         with self._lock:
             self._expire(now)
-            session = self._sessions.get(_key(cookie)) if cookie else None
+            session = self._find(cookie, now)
             if session is None:
                 return None
-            session.last_seen = now
             return session.launches.get(ref)
 
     def drop_launch(self, cookie: str | None, ref: str) -> None:
         with self._lock:
-            session = self._sessions.get(_key(cookie)) if cookie else None
+            session = self._find(cookie)
             if session is not None:
                 session.launches.pop(ref, None)
 
@@ -249,13 +299,38 @@ class SessionStore:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _find(self, cookie: str | None, now: datetime | None = None) -> BrowserSession | None:
+        """The session (either pool) for ``cookie``; with ``now``, marked as used then."""
+        if not cookie:
+            return None
+        key = _key(cookie)
+        for pool in (self._sessions, self._pending):
+            session = pool.get(key)
+            if session is not None:
+                if now is not None:
+                    session.last_seen = now
+                    pool.move_to_end(key)
+                return session
+        return None
+
+    def _signed_in(self, key: str, session: BrowserSession, launch: LaunchContext) -> None:
+        """Put ``session`` with ``launch`` among the signed-in under ``key`` (lock held)."""
+        session.launches[launch.ref] = launch
+        while len(session.launches) > MAX_LAUNCHES_PER_SESSION:
+            session.launches.popitem(last=False)
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > self._max_sessions:
+            self._sessions.popitem(last=False)
+
     def _expire(self, now: datetime) -> None:
-        """Drop sessions idle for too long (oldest first: the dict is kept in last-use order)."""
-        while self._sessions:
-            key, session = next(iter(self._sessions.items()))
-            if session.last_seen is not None and now - session.last_seen <= self._idle:
-                break
-            del self._sessions[key]
+        """Drop sessions idle for too long (oldest first: each pool is kept in last-use order)."""
+        for pool in (self._sessions, self._pending):
+            while pool:
+                key, session = next(iter(pool.items()))
+                if session.last_seen is not None and now - session.last_seen <= self._idle:
+                    break
+                del pool[key]
 
 
 def apply_refresh(context: LaunchContext, tokens: RefreshedTokens) -> None:

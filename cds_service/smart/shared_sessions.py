@@ -1,10 +1,12 @@
 """SMART sessions in the shared-state file, so every worker process of the instance serves them.
 
 Same behaviour and bounds as the in-memory :class:`~cds_service.smart.sessions.SessionStore`: idle
-expiry, at most ``max_sessions`` sessions (least recently used evicted), per-session maxima of
+expiry, at most ``max_sessions`` signed-in sessions and ``max_pending_sessions`` pending ones, each
+pool evicting its own least recently used (``signed_in`` tells them apart), per-session maxima of
 pending authorizations, launches and remembered used ``state`` values, pending authorizations
-valid for ``PENDING_TTL`` and usable once, and a cookie value never adopted unless this store
-issued it. What reaches the disk:
+valid for ``PENDING_TTL`` and usable once, a cookie value never adopted unless this store issued
+it, and a new id at sign-in (the session's rows move to it, re-sealed for it, in one write
+transaction; the old id is deleted). What reaches the disk:
 
 * a session's id is the SHA-256 of its cookie, a ``state`` is stored as its SHA-256;
 * PKCE verifiers, tokens and the launch context (patient id included) are sealed with the app's
@@ -33,6 +35,7 @@ from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import (
     MAX_LAUNCHES_PER_SESSION,
     MAX_PENDING_PER_SESSION,
+    MAX_PENDING_SESSIONS,
     MAX_SESSIONS,
     MAX_USED_STATES,
     PENDING_TTL,
@@ -45,10 +48,12 @@ from cds_service.smart.sessions import (
 
 SCHEMA_PART: Final = "smart"
 SCHEMA: Final = (
-    # id: SHA-256 of the cookie; key_id: the key that sealed the session's secrets.
+    # id: SHA-256 of the cookie; key_id: the key that sealed the session's secrets; signed_in: 1
+    # once the session holds an authorised launch (0: pending, the pool anyone can fill).
     "CREATE TABLE smart_sessions (id BLOB PRIMARY KEY, key_id BLOB NOT NULL, "
-    "last_seen REAL NOT NULL) WITHOUT ROWID",
+    "last_seen REAL NOT NULL, signed_in INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
     "CREATE INDEX smart_sessions_last_seen ON smart_sessions (last_seen)",
+    "CREATE INDEX smart_sessions_pool ON smart_sessions (signed_in, last_seen)",
     # seq orders rows by insertion, for the per-session maxima (oldest goes first).
     "CREATE TABLE smart_pending (seq INTEGER PRIMARY KEY, "
     "session BLOB NOT NULL REFERENCES smart_sessions (id) ON DELETE CASCADE, "
@@ -88,9 +93,11 @@ class SharedSessionStore:
         lease_seconds: float = 15.0,
         lease_clock: Callable[[], float] = time.time,
         max_sessions: int = MAX_SESSIONS,
+        max_pending_sessions: int = MAX_PENDING_SESSIONS,
     ) -> None:
         self._shared = shared
         self._max_sessions = max_sessions
+        self._max_pending = max_pending_sessions
         self._sealer = sealer
         self._clock = clock
         self._idle = idle.total_seconds()
@@ -115,16 +122,10 @@ class SharedSessionStore:
         with self._shared.write() as conn:
             conn.execute("DELETE FROM smart_sessions WHERE last_seen < ?", (now - self._idle,))
             conn.execute(
-                "INSERT INTO smart_sessions (id, key_id, last_seen) VALUES (?, ?, ?)",
+                "INSERT INTO smart_sessions (id, key_id, last_seen, signed_in) VALUES (?, ?, ?, 0)",
                 (sid, self._sealer.key_id, now),
             )
-            (count,) = conn.execute("SELECT count(*) FROM smart_sessions").fetchone()
-            if count > self._max_sessions:  # the least recently used go first
-                conn.execute(
-                    "DELETE FROM smart_sessions WHERE id IN (SELECT id FROM smart_sessions "
-                    "WHERE id != ? ORDER BY last_seen LIMIT ?)",
-                    (sid, count - self._max_sessions),
-                )
+            _keep_pool(conn, signed_in=False, keep=self._max_pending, sid=sid)
         return value, True
 
     def exists(self, cookie: str | None) -> bool:
@@ -189,11 +190,67 @@ class SharedSessionStore:
         sealed = self._sealer.seal(_launch_json(launch), _launch_bound(sid, launch.ref))
         with self._shared.write() as conn:
             self._require_session(conn, sid)
+            self._insert_launch(conn, sid, launch.ref, sealed)
+
+    def sign_in(self, cookie: str | None, launch: LaunchContext) -> str | None:
+        """See :meth:`~cds_service.smart.sessions.Sessions.sign_in`: one write transaction."""
+        if not cookie:
+            return None
+        now = self._now()
+        old = _key(cookie)
+        value = secrets.token_urlsafe(32)
+        sid = _key(value)
+        sealer = self._sealer
+        with self._shared.write() as conn:
+            if (
+                conn.execute(
+                    f"SELECT 1 FROM smart_sessions WHERE {_VISIBLE}", self._where(old, now)
+                ).fetchone()
+                is None
+            ):
+                return None
             conn.execute(
-                "INSERT OR REPLACE INTO smart_launches (session, ref, sealed) VALUES (?, ?, ?)",
-                (sid, launch.ref, sealed),
+                "INSERT INTO smart_sessions (id, key_id, last_seen, signed_in) VALUES (?, ?, ?, 1)",
+                (sid, sealer.key_id, now),
             )
-            _keep_newest(conn, "smart_launches", sid, MAX_LAUNCHES_PER_SESSION)
+            # What the old id held moves to the new one, re-sealed for its new row (each sealed
+            # value is bound to its session); then the old id goes, its rows with it.
+            for state, sealed in conn.execute(
+                "SELECT state, sealed FROM smart_pending WHERE session = ? ORDER BY seq", (old,)
+            ).fetchall():
+                opened = sealer.open(sealed, b"pending\0" + old + state)
+                if opened is not None:
+                    conn.execute(
+                        "INSERT INTO smart_pending (session, state, sealed) VALUES (?, ?, ?)",
+                        (sid, state, sealer.seal(opened, b"pending\0" + sid + state)),
+                    )
+            conn.execute(
+                "INSERT INTO smart_used_states (session, state) "
+                "SELECT ?, state FROM smart_used_states WHERE session = ? ORDER BY seq",
+                (sid, old),
+            )
+            for ref, sealed, lease_owner, lease_until in conn.execute(
+                "SELECT ref, sealed, lease_owner, lease_until FROM smart_launches "
+                "WHERE session = ? ORDER BY seq",
+                (old,),
+            ).fetchall():
+                opened = sealer.open(sealed, _launch_bound(old, ref))
+                if opened is not None:
+                    conn.execute(
+                        "INSERT INTO smart_launches (session, ref, sealed, lease_owner, "
+                        "lease_until) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            sid,
+                            ref,
+                            sealer.seal(opened, _launch_bound(sid, ref)),
+                            lease_owner,
+                            lease_until,
+                        ),
+                    )
+            conn.execute("DELETE FROM smart_sessions WHERE id = ?", (old,))
+            sealed = sealer.seal(_launch_json(launch), _launch_bound(sid, launch.ref))
+            self._insert_launch(conn, sid, launch.ref, sealed)
+        return value
 
     def launch(self, cookie: str | None, ref: str) -> LaunchContext | None:
         """The launch ``ref`` if it belongs to this browser session (else None)."""
@@ -278,6 +335,18 @@ class SharedSessionStore:
             conn.execute("UPDATE smart_sessions SET last_seen = ? WHERE id = ?", (now, sid))
         return True
 
+    def _insert_launch(self, conn: sqlite3.Connection, sid: bytes, ref: str, sealed: bytes) -> None:
+        """Add a sealed launch to the session, which is then signed in (in ``conn``'s write)."""
+        conn.execute(
+            "INSERT OR REPLACE INTO smart_launches (session, ref, sealed) VALUES (?, ?, ?)",
+            (sid, ref, sealed),
+        )
+        _keep_newest(conn, "smart_launches", sid, MAX_LAUNCHES_PER_SESSION)
+        conn.execute(
+            "UPDATE smart_sessions SET signed_in = 1 WHERE id = ? AND signed_in = 0", (sid,)
+        )
+        _keep_pool(conn, signed_in=True, keep=self._max_sessions, sid=sid)
+
     def _require_session(self, conn: sqlite3.Connection, sid: bytes) -> None:
         row = conn.execute(
             "SELECT 1 FROM smart_sessions WHERE id = ? AND key_id = ?", (sid, self._sealer.key_id)
@@ -327,6 +396,21 @@ def _keep_newest(conn: sqlite3.Connection, table: str, sid: bytes, keep: int) ->
         f"(SELECT seq FROM {table} WHERE session = ?1 ORDER BY seq DESC LIMIT ?2)",
         (sid, keep),
     )
+
+
+def _keep_pool(conn: sqlite3.Connection, *, signed_in: bool, keep: int, sid: bytes) -> None:
+    """Evict the least recently used sessions of one pool beyond ``keep``, never ``sid``: the
+    pending pool and the signed-in pool are bounded apart, so filling one leaves the other."""
+    flag = 1 if signed_in else 0
+    (count,) = conn.execute(
+        "SELECT count(*) FROM smart_sessions WHERE signed_in = ?", (flag,)
+    ).fetchone()
+    if count > keep:
+        conn.execute(
+            "DELETE FROM smart_sessions WHERE id IN (SELECT id FROM smart_sessions "
+            "WHERE signed_in = ? AND id != ? ORDER BY last_seen LIMIT ?)",
+            (flag, sid, count - keep),
+        )
 
 
 def _key(cookie: str) -> bytes:

@@ -65,7 +65,12 @@ bp = Blueprint(
     static_url_path="/static",
 )
 
+#: The session cookie over http (development and tests on loopback: ``SMART_COOKIE_SECURE=false``).
 COOKIE = "hfs_smart_sid"
+#: The session cookie when it is ``Secure`` (production): the ``__Host-`` prefix makes browsers
+#: accept it only from this host over https, with ``Path=/`` and no ``Domain``, so a sibling
+#: subdomain or a plain-http response cannot plant or overwrite it (session fixation).
+SECURE_COOKIE = "__Host-" + COOKIE
 #: A token this close to its expiry is refreshed before use.
 EXPIRY_MARGIN = timedelta(seconds=60)
 _MAX_PARAM = 2048
@@ -109,7 +114,7 @@ def launch() -> Response:
     else:
         raise SmartError(Failure.LAUNCH_PARAMETERS)
     config = smart.oauth.discover(fhir_base)
-    cookie, _ = smart.store.open(request.cookies.get(COOKIE))
+    cookie, _ = smart.store.open(_cookie())
     verifier, challenge = new_pkce()
     state = new_state()
     redirect_uri = _redirect_uri()
@@ -150,7 +155,7 @@ def callback() -> Response:
     state = request.args.get("state")
     if not state:
         raise SmartError(Failure.STATE_MISSING)
-    cookie = request.cookies.get(COOKIE)
+    cookie = _cookie()
     if not cookie or not smart.store.exists(cookie):
         raise SmartError(Failure.NO_SESSION)
     pending = smart.store.take_pending(cookie, state[:_MAX_PARAM])
@@ -204,10 +209,15 @@ def callback() -> Response:
         standalone=pending.standalone,
         created=now,
     )
-    smart.store.add_launch(cookie, context)
+    # Signed in: a new session id from here on, the one the browser came with stops working.
+    signed_in = smart.store.sign_in(cookie, context)
+    if signed_in is None:
+        raise SmartError(Failure.NO_SESSION)
     log.info("SMART launch completed")
     # 303: the page's URL carries no code, so a reload or the back button cannot replay it.
-    return redirect(url_for(".risk_page", ref=context.ref), 303)
+    response = redirect(url_for(".risk_page", ref=context.ref), 303)
+    _set_cookie(response, signed_in)
+    return response
 
 
 # -- the risk page -----------------------------------------------------------------------------------
@@ -316,7 +326,7 @@ def _card_notice(
 
 
 def _launch(ref: str) -> LaunchContext:
-    context = _smart().store.launch(request.cookies.get(COOKIE), ref[:64])
+    context = _smart().store.launch(_cookie(), ref[:64])
     if context is None:
         raise SmartError(Failure.LAUNCH_NOT_FOUND)
     return context
@@ -364,9 +374,7 @@ def _refresh(context: LaunchContext, stale: str) -> str:
         )
 
     try:
-        current = smart.store.refresh_launch(
-            request.cookies.get(COOKIE), context.ref, stale, refresh
-        )
+        current = smart.store.refresh_launch(_cookie(), context.ref, stale, refresh)
     except SmartError as exc:  # the store has forgotten the refresh token that failed
         log.warning("SMART token refresh failed: %s", exc.failure.value)
         raise SmartError(Failure.SESSION_EXPIRED, exc.detail) from exc
@@ -390,13 +398,26 @@ def _redirect_uri() -> str:
     return base.rstrip("/") + url_for(".callback")
 
 
+def _cookie_name() -> str:
+    return SECURE_COOKIE if _smart().settings.cookie_secure else COOKIE
+
+
+def _cookie() -> str | None:
+    """The session id the browser sent (in the cookie of this configuration's name)."""
+    return request.cookies.get(_cookie_name())
+
+
 def _set_cookie(response: Response, value: str) -> None:
-    """An opaque id only; ``SameSite=None; Secure; Partitioned`` so an EHR iframe keeps it."""
+    """An opaque id only; ``SameSite=None; Secure; Partitioned`` so an EHR iframe keeps it.
+
+    Secure: ``__Host-`` name, ``Path=/``, no ``Domain`` (what the prefix requires). Over http
+    (loopback development) the prefix is not allowed, and the cookie keeps the app's path."""
     secure = _smart().settings.cookie_secure
     response.set_cookie(
-        COOKIE,
+        _cookie_name(),
         value,
-        path=url_for(".launch").rsplit("/", 1)[0] or "/",
+        path="/" if secure else url_for(".launch").rsplit("/", 1)[0] or "/",
+        domain=None,
         secure=secure,
         httponly=True,
         samesite="None" if secure else "Lax",
