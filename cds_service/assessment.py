@@ -195,11 +195,13 @@ class Assessor:
         resources: Iterable[Any],
         patient_id: str | None = None,
         as_of: datetime | None = None,
+        fhir_server: str | None = None,
     ) -> Assessment:
         """Map the patient's resources as of ``as_of`` (default now), then score them or say
         exactly why not. Everything dated after ``as_of`` is ignored, as not yet on record, but
         for :data:`CLOCK_SKEW`: an EHR clock a little ahead of ours must not hide a grade just
-        recorded."""
+        recorded. ``fhir_server``: where the resources came from (the hook's ``fhirServer``); a
+        subject on another server is another patient."""
         now = as_of or datetime.now(UTC)
         inputs = map_patient(
             resources,
@@ -207,6 +209,7 @@ class Assessor:
             self.mapping_parameters,
             self.value_sets,
             as_of=now + CLOCK_SKEW,
+            fhir_server=fhir_server,
         )
 
         def result(status: Status, **details: Any) -> Assessment:

@@ -130,6 +130,9 @@ preload_app = True
 timeout = _int_env("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = 5
+# One header line may hold "Authorization: Bearer " and a JWT of up to 16 KiB, the longest the
+# service reads (security/ehr_auth.py); gunicorn's default (8190 bytes) refused half of that range.
+limit_request_field_size = 20 * 1024
 # Worker heartbeats on tmpfs (a container's /tmp may be a slow overlay or read-only).
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicorn >= 25.1 opens a control socket under $HOME by default; the image user has no home.

@@ -16,7 +16,7 @@ from .recurrence import recurrences
 from .references import referenced
 from .resource_dates import dated_after
 from .shapes import Kind, kind_of, unreadable
-from .subjects import foreign_subject, infer_from_json
+from .subjects import HomeServer, foreign_subject, home_server, infer_from_json
 from .types import MappingParameters, PatientInputs, Problem, Provenance, Reason, Resource
 from .valuesets import ValueSets, load_value_sets
 
@@ -33,6 +33,7 @@ def map_patient(
     value_sets: ValueSets | None = None,
     *,
     as_of: datetime | None = None,
+    fhir_server: str | None = None,
 ) -> PatientInputs:
     """Map a patient's resources onto the model inputs; never raises for JSON-like input.
 
@@ -41,17 +42,20 @@ def map_patient(
     ``patient_id`` is None it is inferred (see :func:`infer_patient_id`). With ``as_of``, everything
     dated after it is set aside as not yet on record (a naive value is read as UTC). A record the
     rules read whose elements are not in FHIR R4 form is a ``unreadable-record`` exclusion. The
-    result does not depend on the order of the resources.
+    result does not depend on the order of the resources. ``fhir_server`` is the server the
+    resources came from (the hook's ``fhirServer``): an absolute subject reference to any other
+    server is another patient (see :mod:`fhir_mappings.subjects` for the rule without one).
     """
     params = params if params is not None else MappingParameters()
     value_sets = value_sets if value_sets is not None else load_value_sets()
     dicts, ignored = collect_resources(resources)
     if isinstance(patient_id, str):
         patient_id = patient_id.removeprefix("Patient/") or None
+    home = home_server(dicts, fhir_server)
     if patient_id is None:
-        patient_id = infer_from_json(dicts)
+        patient_id = infer_from_json(dicts, home)
 
-    by_type, notes = _patient_records(dicts, patient_id, value_sets.relevant)
+    by_type, notes = _patient_records(dicts, patient_id, value_sets.relevant, home)
     ignored += notes
     kinds = {id(r): kind_of(r, value_sets) for records in by_type.values() for r in records}
     later_ablations: list[Provenance] = []
@@ -140,7 +144,10 @@ def _set_aside_unreadable(
 
 
 def _patient_records(
-    dicts: list[Resource], patient_id: str | None, relevant: frozenset[tuple[str, str]]
+    dicts: list[Resource],
+    patient_id: str | None,
+    relevant: frozenset[tuple[str, str]],
+    home: HomeServer,
 ) -> tuple[dict[str, list[Record]], list[str]]:
     """The patient's Procedures, Observations and Conditions that carry a code some rule reads,
     latest version of each, in a fixed order; notes for everything set aside."""
@@ -165,8 +172,12 @@ def _patient_records(
     notes += duplicates
     by_type: dict[str, list[Record]] = {t: [] for t in CLINICAL_TYPES}
     for record in sorted(records, key=lambda r: r.order):
-        why = foreign_subject(record.resource, patient_id)
-        if why == "no subject" and _dstu2_patient(record) == ("Patient", patient_id):
+        why = foreign_subject(record.resource, patient_id, home)
+        if (
+            why == "no subject"
+            and _dstu2_patient(record) == ("Patient", patient_id)
+            and home.owns(record.resource.get("patient"))
+        ):
             why = None  # DSTU2 names a Condition's patient in 'patient': kept, reported unreadable
         if why is None:
             by_type[record.type].append(record)

@@ -2,6 +2,13 @@
 
 Tolerant reader: unknown top-level fields and ``extension`` objects are ignored; only what the spec
 requires, and what this service relies on, is checked.
+
+``hookInstance`` is a UUID in CDS Hooks ("a universally unique identifier (UUID) for this
+particular hook call"). It is logged and kept in the audit trail, so it must be a plain token (the
+rule request ids follow, :func:`~cds_service.logging_setup.plain_token`: letters, digits, ``.``,
+``_``, ``-``, at most 64 characters): every UUID is one, and a value with control characters,
+markup or a line break is refused with a 400 rather than stored or "cleaned" into something the
+EHR never sent.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from urllib.parse import urlsplit
 
 from cds_service.hooks.errors import InvalidHookRequest
 from cds_service.hooks.services import CdsService
+from cds_service.logging_setup import plain_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,10 @@ def parse_hook_request(body: Any, service: CdsService) -> HookRequest:
             f"hook '{_clip(hook)}' does not match service '{service.id}', which handles '{service.hook}'"
         )
     hook_instance = _required_str(body, "hookInstance")
+    if plain_token(hook_instance) is None:
+        raise InvalidHookRequest(
+            "'hookInstance' must be a UUID (letters, digits, '-', '.', '_'; at most 64 characters)"
+        )
     context = body.get("context")
     if not isinstance(context, dict):
         raise InvalidHookRequest("'context' is required and must be an object")

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from cds_service.assessment import Assessment, Status
 from cds_service.gather.prefetch import PrefetchUnavailable, resolve_prefetch
@@ -121,7 +122,12 @@ def call_service(service_id: str) -> Response:
         issuer=ehr.iss if ehr else None,
     )
     assessor = runtime.assessor
-    assessment = assessor.assess(resources, hook_request.patient_id, as_of=runtime.clock())
+    assessment = assessor.assess(
+        resources,
+        hook_request.patient_id,
+        as_of=runtime.clock(),
+        fhir_server=hook_request.fhir_server,  # another server's Patient/x is not this patient
+    )
     context = hook_request.context
     issuer, tenant = (ehr.iss, ehr.tenant) if ehr else (None, None)
     # For suppression and the audit; only a patient who gets a card has one (most charts don't).
@@ -307,6 +313,17 @@ def _json_body() -> Any:
     ):
         raise UnsupportedMediaType("the request body must be application/json")
     raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    # A body without Content-Length (chunked) is cut at the limit without a word (werkzeug's
+    # LimitedStream stops there): one more byte from the server's stream tells a body of exactly
+    # the limit from a longer one, which is refused as one with a length would be.
+    if (
+        request.content_length is None
+        and limit is not None
+        and len(raw) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise RequestEntityTooLarge()
     try:
         # orjson: several times faster than json on big prefetch; depth-limited, strict UTF-8.
         return orjson.loads(raw)
