@@ -91,7 +91,6 @@ class Optimism(Generic[P]):
     replicates: int
     seed: int
     optimism_: dict[str, float]
-    used_: dict[str, int]  # replicates with a finite apparent - test difference
     refit_failures_: int  # resamples on which the refit itself failed (e.g. separation)
     seconds_: float
 
@@ -124,10 +123,8 @@ class Optimism(Generic[P]):
             for k, value in apparent.items():
                 differences.setdefault(k, []).append(value - test.get(k, math.nan))
         self.optimism_ = {}
-        self.used_ = {}
         for k, diffs in differences.items():
             finite = [d for d in diffs if math.isfinite(d)]
-            self.used_[k] = len(finite)
             if finite:
                 self.optimism_[k] = math.fsum(finite) / len(finite)
         self.refit_failures_ = failures

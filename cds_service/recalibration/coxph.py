@@ -62,14 +62,6 @@ class SurvivalData:
     slot_group: IntArray  # (number of events,) Efron term -> event time
     slot_fraction: FloatArray  # (number of events,) l / d_k for the l-th Efron term at time k
 
-    @property
-    def n(self) -> int:
-        return int(self.durations.shape[0])
-
-    @property
-    def n_events(self) -> int:
-        return int(self.events.sum())
-
 
 def survival_data(x: ArrayLike, durations: ArrayLike, events: ArrayLike) -> SurvivalData:
     """Check and sort the data once; raises :class:`CohortError` naming the problem."""
@@ -216,11 +208,8 @@ class CoxPH:
     log_likelihood_null_: float
     log_likelihood_ratio_test_: LikelihoodRatioTest
     n_iterations_: int
-    n_: int
-    n_events_: int
     mean_: FloatArray  # covariate means (lifelines reports its baseline at these)
     baseline_times_: FloatArray  # distinct event times
-    baseline_hazard_: FloatArray  # Breslow increments at each event time, covariates zero
     baseline_cumulative_hazard_: FloatArray  # cumulative, covariates zero
 
     def __init__(
@@ -286,13 +275,10 @@ class CoxPH:
         statistic = 2.0 * (ll - self.log_likelihood_null_)
         self.log_likelihood_ratio_test_ = LikelihoodRatioTest(statistic, d, chi2_sf(statistic, d))
         self.n_iterations_ = iterations
-        self.n_ = n
-        self.n_events_ = data.n_events
         self.mean_ = mean
         times, cumulative = breslow(data.x, data.durations, data.events, self.params_)
         self.baseline_times_ = times
         self.baseline_cumulative_hazard_ = cumulative
-        self.baseline_hazard_ = np.diff(cumulative, prepend=0.0)
         return self
 
     def _newton_raphson(
