@@ -258,10 +258,10 @@ def _tiers_approved(r: _Reader) -> bool:
 
 
 def _alerting(r: _Reader) -> Alerting:
-    if "alerting" not in r.data:
-        return Alerting()
-    a = r.obj("alerting")
     default = Alerting()
+    if "alerting" not in r.data:
+        return default
+    a = r.obj("alerting")
     out = Alerting(
         suppress_after_feedback_days=a.optional_num(
             "suppress_after_feedback_days", default.suppress_after_feedback_days
@@ -299,7 +299,9 @@ def _covariance(fit: _Reader) -> tuple[tuple[float, float], tuple[float, float]]
         raise ModelCardError("model card.fit.covariance: expected a 2x2 array of finite numbers")
     (a, b), (c, d) = value
     if a < 0 or d < 0 or abs(b - c) > 1e-9 * max(1.0, abs(b)) or a * d - b * c < -1e-12:
-        raise ModelCardError("model card.fit.covariance: not a symmetric positive semi-definite matrix")
+        raise ModelCardError(
+            "model card.fit.covariance: not a symmetric positive semi-definite matrix"
+        )
     return (float(a), float(b)), (float(c), float(d))
 
 

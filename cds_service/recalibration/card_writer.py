@@ -41,8 +41,7 @@ def read_card_json(path: str | Path | None = None) -> tuple[ModelCard, CardJson]
         ).read_bytes()
     else:
         raw = Path(path).read_bytes()
-    data: CardJson = json.loads(raw)
-    return card, data
+    return card, json.loads(raw)
 
 
 def build_card(

@@ -384,8 +384,7 @@ def _staged(
     for level in levels:
         ready: list[_Item] = []
         for item in level:
-            missing = [r for r in _bundle_refs(item) if r not in resolved]
-            if missing:
+            if any(r not in resolved for r in _bundle_refs(item)):
                 item.error = "not loaded: a resource it references failed to load"
                 item.outcome = "failed"
             else:

@@ -354,13 +354,9 @@ def load_trusted_issuers(path: str | os.PathLike[str]) -> tuple[TrustedIssuer, .
 
 
 def development_issuers() -> tuple[TrustedIssuer, ...]:
-    """Issuers trusted only in development mode; both have published private keys.
-
-    * the development EHR (``DEV_ISSUER``), keys in ``dev_keys/`` (see ``mint_development_token``);
-    * the public CDS Hooks sandbox, key inline, ``jku`` = its published JWK Set URL.
-
-    Neither may name a ``fhirServer``: the FHIR allowlist is configured separately.
-    """
+    """Issuers trusted only in development mode, since both have published private keys: the
+    development EHR and the public CDS Hooks sandbox. Neither may name a ``fhirServer``: the FHIR
+    allowlist is configured separately."""
     return (
         TrustedIssuer(iss=DEV_ISSUER, jwks_file=str(DEV_JWKS_FILE)),
         TrustedIssuer(iss=SANDBOX_ISSUER, jwks_url=SANDBOX_JWKS_URL, jwks=dict(SANDBOX_JWKS)),
