@@ -313,17 +313,13 @@ def _json_body() -> Any:
     ):
         raise UnsupportedMediaType("the request body must be application/json")
     raw = request.get_data(cache=False)
-    limit = request.max_content_length
     # A body without Content-Length (chunked) is cut at the limit without a word (werkzeug's
     # LimitedStream stops there): one more byte from the server's stream tells a body of exactly
     # the limit from a longer one, which is refused as one with a length would be.
-    if (
-        request.content_length is None
-        and limit is not None
-        and len(raw) >= limit
-        and request.environ["wsgi.input"].read(1)
-    ):
-        raise RequestEntityTooLarge()
+    if request.content_length is None:
+        limit = request.max_content_length
+        if limit is not None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
     try:
         # orjson: several times faster than json on big prefetch; depth-limited, strict UTF-8.
         return orjson.loads(raw)
