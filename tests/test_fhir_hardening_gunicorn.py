@@ -24,11 +24,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fhir_server import free_port
 from tests.hostile_fhir import HostileFhir, running_hostile
 from tests.jwt_factory import bearer
-from tests.processes import child_pids, stop_process
-from tests.test_docker_gunicorn import image_command, image_environment
 from tests.test_fhir_hardening import (
     BUDGET,
     ISS_A,
@@ -38,13 +35,13 @@ from tests.test_fhir_hardening import (
     jwt_for,
     write_trust_list,
 )
+from tests.test_gunicorn_workers import two_workers
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc"),
 ]
 
-START_TIMEOUT_SECONDS = 30.0
 MEMORY_LIMIT_BYTES = 200 * 2**20
 
 
@@ -77,39 +74,15 @@ class Served:
 
 @contextmanager
 def gunicorn(tmp: Path, hostile: HostileFhir) -> Iterator[Served]:
-    """Start the image's command with two workers; yield once both answer; SIGTERM at the end
-    (unless the test stopped it)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = image_environment(
-        tmp / "volume",
-        HOST="127.0.0.1",
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-        CDS_PUBLIC_BASE_URL=base,
+    """The image's command with two workers (``two_workers``), trusting EHRs A, B and the hostile
+    one and allowlisting its healthy base; a graceful stop at the end (unless the test stopped it)."""
+    with two_workers(
+        tmp,
         CDS_TRUSTED_ISSUERS_FILE=str(write_trust_list(tmp / "trust.json", hostile.origin)),
         CDS_DEV_MODE="1",  # http to the loopback servers
         CDS_FHIR_ALLOWLIST=hostile.base("healthy"),
-    )
-    log = tmp / "gunicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            image_command(), env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        served = Served(base, process, log)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            assert process.poll() is None, log.read_text()
-            served.workers = child_pids(process.pid)
-            with suppress(requests.ConnectionError):
-                if len(served.workers) == 2 and requests.get(f"{base}/healthz", timeout=1).ok:
-                    break
-            assert time.monotonic() < deadline, "gunicorn did not start two workers"
-            time.sleep(0.1)
-        yield served
-    finally:
-        stop_process(process, timeout=60)
+    ) as server:
+        yield Served(server.base, server.process, server.log, server.workers)
 
 
 @pytest.fixture(scope="module")
