@@ -1394,6 +1394,23 @@ def test_trust_config_errors_name_the_entry_and_field(
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("typo", "message"),
+    [
+        ({"jwks_uri": "https://ehr.example.org/jwks"}, "(did you mean 'jwks_uri' -> 'jwks_url'?)"),
+        ({"tenant": ["x"]}, "(did you mean 'tenant' -> 'tenants'?)"),
+        ({"colour": "blue"}, "unknown field(s) ['colour']"),  # nothing close: no guess
+    ],
+)
+def test_an_unknown_trust_list_field_suggests_the_nearest_one(
+    tmp_path: Path, typo: dict[str, Any], message: str
+) -> None:
+    """Issue 16: ``jwks_uri`` (the OAuth metadata spelling) said only "unknown field"."""
+    with pytest.raises(TrustConfigError) as info:
+        parse_trusted_issuers({"issuers": [entry(**typo)]}, tmp_path)
+    assert str(info.value).endswith(message)
+
+
 def test_weak_rsa_key_is_refused(tmp_path: Path) -> None:
     weak = SigningKey(
         "RS384", "weak", rsa.generate_private_key(public_exponent=65537, key_size=1024)

@@ -18,6 +18,7 @@ Configured keys are checked strictly at start-up (public EC P-256/P-384 or RSA >
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -276,7 +277,13 @@ def _parse_entry(entry: Any, base_dir: Path) -> TrustedIssuer:
         raise TrustConfigError("must be an object")
     unknown = sorted(k for k in entry if k not in _ENTRY_FIELDS and not str(k).startswith("_"))
     if unknown:
-        raise TrustConfigError(f"unknown field(s) {unknown}")
+        hints = [
+            f"{k!r} -> {close[0]!r}"
+            for k in unknown
+            if (close := difflib.get_close_matches(str(k), _ENTRY_FIELDS, n=1, cutoff=0.6))
+        ]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise TrustConfigError(f"unknown field(s) {unknown}{hint}")
     iss = entry.get("iss")
     if not isinstance(iss, str) or not iss.strip():
         raise TrustConfigError("iss is required (a non-empty string)")
