@@ -104,3 +104,18 @@ def test_unreadable_or_invalid_card_files(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ModelCardError, match="not valid JSON"):
         load_model_card(bad)
+
+
+def test_a_misspelt_key_names_the_file_the_key_and_the_likely_typo(
+    card_json: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 16: a key typo in a site's card named neither the file nor the key it meant."""
+    tier = card_json["tiers"][0]
+    tier["min_risk_12"] = tier.pop("min_risk_12m")
+    path = tmp_path / "site-card.json"
+    path.write_text(json.dumps(card_json))
+    with pytest.raises(ModelCardError) as info:
+        load_model_card(path)
+    assert str(info.value) == (
+        f"{path}: model card.tiers[0].min_risk_12m: missing (is 'min_risk_12' a misspelling?)"
+    )

@@ -7,6 +7,7 @@ start-up and fails with :class:`ModelCardError` naming the offending field.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -151,7 +152,10 @@ def load_model_card(path: str | Path | None = None) -> ModelCard:
         raise ModelCardError(
             f"model card {path or DEFAULT_MODEL_CARD} is not valid JSON: {exc}"
         ) from exc
-    return parse_model_card(data, sha256=hashlib.sha256(raw).hexdigest())
+    try:
+        return parse_model_card(data, sha256=hashlib.sha256(raw).hexdigest())
+    except ModelCardError as exc:  # name the file: a site may keep several cards
+        raise ModelCardError(f"{path or DEFAULT_MODEL_CARD}: {exc}") from None
 
 
 def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
@@ -367,7 +371,10 @@ class _Reader:
 
     def _get(self, key: str) -> Any:
         if key not in self.data:
-            raise ModelCardError(f"{self.path}.{key}: missing")
+            keys = [k for k in self.data if isinstance(k, str)]
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+            hint = f" (is {close[0]!r} a misspelling?)" if close else ""
+            raise ModelCardError(f"{self.path}.{key}: missing{hint}")
         return self.data[key]
 
     def obj(self, key: str) -> _Reader:
