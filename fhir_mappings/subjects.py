@@ -103,14 +103,15 @@ def foreign_subject(resource: Resource, patient_id: str | None, home: HomeServer
     """Why the resource is not about ``patient_id`` on the ``home`` server, or None when it is."""
     if patient_id is None:
         return "the patient could not be determined"
-    if resource.get("subject") is None:
-        return "no subject"
-    subject = subject_patient_id(resource)
+    subject = resource.get("subject")
     if subject is None:
+        return "no subject"
+    target = referenced(subject)  # parsed once: the patient id, then its server
+    if target is None or target[0] != "Patient":
         return "subject is not a Patient reference"
-    if not home.owns_text(_reference_text(resource.get("subject")) or ""):
+    if not home.owns_text(_reference_text(subject) or ""):
         return "subject is a patient on another FHIR server"
-    return None if subject == patient_id else "subject is another patient"
+    return None if target[1] == patient_id else "subject is another patient"
 
 
 def infer_patient_id(resources: Iterable[ResourceInput] | ResourceInput) -> str | None:
