@@ -278,8 +278,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for round_index in range(rounds):
                 for s in scenarios:
                     if s.tokens and not payloads.token_files[s.tokens].exists():
-                        # Size the single-use token pool on the measured unauthenticated rate.
-                        payloads.mint_tokens(int(rows["S2"].rounds[0].rps * duration * 1.5) + 200)
+                        # Size the single-use token pool on the unauthenticated hook's rate times
+                        # the workers: when the kernel put all of S2's connections on one worker,
+                        # S2 shows one worker's rate and S3 may run on all of them. A pool too
+                        # small is reused, and every replayed token counts as an error.
+                        workers_now = max(1, len(child_pids(servers[s.server].pid)))
+                        s2_rps = rows["S2"].rounds[0].rps
+                        payloads.mint_tokens(int(s2_rps * workers_now * duration * 1.3) + 200)
                     url = f"http://127.0.0.1:{ports[s.server]}{s.path}"
                     body = payloads.files[s.body] if s.body else None
                     tokens = payloads.token_files[s.tokens] if s.tokens else None
