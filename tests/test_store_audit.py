@@ -12,9 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import func, select
 
 import tests.postgres
+from cds_service import __version__
 from cds_service.assessment import Assessment, Assessor, Status
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.model import load_model_card
@@ -23,6 +25,7 @@ from cds_service.store.audit import AuditInput, AuditReason, AuditRisk, Resource
 from cds_service.store.schema import audit_record, metadata
 from fhir_mappings import Reason, load_value_sets
 from tests import fhir_builders as fb
+from tests.hook_calls import HookCaller, recent_patient
 
 # Fixtures from tests/postgres.py (redundant once conftest.py lists it in pytest_plugins).
 postgres_server = tests.postgres.postgres_server
@@ -438,3 +441,15 @@ def test_many_threads_and_two_writers_store_each_record_once(
             f"\n[figures] audit writer {store.backend}: {sum(s.submitted for s in stats)} "
             f"submissions -> {count} rows, {sum(s.retries for s in stats)} retries"
         )
+
+
+def test_a_hook_calls_audit_record_carries_the_software_version(app: Flask) -> None:
+    """Issue 16: every record the service writes names the release that wrote it."""
+    response = HookCaller(app.test_client()).call("patient-view", recent_patient())
+    (card,) = response.get_json()["cards"]
+    runtime = app.extensions["hfs_cds"]
+    assert runtime.audit.flush(10.0)
+    with runtime.store.engine.connect() as conn:
+        (row,) = conn.execute(select(audit_record)).mappings()
+    assert row["card_uuid"] == card["uuid"]
+    assert row["software_version"] == __version__ and __version__

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 import tests.postgres
+from cds_service import __version__
 from cds_service.sqlite_wal import switch_to_wal
 from cds_service.store import (
     HEAD,
@@ -27,7 +28,9 @@ from cds_service.store import (
 from cds_service.store import migrations as migrations_module
 from cds_service.store.database import normalise_url
 from cds_service.store.migrations import MIGRATIONS, current_version
-from cds_service.store.schema import metadata, schema_version
+from cds_service.store.report import build_report, render_text
+from cds_service.store.schema import audit_record, metadata, schema_version
+from tests.test_store_audit import synthetic_record
 
 # Fixtures from tests/postgres.py (redundant once conftest.py lists it in pytest_plugins).
 postgres_server = tests.postgres.postgres_server
@@ -259,3 +262,35 @@ def test_an_unreachable_server_is_a_store_error_without_the_password() -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def test_upgrading_from_schema_3_keeps_the_rows_and_adds_the_software_version(
+    database_url: str,
+) -> None:
+    """Issue 16: records written before schema 4 keep everything and have no software version
+    (the report says "unknown"); records written after carry ``cds_service.__version__``."""
+    engine = open_engine(database_url, create_directory=True)
+    try:
+        assert [m.version for m in upgrade(engine, target=3)] == [1, 2, 3]
+        old = synthetic_record("old-card", _now()).to_row() | {"inputs_key": "k" * 64}
+        del old["software_version"]  # the column does not exist at schema 3
+        with engine.begin() as conn:
+            conn.execute(audit_record.insert(), [old])  # only the columns given are named
+        assert [m.version for m in upgrade(engine)] == list(range(4, HEAD + 1))
+    finally:
+        engine.dispose()
+    store = open_store(database_url)
+    try:
+        store.write_audit([synthetic_record("new-card", _now())])
+        with store.engine.connect() as conn:
+            rows = {r.card_uuid: r for r in conn.execute(select(audit_record))}
+        assert rows["old-card"].software_version is None
+        assert rows["old-card"].inputs_key == "k" * 64 and rows["old-card"].tier == "intermediate"
+        assert rows["new-card"].software_version == __version__
+        report = build_report(store)
+        expected = sorted([(__version__, 1), ("unknown", 1)])
+        assert [(s.software_version, s.cards) for s in report.by_software] == expected
+        shown = ", ".join(f"{version}: {n}" for version, n in expected)
+        assert f"(hfs-cds {shown})" in render_text(report)
+    finally:
+        store.close()

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 import tests.postgres
+from cds_service import __version__
 from cds_service.store import HEAD, Store, open_store
 from cds_service.store.commands import _labels
 from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, FeedbackEntry, Outcome, ReasonCoding
@@ -334,3 +335,22 @@ def test_an_unreachable_server_is_reported_without_its_password(run: RunCli) -> 
         "hfs-cds: cannot use the database postgresql+psycopg://hfs:***@127.0.0.1:1/"
     )
     assert "s3cret" not in err and err.count("\n") == 1
+
+
+def test_cards_by_model_and_the_software_version_that_wrote_them(store: Store) -> None:
+    """A record from before schema 4 has no version: reported as "unknown", never dropped."""
+    store.write_audit([synthetic_record("a", MON), synthetic_record("b", MON)])
+    with store.engine.begin() as conn:
+        conn.execute(
+            audit_record.update()
+            .where(audit_record.c.card_uuid == "b")
+            .values(software_version=None)
+        )
+    report = build_report(store, labels=LABELS, now=NOW)
+    counts = [(s.model_version, s.software_version, s.cards) for s in report.by_software]
+    assert counts == sorted([("1.0.0", __version__, 1), ("1.0.0", "unknown", 1)])
+    data = json.loads(render_json(report))["cards"]["byModelAndSoftware"]
+    assert {(d["softwareVersion"], d["cards"]) for d in data} == {(__version__, 1), ("unknown", 1)}
+    assert f"hfs-cds {__version__}" in render_html(report) and "hfs-cds unknown" in render_html(
+        report
+    )

@@ -19,7 +19,8 @@ What is kept and why:
 - the reason codes when the patient was not scored;
 - the EHR's ``iss`` and tenant from the JWT, when known;
 - the inputs key (:mod:`.inputs_key`, a hash): feedback on this card silences patient-view for
-  the same inputs.
+  the same inputs;
+- the software version (``cds_service.__version__``): which release of the service said it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cds_service import __version__
 from cds_service.assessment import Assessment
 from cds_service.store.inputs_key import inputs_key as compute_inputs_key
 from fhir_mappings import Provenance
@@ -139,6 +141,8 @@ class AuditRecord:
     issuer: str | None = None
     tenant: str | None = None
     inputs_key: str | None = None
+    #: The release of this service that wrote the card (every record the service writes has it).
+    software_version: str = __version__
 
     def to_row(self) -> dict[str, Any]:
         """The ``audit_record`` row (see :mod:`cds_service.store.schema`)."""
@@ -165,6 +169,7 @@ class AuditRecord:
             "reasons": [r.to_json() for r in self.reasons],
             "suggestion_ids": list(self.suggestion_ids),
             "inputs_key": self.inputs_key,
+            "software_version": self.software_version,
         }
 
 

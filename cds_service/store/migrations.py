@@ -137,10 +137,19 @@ def _v3_feedback_inputs_key(conn: Connection) -> None:
     )
 
 
+def _v4_audit_software_version(conn: Connection) -> None:
+    """Version 4: the software version (``cds_service.__version__``) on audit records (issue 16).
+
+    Rows written before stay NULL: which release wrote them is not known, and the report says so.
+    """
+    conn.execute(text("ALTER TABLE audit_record ADD COLUMN software_version VARCHAR(32)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit records and feedback", _v1_audit_and_feedback),
     Migration(2, "inputs key on audit records", _v2_audit_inputs_key),
     Migration(3, "inputs key on feedback", _v3_feedback_inputs_key),
+    Migration(4, "software version on audit records", _v4_audit_software_version),
 )
 #: The schema version this code reads and writes.
 HEAD = MIGRATIONS[-1].version

@@ -4,7 +4,8 @@ Counts come from the audit trail (cards shown) joined to feedback on the card uu
 service, EHR issuer and tenant: only the feedback of the EHR that received a card counts for it
 (the endpoint refuses any other since issue 15; rows stored before that are counted apart):
 
-- cards by model id/version, status and tier;
+- cards by model id/version, status and tier, and by model and the software version that wrote
+  them (``unknown`` for records from before the column existed);
 - for the cards shown in the period: how many got feedback (CDS Hooks sends none for cards that
   were ignored), and of those, how many were accepted or overridden. A card's outcome is its
   latest feedback entry; override reasons are counted per overridden card;
@@ -37,6 +38,8 @@ from cds_service.store.database import SQLITE_BEGIN, Store
 from cds_service.store.schema import audit_record, feedback
 
 NOT_SCORED = "not-scored"
+#: How a record without a software version (written before schema 4) is reported.
+UNKNOWN_SOFTWARE = "unknown"
 NO_FEEDBACK = "none"
 OUTCOMES = ("accepted", "overridden", NO_FEEDBACK)
 _OUTCOME_LABELS = {"accepted": "Accepted", "overridden": "Overridden", NO_FEEDBACK: "No feedback"}
@@ -66,6 +69,16 @@ class TierCount:
     model_version: str
     status: str
     tier: str | None
+    cards: int
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareCount:
+    """Cards of one model version written by one release of the service."""
+
+    model_id: str
+    model_version: str
+    software_version: str  # ``unknown`` for records from before schema 4
     cards: int
 
 
@@ -110,6 +123,15 @@ class Report:
     weeks: tuple[WeekCounts, ...]
     categories: tuple[str, ...]  # chart order: tiers, then "not-scored"
     labels: ReportLabels = field(default_factory=ReportLabels)
+    by_software: tuple[SoftwareCount, ...] = ()
+
+    def software_of(self, model_id: str, model_version: str) -> tuple[SoftwareCount, ...]:
+        """The releases that wrote the cards of one model version, in version order."""
+        return tuple(
+            s
+            for s in self.by_software
+            if (s.model_id, s.model_version) == (model_id, model_version)
+        )
 
     @property
     def feedback_rate(self) -> float | None:
@@ -142,6 +164,15 @@ class Report:
                         "cards": t.cards,
                     }
                     for t in self.by_tier
+                ],
+                "byModelAndSoftware": [
+                    {
+                        "modelId": s.model_id,
+                        "modelVersion": s.model_version,
+                        "softwareVersion": s.software_version,
+                        "cards": s.cards,
+                    }
+                    for s in self.by_software
                 ],
             },
             "feedback": {
@@ -190,17 +221,26 @@ def build_report(
         window.append(a.c.recorded_at < until)
 
     by_tier: Counter[tuple[str, str, str, str | None]] = Counter()
+    by_software: Counter[tuple[str, str, str]] = Counter()
     week_cards: dict[date, Counter[str]] = defaultdict(Counter)
     week_outcomes: dict[date, Counter[str]] = defaultdict(Counter)
     with store.engine.connect() as conn:
         conn.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
         cards = conn.execute(
-            select(a.c.recorded_at, a.c.model_id, a.c.model_version, a.c.status, a.c.tier)
+            select(
+                a.c.recorded_at,
+                a.c.model_id,
+                a.c.model_version,
+                a.c.status,
+                a.c.tier,
+                a.c.software_version,
+            )
             .where(*window)
             .execution_options(yield_per=5000)
         )
-        for recorded_at, model_id, model_version, status, tier in cards:
+        for recorded_at, model_id, model_version, status, tier, software in cards:
             by_tier[(model_id, model_version, status, tier)] += 1
+            by_software[(model_id, model_version, software or UNKNOWN_SOFTWARE)] += 1
             week = _week(recorded_at)
             week_cards[week][tier if tier else NOT_SCORED] += 1
             week_outcomes[week][NO_FEEDBACK] += 1
@@ -283,6 +323,10 @@ def build_report(
             )
         ),
         labels=labels,
+        by_software=tuple(
+            SoftwareCount(m, v, s, n)
+            for (m, v, s), n in sorted(by_software.items(), key=lambda kv: kv[0])
+        ),
     )
 
 
@@ -308,7 +352,7 @@ def render_text(report: Report) -> str:
     for t in r.by_tier:
         if (t.model_id, t.model_version) != model:
             model = (t.model_id, t.model_version)
-            lines.append(f"  {t.model_id} {t.model_version}")
+            lines.append(f"  {t.model_id} {t.model_version}{_software(r, *model)}")
         name = labels.category(t.tier or NOT_SCORED)
         lines.append(f"    {name:<28} {t.cards:>7}  {_pct(t.cards, r.cards):>6}")
     lines += ["", "Feedback (for the cards shown in the period)"]
@@ -348,6 +392,14 @@ def render_text(report: Report) -> str:
             row += "".join(f"{w.outcomes.get(o, 0):>13}" for o in OUTCOMES)
             lines.append(row)
     return "\n".join(lines)
+
+
+def _software(report: Report, model_id: str, model_version: str) -> str:
+    """``  (hfs-cds 0.1.0: 5, unknown: 2)``: which releases wrote the model version's cards."""
+    counts = report.software_of(model_id, model_version)
+    if not counts:
+        return ""
+    return "  (hfs-cds " + ", ".join(f"{s.software_version}: {s.cards}" for s in counts) + ")"
 
 
 def render_json(report: Report) -> str:

@@ -106,6 +106,9 @@ audit_record = Table(
     Column("suggestion_ids", json_type(), nullable=False),
     # Hash of what the card was derived from (store/inputs_key.py); NULL on rows from schema 1.
     Column("inputs_key", String(64)),
+    # ``cds_service.__version__`` of the service that wrote the card; NULL on rows from before
+    # schema 4 (reported as "unknown").
+    Column("software_version", String(32)),
     Index("ix_audit_record_recorded_at", "recorded_at"),
     Index("ix_audit_record_patient_id", "patient_id"),
 )
