@@ -46,10 +46,12 @@ class MiniFhir:
     """In-memory FHIR R4: identifier search, PUT, conditional PUT, POST with If-None-Exist, batch.
 
     ``refuse`` holds what it turns down: ``transaction``, ``batch``, ``conditional-update``,
-    ``identifier-search``.
+    ``identifier-search``. ``answers`` holds, by Bundle type, the status and body (None: empty)
+    it answers instead of processing a Bundle of that type (a refusal of some other kind).
     """
 
     refuse: set[str] = field(default_factory=set)
+    answers: dict[str, tuple[int, Resource | None]] = field(default_factory=dict)
     base: str = ""
     store: dict[tuple[str, str], Resource] = field(default_factory=dict)
     writes: list[str] = field(default_factory=list)
@@ -94,6 +96,8 @@ class MiniFhir:
         self.writes.append(f"{method} {'/'.join(parts[:1]) or '(base)'}")
         if method == "POST" and not parts:
             kind = body.get("type")
+            if kind in self.answers:
+                return self.answers[kind]
             if kind in self.refuse:
                 return 405 if kind == "transaction" else 400, _outcome(f"{kind} not supported")
             if kind != "batch":
@@ -129,10 +133,10 @@ class MiniFhir:
         return 400, _outcome(f"unsupported {method} {path}")
 
 
-def _outcome(text: str) -> Resource:
+def _outcome(text: str, code: str = "not-supported") -> Resource:
     return {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": "not-supported", "diagnostics": text}],
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
     }
 
 
@@ -167,7 +171,7 @@ def serving(answer: Answer) -> Iterator[str]:
 
 
 def _send(handler: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str]) -> None:
-    raw = json.dumps(body).encode()
+    raw = b"" if body is None else json.dumps(body).encode()
     handler.send_response(status)
     handler.send_header("Content-Type", "application/fhir+json")
     handler.send_header("Content-Length", str(len(raw)))
@@ -191,9 +195,14 @@ def mini_fhir() -> Iterator[MiniFhir]:
                 handler.command, url.path, url.query, handler.headers, body
             )
         headers = {}
-        if status in (200, 201) and result.get("resourceType") not in (
-            "Bundle",
-            "CapabilityStatement",
+        if (
+            status in (200, 201)
+            and result
+            and result.get("resourceType")
+            not in (
+                "Bundle",
+                "CapabilityStatement",
+            )
         ):
             headers["Location"] = f"{state.base}/{result['resourceType']}/{result['id']}/_history/1"
         _send(handler, status, result, headers)
@@ -284,6 +293,74 @@ def test_without_identifier_search_conditional_updates_still_avoid_duplicates(
     second = load_bundle(endpoint, bundle)  # nothing recognised as unchanged: all rewritten
     assert second.totals() == (0, len(bundle["entry"]), 0)
     assert len(mini_fhir.store) == len(bundle["entry"])
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (501, None),  # Not Implemented, no body
+        (400, _outcome("Transaction bundles are not supported by this server")),
+        (404, _outcome("no transaction endpoint")),  # any status, as long as it says so
+    ],
+)
+def test_any_way_of_saying_transactions_are_not_supported_falls_back(
+    mini_fhir: MiniFhir, status: int, body: Resource | None
+) -> None:
+    mini_fhir.answers = {"transaction": (status, body)}
+    bundle = synthetic_bundle(2)
+    report = load_bundle(FhirEndpoint(mini_fhir.base), bundle)
+    assert report.ok, report.render()
+    assert report.path == "batch"
+    assert report.totals() == (len(bundle["entry"]), 0, 0)
+    assert any(
+        n.startswith(f"the server refused the transaction (HTTP {status}") for n in report.notes
+    )
+
+
+#: A server that validates the content: what HAPI and sekmet say about a bad resource.
+_INVALID = "Observation.status: minimum required = 1, but only found 0"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, _outcome(_INVALID, "invalid")),
+        (422, _outcome(_INVALID, "required")),
+        (400, _outcome(_INVALID, "processing")),
+        (409, _outcome(_INVALID, "conflict")),
+        (400, None),  # refused without saying why: still not "unsupported"
+        (500, _outcome(_INVALID, "exception")),
+    ],
+)
+def test_a_transaction_refused_for_its_data_stops_the_load_and_writes_nothing(
+    mini_fhir: MiniFhir,
+    status: int,
+    body: Resource | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The defect of issue 16: batches and single writes after an "invalid" left half a patient."""
+    mini_fhir.answers = {"transaction": (status, body)}
+    code = run_cli("load", "--fhir", mini_fhir.base, "--patients", "2")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    (failure,) = [line for line in out.splitlines() if line.startswith("FAILED")]
+    shown = _INVALID if body else "no details"
+    assert failure.startswith(f"FAILED: the server refused the data (HTTP {status}: {shown})")
+    assert "nothing was written and nothing else was tried" in failure
+    assert mini_fhir.writes == ["POST (base)"]  # the one transaction, no batch, no single write
+    assert mini_fhir.store == {}
+
+
+def test_a_batch_refused_for_its_data_stops_before_single_writes(
+    mini_fhir: MiniFhir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mini_fhir.answers = {"batch": (422, _outcome(_INVALID, "invalid"))}
+    code = run_cli("load", "--fhir", mini_fhir.base, "--patients", "2", "--mode", "batch")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert f"FAILED: the server refused the data of a batch (HTTP 422: {_INVALID})" in out
+    assert mini_fhir.writes == ["POST (base)"]  # the first level's batch, then nothing
+    assert mini_fhir.store == {}
 
 
 def test_transaction_mode_reports_a_refusal_and_writes_nothing(

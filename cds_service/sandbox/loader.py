@@ -7,11 +7,15 @@
    are rewritten to its server id), so loading twice costs one search per type and writes nothing.
 2. **Transaction.** The rest goes in one transaction; the server resolves the conditional updates
    and rewrites the ``urn:uuid`` references (sekmet-fhir and HAPI both do).
-3. **Fallbacks.** A server that refuses transactions gets the entries in dependency order (those
-   referenced first), as one batch per level, with ``urn:uuid`` references rewritten by the loader
-   to the ids the server assigned; a server that refuses batches or conditional updates gets one
-   request per resource: ``PUT Type/id`` for a known resource, else a conditional update, else a
-   conditional create (``POST`` with ``If-None-Exist``).
+3. **Fallbacks.** A server that does not support transactions (405, 501, or an OperationOutcome
+   whose issue code is ``not-supported``) gets the entries in dependency order (those referenced
+   first), as one batch per level, with ``urn:uuid`` references rewritten by the loader to the ids
+   the server assigned; a server that does not support batches either, or refuses conditional
+   updates, gets one request per resource: ``PUT Type/id`` for a known resource, else a
+   conditional update, else a conditional create (``POST`` with ``If-None-Exist``). A server that
+   *refused the data* (any other error, e.g. 400 or 422 about the content) gets no fallback: the
+   load stops with the server's diagnostics, since retrying piece by piece would load part of a
+   patient the server found wrong (a transaction refused writes nothing).
 
 The report counts created, updated and unchanged resources and says which path was taken.
 """
@@ -42,8 +46,26 @@ Outcome = Literal["created", "updated", "unchanged", "failed"]
 
 #: Identifiers per search when looking resources up (keeps URLs well under 2 kB on any server).
 LOOKUP_CHUNK = 20
-#: Statuses meaning "this server does not do that here" (as opposed to "your data is wrong").
+#: Statuses meaning "this server does not do that here" (as opposed to "your data is wrong"), for
+#: a conditional update that is retried as a conditional create of the same resource.
 _NOT_SUPPORTED = frozenset({400, 404, 405, 422, 501})
+#: Statuses that say a server does not take a kind of Bundle at all, whatever it holds (Method Not
+#: Allowed, Not Implemented). Other refusals count as "unsupported" only with a ``not-supported``
+#: OperationOutcome: a 400 or 422 about the content is the data refused, never a reason to retry it
+#: in pieces.
+_BUNDLE_NOT_SUPPORTED = frozenset({405, 501})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a server did not take a Bundle; ``unsupported``: it does not do that kind of Bundle
+    (fall back), else it refused what the Bundle holds (stop)."""
+
+    reason: str
+    unsupported: bool
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass
@@ -168,6 +190,13 @@ def load_bundle(
                 if refused is None:
                     report.path = "transaction"
                     advance(len(pending))
+                elif not refused.unsupported:
+                    report.path = "transaction (refused)"
+                    report.failures.append(
+                        f"the server refused the data ({refused}); nothing was written and "
+                        "nothing else was tried (loading it in pieces would leave part of it on "
+                        "the server): correct what the server names and load again"
+                    )
                 elif mode == "transaction":
                     report.path = "transaction (refused)"
                     report.failures.append(
@@ -176,7 +205,8 @@ def load_bundle(
                     )
                 else:
                     report.notes.append(f"the server refused the transaction ({refused})")
-            if mode in ("batch", "per-resource") or (mode == "auto" and refused is not None):
+            fallback = refused is not None and refused.unsupported
+            if mode in ("batch", "per-resource") or (mode == "auto" and fallback):
                 use_batch = mode != "per-resource"
                 _staged(endpoint, pending, resolved, report, advance, use_batch=use_batch)
     except KeyboardInterrupt as stop:
@@ -351,10 +381,10 @@ def _normalised(resource: Mapping[str, Any], drop: Iterable[str], resolve: Any) 
 
 def _transaction(
     endpoint: FhirEndpoint, pending: list[_Item], resolved: dict[str, str]
-) -> str | None:
+) -> Refusal | None:
     """None when the server took the transaction, else why it did not."""
     entries = _post_bundle(endpoint, "transaction", pending, resolved)
-    if isinstance(entries, str):
+    if isinstance(entries, Refusal):
         return entries
     for item, entry in zip(pending, entries, strict=True):
         response = _response(entry)
@@ -381,7 +411,7 @@ def _staged(
     batch_ok = use_batch
     paths: set[str] = set()
     retried_singly = 0
-    for level in levels:
+    for depth, level in enumerate(levels):
         ready: list[_Item] = []
         for item in level:
             if any(r not in resolved for r in _bundle_refs(item)):
@@ -395,7 +425,18 @@ def _staged(
         singles = ready
         if batch_ok:
             done, refused = _batch(endpoint, ready, resolved, report)
-            if refused:
+            if refused is not None and not refused.unsupported:
+                for item in ready:
+                    item.outcome = "failed"
+                report.failures.append(
+                    f"the server refused the data of a batch ({refused}); the load stopped "
+                    "there (earlier batches stay on the server): correct what the server names "
+                    "and load again, which skips what is already there"
+                )
+                _abandon(levels[depth + 1 :], advance)
+                advance(len(ready))
+                break
+            if refused is not None:
                 batch_ok = False
             else:
                 paths.add("batch")
@@ -452,16 +493,25 @@ def _bundle_refs(item: _Item) -> list[str]:
     ]
 
 
+def _abandon(levels: list[list[_Item]], advance: Callable[[int], None]) -> None:
+    """Mark the items of levels not sent (the load stopped before them) as failed."""
+    for level in levels:
+        for item in level:
+            item.outcome = "failed"
+        advance(len(level))
+
+
 def _batch(
     endpoint: FhirEndpoint, ready: list[_Item], resolved: dict[str, str], report: LoadReport
-) -> tuple[list[_Item], bool]:
-    """Send one batch; returns the items it stored and whether the server refused batches."""
+) -> tuple[list[_Item], Refusal | None]:
+    """Send one batch; returns the items it stored and, if it refused the batch, why."""
     entries = _post_bundle(endpoint, "batch", ready, resolved)
-    if isinstance(entries, str):
-        report.notes.append(
-            f"the server refused a batch ({entries}); sending one request per resource"
-        )
-        return [], True
+    if isinstance(entries, Refusal):
+        if entries.unsupported:
+            report.notes.append(
+                f"the server refused a batch ({entries}); sending one request per resource"
+            )
+        return [], entries
     done: list[_Item] = []
     for item, entry in zip(ready, entries, strict=True):
         response = _response(entry)
@@ -476,7 +526,7 @@ def _batch(
             done.append(item)
         else:
             item.error = f"batch entry answered {status}: {outcome_text(response.get('outcome'))}"
-    return done, False
+    return done, None
 
 
 def _write_one(
@@ -542,12 +592,15 @@ def _entry(item: _Item, resolved: Mapping[str, str]) -> Resource:
 
 def _post_bundle(
     endpoint: FhirEndpoint, kind: str, items: list[_Item], resolved: Mapping[str, str]
-) -> list[Any] | str:
+) -> list[Any] | Refusal:
     """The response entries, one per item; else why the server did not take the Bundle."""
     bundle = {"resourceType": "Bundle", "type": kind, "entry": [_entry(i, resolved) for i in items]}
     answer = endpoint.request("POST", "", body=bundle, headers={"Prefer": "return=minimal"})
     if not answer.ok:
-        return f"HTTP {answer.status}: {answer.diagnostics()}"
+        unsupported = answer.status in _BUNDLE_NOT_SUPPORTED or "not-supported" in _issue_codes(
+            answer.body
+        )
+        return Refusal(f"HTTP {answer.status}: {answer.diagnostics()}", unsupported)
     entries = answer.body.get("entry") if answer.body else None
     if (
         answer.body is None
@@ -555,8 +608,21 @@ def _post_bundle(
         or not isinstance(entries, list)
         or len(entries) != len(items)
     ):
-        return f"the answer was not a {kind}-response with one entry per request"
+        # A 2xx that is not the Bundle asked for: the server does not do this kind of Bundle
+        # (it said nothing against the data), so the fallbacks may try.
+        return Refusal(f"the answer was not a {kind}-response with one entry per request", True)
     return entries
+
+
+def _issue_codes(body: Mapping[str, Any] | None) -> set[str]:
+    """The issue codes of an OperationOutcome (``not-supported``, ``invalid``...); none else."""
+    if not body or body.get("resourceType") != "OperationOutcome":
+        return set()
+    return {
+        str(issue.get("code"))
+        for issue in body.get("issue") or []
+        if isinstance(issue, dict) and issue.get("code")
+    }
 
 
 def _response(entry: Any) -> dict[str, Any]:
