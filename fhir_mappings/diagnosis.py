@@ -19,7 +19,7 @@ def diagnosis(
     """The most recently recorded hemifacial spasm Condition that is not refuted or in error."""
     found = []
     for record in conditions:
-        code = value_sets.hemifacial_spasm_condition.match(record.resource.get("code"))
+        code = value_sets.hemifacial_spasm_condition.first(record.codes)
         if code is not None and voided(record.resource) is None:
             found.append((time_key(condition_recorded(record.resource, reference)), record, code))
     if not found:

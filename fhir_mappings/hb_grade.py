@@ -46,7 +46,7 @@ def hb_grade(
     preliminary: list[_Grade] = []
     notes: list[str] = []
     for record in observations:
-        if value_sets.hb_grade_observation.match(record.resource.get("code")) is None:
+        if value_sets.hb_grade_observation.first(record.codes) is None:
             continue
         status = record.status
         if status not in FINAL_STATUSES and status not in PRELIMINARY_STATUSES:

@@ -54,7 +54,7 @@ def _from_observation(
     notes: list[str] = []
     usable: list[Record] = []
     for record in observations:
-        if value_sets.operation_duration_observation.match(record.resource.get("code")) is None:
+        if value_sets.operation_duration_observation.first(record.codes) is None:
             continue
         if not _part_of(record, index.record):
             notes.append(f"{record.label}: operation duration not partOf {index.record.label}")

@@ -11,7 +11,7 @@ from .hb_grade import hb_grade
 from .json_access import coding_pairs
 from .operation_time import operation_time
 from .procedure import review_procedures
-from .records import Record, latest_versions, make_record
+from .records import Record, latest_versions, make_record, resource_type
 from .recurrence import recurrences
 from .references import referenced
 from .resource_dates import dated_after
@@ -157,14 +157,14 @@ def _patient_records(
     for resource in dicts:
         # Skip early and silently what no rule reads (a chart's labs, other procedures): in a
         # busy record that is most resources, and the request path should not pay for them.
-        if resource.get("resourceType") in CLINICAL_TYPES and relevant.isdisjoint(
-            coding_pairs(resource.get("code"))
-        ):
+        if resource.get("resourceType") not in CLINICAL_TYPES:
+            untyped += resource_type(resource) is None
             continue
-        record = make_record(resource)
-        if record is None:
-            untyped += 1
-        elif record.type in CLINICAL_TYPES:
+        codes = tuple(coding_pairs(resource.get("code")))
+        if relevant.isdisjoint(codes):
+            continue
+        record = make_record(resource, codes)
+        if record is not None:  # always, for these types; the check keeps the type narrow
             records.append(record)
     if untyped:
         notes.append(f"{untyped} JSON object(s) set aside: no valid resourceType")

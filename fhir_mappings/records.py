@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .fhir_time import parse_fhir_time
-from .json_access import get_dict, get_str
+from .json_access import coding_pairs, get_dict, get_str
 from .references import FHIR_ID
 from .types import Provenance, Resource
 
@@ -33,6 +33,9 @@ class Record:
     id: str | None
     version: str | None
     order: str  # deterministic tie-break: the id, else the canonical JSON of the resource
+    #: ``(system, code)`` of each well-formed coding of ``code``, read once: every rule that picks
+    #: records by code tests them, and this is the mapping's innermost loop.
+    codes: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -55,16 +58,29 @@ class Record:
         return Provenance(self.type, self.id, self.version, recorded)
 
 
-def make_record(resource: Resource) -> Record | None:
-    """A Record, or None when the resource has no usable resourceType."""
-    rtype = get_str(resource, "resourceType")
-    if rtype is None or not rtype.isalnum():
+def make_record(
+    resource: Resource, codes: tuple[tuple[str, str], ...] | None = None
+) -> Record | None:
+    """A Record, or None when the resource has no usable resourceType.
+
+    ``codes``, when the caller has read them already, are the coding pairs of ``code``.
+    """
+    rtype = resource_type(resource)
+    if rtype is None:
         return None
     rid = _valid_id(resource.get("id"))
     meta = get_dict(resource, "meta")
     version = _valid_id(meta.get("versionId")) if meta is not None else None
     order = rid if rid is not None else "~" + canonical_json(resource)  # "~" sorts after ids
-    return Record(resource, rtype, rid, version, order)
+    if codes is None:
+        codes = tuple(coding_pairs(resource.get("code")))
+    return Record(resource, rtype, rid, version, order, codes)
+
+
+def resource_type(resource: Resource) -> str | None:
+    """The resourceType, or None when it is missing or not a plain name."""
+    rtype = get_str(resource, "resourceType")
+    return rtype if rtype is not None and rtype.isalnum() else None
 
 
 def canonical_json(resource: Resource) -> str:

@@ -41,7 +41,7 @@ def recurrences(
 def _observation(
     record: Record, index: IndexAblation, value_sets: ValueSets
 ) -> Problem | str | None:
-    code = value_sets.recurrence_finding.match(record.resource.get("code"))
+    code = value_sets.recurrence_finding.first(record.codes)
     if code is None:
         return None
     if record.status not in FINAL_STATUSES:
@@ -54,9 +54,9 @@ def _observation(
 
 def _condition(record: Record, index: IndexAblation, value_sets: ValueSets) -> Problem | str | None:
     resource = record.resource
-    code = value_sets.recurrence_finding.match(resource.get("code"))
+    code = value_sets.recurrence_finding.first(record.codes)
     if code is None:  # else: hemifacial spasm whose clinical status says it came back
-        code = value_sets.hemifacial_spasm_condition.match(resource.get("code"))
+        code = value_sets.hemifacial_spasm_condition.first(record.codes)
         clinical = status_codes(resource, "clinicalStatus", CLINICAL_SYSTEM)
         if code is None or not clinical & RECURRENT_CLINICAL_STATUSES:
             return None

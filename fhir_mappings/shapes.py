@@ -30,7 +30,6 @@ from pydantic import BaseModel, ValidationError
 
 from .condition_status import CLINICAL_SYSTEM, VERIFICATION_SYSTEM, status_codes
 from .fhir_time import parse_fhir_time
-from .json_access import coding_pairs
 from .records import Record
 from .recurrence import RECURRENT_CLINICAL_STATUSES
 from .resource_dates import condition_onset, observation_time, procedure_end
@@ -110,7 +109,7 @@ class _Finding:
 def kind_of(record: Record, value_sets: ValueSets) -> Kind | None:
     """What the rules read this record as, or None when no rule reads it."""
     # One pass over the codings (this runs on every record the rules read, on every request).
-    pairs = tuple(coding_pairs(record.resource.get("code")))
+    pairs = record.codes
     if record.type == "Procedure":
         if value_sets.ablation_procedure.has_any(pairs):
             return Kind.ABLATION

@@ -67,6 +67,15 @@ class CodeSet:
                 return code
         return None
 
+    def first(self, pairs: Iterable[tuple[str, str]]) -> Code | None:
+        """:meth:`match` on coding pairs read already (a Record's ``codes``)."""
+        by_key = self._by_key
+        for key in pairs:
+            code = by_key.get(key)
+            if code is not None:
+                return code
+        return None
+
     def describe(self) -> str:
         """``system|code`` of every member, for actions that tell people what to record."""
         return ", ".join(f"{c.system}|{c.code}" for c in self.codes)
