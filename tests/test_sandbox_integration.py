@@ -8,10 +8,6 @@ The smoke table of the main run is saved to ``test-artifacts/smoke-table.txt``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +27,8 @@ from cds_service.sandbox.scenarios import (
     synthetic_patients,
 )
 from tests.cli_runner import run_cli
-from tests.fhir_server import FhirServerProcess, free_port, running_sekmet
+from tests.fhir_server import FhirServerProcess, running_sekmet
+from tests.service_process import running_service
 
 pytestmark = pytest.mark.integration
 
@@ -40,59 +37,6 @@ SMOKE_TABLE = REPO / "test-artifacts" / "smoke-table.txt"
 #: A seed no other test loads, so the smoke test sees exactly these patients.
 SEED = 4242
 HOOKS = ("patient-view", "order-sign", "encounter-discharge", "procedure-note-sign")
-START_TIMEOUT_SECONDS = 30.0
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {START_TIMEOUT_SECONDS:g} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@contextmanager
-def running_service(workdir: Path, **settings: str) -> Iterator[str]:
-    """``hfs-cds serve`` (development mode) with these CDS_* settings; yields the discovery URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env.update(
-        CDS_DEV_MODE="1",
-        CDS_PUBLIC_BASE_URL=base,
-        CDS_INSTANCE_PATH=str(workdir / f"instance-{port}"),  # its audit database, not the repo's
-        **settings,
-    )
-    log = workdir / f"service-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for(f"{base}/healthz", process, log)
-        yield f"{base}/cds-services"
-    finally:
-        _stop(process)
 
 
 @contextmanager

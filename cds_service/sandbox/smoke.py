@@ -34,6 +34,7 @@ from cds_service.hooks.cards import EXTENSION_KEY
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.services import NOTE_SIGN_HOOK
 from cds_service.recalibration.simulate import FOLLOW_UP_CODING
+from cds_service.sandbox.fetch_hint import Reason, fetch_hint, refusal_reason
 from cds_service.sandbox.fhir_http import FhirEndpoint, Interrupted, SandboxError
 from cds_service.sandbox.scenarios import (
     EXPECTED_TAG_SYSTEM,
@@ -367,6 +368,8 @@ class Row:
     risks: str = ""
     verdicts: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: Why the service refused the fetch-mode call, when a setting of the service was the reason.
+    fetch_refusal: Reason | None = None
 
 
 @dataclass
@@ -437,7 +440,17 @@ class SmokeResult:
             f"Result: {sum(counts.values())} calls, {counts['OK']} OK, "
             f"{counts['MISMATCH']} MISMATCH, {counts['ERROR']} ERROR",
         ]
+        hint = self.hint()
+        if hint:
+            lines.append(hint)
         return "\n".join(lines)
+
+    def hint(self) -> str | None:
+        """One line on what to set, when every fetch-mode call failed for one setting of the
+        service (:mod:`~cds_service.sandbox.fetch_hint`)."""
+        if "fetch" not in self.modes or not self.rows:
+            return None
+        return fetch_hint((row.fetch_refusal for row in self.rows), self.fhir_base)
 
 
 def _short_hook(hook: str) -> str:
@@ -565,6 +578,8 @@ def _smoke_patient(
                 row.verdicts[mode] = "ERROR"
                 row.problems.append(f"{mode}: {exc}")
                 continue
+            if mode == "fetch" and status != 200:
+                row.fetch_refusal = refusal_reason(status, answer)
             differences = compare(expected, status, answer, relevant)
             if status != 200:
                 row.verdicts[mode] = "ERROR"
