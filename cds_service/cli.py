@@ -17,8 +17,10 @@ import click
 from cds_service.assessment import Assessment, Status
 from cds_service.cli_support import INPUT_FILE, Choice, CliError, IsoMoment, assessor, read_json
 from cds_service.config import ConfigError, load_settings
+from cds_service.examples.command import examples
 from cds_service.model import ModelCardError
 from cds_service.presentation import present
+from cds_service.preview.command import preview
 from cds_service.recalibration.commands import COMMANDS as RECALIBRATION_COMMANDS
 from cds_service.recalibration.errors import RecalibrationError
 from cds_service.sandbox.bundles import stored_resources
@@ -40,7 +42,7 @@ _ERRORS = (
     SandboxError,
 )
 #: Commands whose error lines name them (``hfs-cds load: …``), as they always have.
-_NAMED = {command.name for command in SANDBOX_COMMANDS}
+_NAMED = {command.name for command in (*SANDBOX_COMMANDS, examples, preview)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +190,7 @@ def _patient(path: Path, resources: list[Resource], given: str | None) -> str | 
     return given
 
 
-for _command in (*RECALIBRATION_COMMANDS, *STORE_COMMANDS, *SANDBOX_COMMANDS):
+for _command in (*RECALIBRATION_COMMANDS, *STORE_COMMANDS, *SANDBOX_COMMANDS, examples, preview):
     hfs_cds.add_command(_command)
 
 
