@@ -11,7 +11,7 @@ SEKMET_VERSION ?= 0.1.1
 # The OAuth server for the SMART tests (oauth2-mock-server, pinned by the lock file).
 SMART_NODE := tests/smart/node_modules/.package-lock.json
 
-.PHONY: run test test-unit lint typecheck bench bench-smoke docker-lint system-packages clean
+.PHONY: run sandbox test test-unit lint typecheck bench bench-smoke docker-lint system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ system-packages:
 run: $(VENV)/.installed-run
 	CDS_DEV_MODE=$${CDS_DEV_MODE:-1} CDS_PUBLIC_BASE_URL=$${CDS_PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} \
 		$(BIN)/hfs-cds serve --host $(HOST) --port $(PORT)
+
+# A FHIR server (sekmet-fhir, FHIR_PORT=8090) with the synthetic patients, the service on PORT fetching
+# from it, a smoke run that must be green; both run on until Ctrl-C (SANDBOX_EXIT=1: stop after smoke).
+sandbox: $(VENV)/.installed-run $(FHIR_VENV)/.installed
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python scripts/sandbox.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

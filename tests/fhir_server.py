@@ -71,16 +71,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_sekmet(data_dir: Path, extra_settings: str = "") -> Iterator[FhirServerProcess]:
-    """Start sekmet-fhir on a free port with ``data_dir`` as its store; stop it afterwards.
+def running_sekmet(
+    data_dir: Path, extra_settings: str = "", port: int | None = None
+) -> Iterator[FhirServerProcess]:
+    """Start sekmet-fhir on loopback with ``data_dir`` as its store; stop it afterwards.
 
     ``extra_settings`` is appended to its settings.yaml (e.g. ``server_auth`` for a static token).
+    ``port``: a free one unless given (``make sandbox`` gives ``FHIR_PORT``).
     """
     if not SEKMET.exists():
         raise RuntimeError(
             f"sekmet-fhir is not installed at {SEKMET}; run `make test` (it installs .venv-fhir)"
         )
-    port = free_port()
+    port = free_port() if port is None else port
     base = f"http://127.0.0.1:{port}/fhir"
     settings = data_dir / "settings.yaml"
     settings.write_text(
