@@ -33,11 +33,13 @@ $(FHIR_VENV)/.installed:
 $(SMART_NODE): tests/smart/package.json tests/smart/package-lock.json
 	cd tests/smart && npm ci --no-audit --no-fund --loglevel=error
 
-# Debian packages the tests use: PostgreSQL (store), Chromium (SMART app), wrk (benchmark).
+# Debian packages the tests use: PostgreSQL (store), Chromium (SMART app), wrk (benchmark),
+# nginx (the load balancer of the topology).
 system-packages:
 	bash scripts/ci-postgres.sh
 	bash scripts/ci-chromium.sh
 	bash scripts/ci-wrk.sh
+	bash scripts/ci-nginx.sh
 
 run: $(VENV)/.installed-run
 	CDS_DEV_MODE=$${CDS_DEV_MODE:-1} CDS_PUBLIC_BASE_URL=$${CDS_PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} \
@@ -75,6 +77,12 @@ bench: $(VENV)/.installed-test $(FHIR_VENV)/.installed system-packages
 # A few seconds per scenario, so the benchmark cannot rot; results in test-artifacts/bench/.
 bench-smoke: $(VENV)/.installed-test $(FHIR_VENV)/.installed
 	$(BIN)/python bench/run_bench.py --quick --out test-artifacts/bench
+
+# The production topology on this machine, without Docker: PostgreSQL, two replicas (the image's
+# gunicorn command) and nginx in front (docker/nginx/). Ports: TOPOLOGY_PORT (8080),
+# TOPOLOGY_REPLICA_PORTS (8081,8082), TOPOLOGY_POSTGRES_PORT (5433). Ctrl-C stops it all.
+topology: $(VENV)/.installed-test system-packages
+	$(BIN)/python scripts/topology.py
 
 docker-lint: $(VENV)/.installed-test
 	$(BIN)/hadolint docker/Dockerfile

@@ -104,8 +104,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[PostgresServer]:
-    """initdb + pg_ctl start in a temporary directory; stopped and removed on exit."""
+def throwaway_cluster(port: int | None = None) -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a temporary directory; stopped and removed on exit. It listens on
+    loopback, on ``port`` when given (``make topology``), else on a free port."""
     bindir = _initdb().parent
     as_root = os.geteuid() == 0
     prefix: list[str] = []
@@ -139,7 +140,7 @@ def throwaway_cluster() -> Iterator[PostgresServer]:
             ],
             "initdb",
         )
-        port = _free_port()
+        port = port or _free_port()
         options = (
             f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c full_page_writes=off -c max_connections=100"
