@@ -230,6 +230,23 @@ def test_a_refused_request_is_one_line_with_the_services_reason(
     assert "not on this service's FHIR allowlist" in err and err.count("\n") == 1
 
 
+def test_in_process_the_service_may_fetch_from_a_loopback_fhir_server(
+    cli: Cli, examples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As under make run: an http FHIR server on loopback may be allowlisted (make sandbox's).
+    Nothing listens on the port here, so the fetch itself fails: a 412 naming the server."""
+    fhir = f"http://127.0.0.1:{free_port()}/fhir"
+    monkeypatch.setenv("CDS_FHIR_ALLOWLIST", fhir)
+    monkeypatch.setenv("CDS_FHIR_FETCH_WITHOUT_TOKEN", "1")
+    request = json.loads((examples_dir / "fetch-patient-view.json").read_text())
+    request["fhirServer"] = fhir
+    del request["fhirAuthorization"]
+    (examples_dir / "fetch.json").write_text(json.dumps(request))
+    code, out, err = cli("preview", str(examples_dir / "fetch.json"))
+    assert code == 2 and out == ""
+    assert "answered HTTP 412" in err and "allowlist" not in err and "must be https" not in err
+
+
 def test_no_card_is_one_line_saying_why_there_may_be_none(cli: Cli, examples_dir: Path) -> None:
     late = (DAY + timedelta(days=30)).isoformat()
     code, out, err = cli("preview", str(examples_dir / "encounter-discharge.json"), "--at", late)

@@ -65,7 +65,9 @@ def send_in_process(request: Mapping[str, Any], at: datetime | None = None) -> A
             "INSTANCE_PATH": folder,
             "DATABASE_URL": "",
         }
-        if not load_settings().public_base_url:
+        # Read with development mode on, as the app will be: an http FHIR server on loopback
+        # in CDS_FHIR_ALLOWLIST (make sandbox's) is then allowed here too.
+        if not load_settings(overrides=overrides).public_base_url:
             overrides["PUBLIC_BASE_URL"] = LOCAL_BASE_URL
         if at is not None:
             overrides["CLOCK"] = lambda: at
