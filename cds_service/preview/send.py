@@ -54,14 +54,15 @@ def hook_of(request: Mapping[str, Any]) -> str:
 def send_in_process(request: Mapping[str, Any], at: datetime | None = None) -> Answer:
     """The service's answer from an app built here (``at`` pins the service's clock)."""
     from cds_service.app import create_app
+    from cds_service.hooks.views import EXTENSION
 
     hook = hook_of(request)
     with tempfile.TemporaryDirectory(prefix="hfs-cds-preview-") as folder, _quiet():
         overrides: dict[str, Any] = {
             "DEV_MODE": True,
             "AUTH_REQUIRED": False,  # nothing listens: the request comes from this process
-            # The embedded database and shared state, created in the temporary folder (an empty
-            # value is the default: it also sets aside a CDS_DATABASE_URL from the environment).
+            # The embedded database, created in the temporary folder (an empty value is the
+            # default: it also sets aside a CDS_DATABASE_URL from the environment).
             "INSTANCE_PATH": folder,
             "DATABASE_URL": "",
         }
@@ -73,7 +74,7 @@ def send_in_process(request: Mapping[str, Any], at: datetime | None = None) -> A
             overrides["CLOCK"] = lambda: at
         app = create_app(overrides)
         try:
-            services = app.extensions["hfs_cds_hooks"].services
+            services = app.extensions[EXTENSION].services
             service = _service_for(hook, {s.id: s.hook for s in services.values()}, "in process")
             response = app.test_client().post(
                 f"/cds-services/{quote(service, safe='')}", json=request
