@@ -172,7 +172,7 @@ def test_upgrading_from_version_1_keeps_the_audit_trail(database_url: str) -> No
         upgrade(engine, target=1)
         with engine.begin() as conn:
             row = synthetic_record("old-card", T0).to_row()
-            del row["inputs_key"]
+            del row["inputs_key"], row["software_version"]  # columns of schemas 2 and 4
             conn.execute(audit_record.insert().values(**row))
         upgrade(engine)
     finally:
@@ -193,6 +193,7 @@ def test_upgrading_from_version_2_copies_the_key_onto_stored_feedback(database_u
         upgrade(engine, target=2)
         with engine.begin() as conn:
             row = dataclasses.replace(synthetic_record("card-1", T0), inputs_key="k1").to_row()
+            del row["software_version"]  # a column of schema 4
             conn.execute(audit_record.insert().values(**row))
             conn.execute(
                 text(
