@@ -15,7 +15,7 @@ from tests import fhir_builders as fb
 from tests.cds_invariants import assert_valid_cds_response
 
 Cli = Callable[..., tuple[int, str, str]]
-EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLES = Path(__file__).parent / "data"  # hand-written, pinned at 2026-11-25
 
 
 def _write(tmp_path: Path, data: object) -> str:

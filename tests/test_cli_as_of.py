@@ -11,7 +11,7 @@ import pytest
 from tests.cli_runner import run_cli
 
 #: Its ablation ends 2026-11-10T10:42+08:00; the HB II grade is effective 2026-11-11T09:00+08:00.
-EXAMPLE = str(Path(__file__).parents[1] / "examples" / "bundle-42min-hb2.json")
+EXAMPLE = str(Path(__file__).parent / "data" / "bundle-42min-hb2.json")
 
 
 def _score_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:

@@ -20,7 +20,7 @@ from cds_service.cli import hfs_cds, main
 from cds_service.sandbox.fhir_http import Interrupted
 
 Cli = Callable[..., tuple[int, str, str]]
-EXAMPLE = str(Path(__file__).parents[1] / "examples" / "bundle-42min-hb2.json")
+EXAMPLE = str(Path(__file__).parent / "data" / "bundle-42min-hb2.json")
 
 
 def _commands(

@@ -38,7 +38,7 @@ def test_a_patient_the_file_does_not_hold_is_an_error(cli: Cli, tmp_path: Path) 
     code, out, err = cli("score", path, "--patient", "p9")
     assert (code, out) == (2, "")
     assert err == f"hfs-cds: {path} holds no patient 'p9' (it holds p1, p2)\n"
-    example = str(Path(__file__).parents[1] / "examples" / "bundle-42min-hb2.json")
+    example = str(Path(__file__).parent / "data" / "bundle-42min-hb2.json")
     code, _, err = cli("score", example, "--patient", "p9")
     assert code == 2 and "holds no patient 'p9' (it holds p1)" in err
 

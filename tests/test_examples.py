@@ -34,8 +34,6 @@ from tests.cds_invariants import assert_valid_cds_response
 
 Cli = Callable[..., tuple[int, str, str]]
 COMMITTED = Path(__file__).resolve().parents[1] / "examples"
-#: The hand-written examples that older tests pin (score at 2026-11-25); not the command's.
-HAND_WRITTEN = {"bundle-42min-hb2.json", "patient-view-42min-hb2.json"}
 DAY = date(2026, 12, 5)
 
 
@@ -67,11 +65,7 @@ def test_the_committed_examples_are_the_commands_output_for_their_day(
     match = re.search(r"hfs-cds examples --today (\d{4}-\d{2}-\d{2}) --out DIR", index)
     assert match, "examples/README.txt does not say which day it was written for"
     expected = written(cli, tmp_path, date.fromisoformat(match.group(1)))
-    committed = {
-        p.name: p.read_text(encoding="utf-8")
-        for p in sorted(COMMITTED.iterdir())
-        if p.name not in HAND_WRITTEN
-    }
+    committed = {p.name: p.read_text(encoding="utf-8") for p in sorted(COMMITTED.iterdir())}
     assert committed == expected
 
 
