@@ -1,6 +1,7 @@
 """What CI can check of the container without a Docker engine: the Dockerfile lints clean with
 hadolint and has the properties the deployment relies on; the compose file parses and wires the
-service, HAPI FHIR and the loader job; the build context holds what the Dockerfile copies."""
+topology (nginx, two replicas, PostgreSQL), HAPI FHIR and the loader job; the build context holds
+what the Dockerfile copies."""
 
 from __future__ import annotations
 
@@ -180,21 +181,59 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def test_compose_runs_the_service_hapi_and_a_loader_job(compose: dict[str, Any]) -> None:
+def test_compose_runs_the_topology_hapi_and_a_loader_job(compose: dict[str, Any]) -> None:
+    """nginx in front of two replicas on PostgreSQL (migrated by a one-shot job first), plus the
+    HAPI sandbox and its loader; every image the file pulls is pinned."""
     services = compose["services"]
-    assert set(services) == {"cds", "hapi", "loader"}
-    cds, hapi, loader = services["cds"], services["hapi"], services["loader"]
+    assert set(services) == {"lb", "cds-1", "cds-2", "migrate", "db", "hapi", "loader"}
+    replicas = [services["cds-1"], services["cds-2"]]
+    hapi, loader, migrate = services["hapi"], services["loader"], services["migrate"]
     assert hapi["image"] == "hapiproject/hapi:v8.4.0"  # pinned: a new HAPI release is a change here
     assert hapi["environment"]["hapi.fhir.fhir_version"] == "R4"
-    assert cds["build"] == loader["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
-    assert cds["image"] == loader["image"]
-    assert (COMPOSE.parent / cds["build"]["context"] / cds["build"]["dockerfile"]).exists()
+    built = [*replicas, loader, migrate]
+    assert all(s["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"} for s in built)
+    assert len({s["image"] for s in built}) == 1
+    assert (COMPOSE.parent / loader["build"]["context"] / loader["build"]["dockerfile"]).exists()
     assert loader["command"][:4] == ["hfs-cds", "load", "--fhir", "http://hapi:8080/fhir"]
     assert "hapi" in loader["depends_on"] and loader["restart"] == "no"
-    assert "CDS_DEV_MODE" not in cds["environment"]
+    pulled = [s["image"] for s in services.values() if "build" not in s]
+    assert all(re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+", image) for image in pulled), pulled
     data = final_stage_env(parse_dockerfile())["CDS_INSTANCE_PATH"]
-    assert {"type": "volume", "source": "cds-data", "target": data} in cds["volumes"]
-    assert "cds-data" in compose["volumes"]
+    volumes = set()
+    for replica in replicas:
+        assert "CDS_DEV_MODE" not in replica["environment"]
+        assert replica["environment"]["CDS_DATABASE_URL"].startswith("postgresql://")
+        assert "@db:5432/" in replica["environment"]["CDS_DATABASE_URL"]
+        assert replica["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        (volume,) = [v for v in replica["volumes"] if v["type"] == "volume"]
+        assert volume["target"] == data
+        volumes.add(volume["source"])
+    assert len(volumes) == 2 and volumes <= set(compose["volumes"])  # one volume per replica
+    assert migrate["command"] == ["hfs-cds", "db", "upgrade"] and migrate["restart"] == "no"
+    assert (
+        migrate["environment"]["CDS_DATABASE_URL"] == replicas[0]["environment"]["CDS_DATABASE_URL"]
+    )
+
+
+def test_compose_renders_the_topologys_nginx_template_with_every_variable(
+    compose: dict[str, Any],
+) -> None:
+    """The load balancer mounts the template tests/topology.py runs, and names each variable it
+    uses: the replicas by service name on the image's port."""
+    lb = compose["services"]["lb"]
+    (mount,) = lb["volumes"]
+    assert mount["target"] == "/etc/nginx/templates" and mount["read_only"] is True
+    templates = COMPOSE.parent / mount["source"]
+    assert [p.name for p in templates.iterdir()] == ["default.conf.template"]
+    used = set(re.findall(r"\$\{(\w+)\}", (templates / "default.conf.template").read_text()))
+    assert used == set(lb["environment"])
+    port = final_stage_env(parse_dockerfile())["PORT"]
+    assert {lb["environment"]["LB_REPLICA_1"], lb["environment"]["LB_REPLICA_2"]} == {
+        f"cds-1:{port}",
+        f"cds-2:{port}",
+    }
+    assert lb["ports"] == [f"127.0.0.1:8080:{lb['environment']['LB_LISTEN']}"]
+    assert set(lb["depends_on"]) == {"cds-1", "cds-2"}
 
 
 def test_the_loader_command_is_a_valid_hfs_cds_load(compose: dict[str, Any]) -> None:
@@ -205,12 +244,13 @@ def test_the_loader_command_is_a_valid_hfs_cds_load(compose: dict[str, Any]) -> 
     assert args["wait"] >= 60  # HAPI takes a while to start; the loader waits for /metadata
 
 
-def test_the_service_mounts_a_trust_list_that_loads(compose: dict[str, Any]) -> None:
-    cds = compose["services"]["cds"]
-    (volume,) = [v for v in cds["volumes"] if v["type"] == "bind"]
-    assert volume["target"] == cds["environment"]["CDS_TRUSTED_ISSUERS_FILE"]
-    assert volume["read_only"] is True
-    default = volume["source"].split(":-", 1)[1].rstrip("}")
-    (issuer,) = load_trusted_issuers(COMPOSE.parent / default)
-    assert issuer.iss == DEV_ISSUER
-    assert issuer.jwks == json.loads(DEV_JWKS_FILE.read_text())  # no drift from the dev keys
+def test_the_replicas_mount_a_trust_list_that_loads(compose: dict[str, Any]) -> None:
+    for name in ("cds-1", "cds-2"):
+        cds = compose["services"][name]
+        (volume,) = [v for v in cds["volumes"] if v["type"] == "bind"]
+        assert volume["target"] == cds["environment"]["CDS_TRUSTED_ISSUERS_FILE"]
+        assert volume["read_only"] is True
+        default = volume["source"].split(":-", 1)[1].rstrip("}")
+        (issuer,) = load_trusted_issuers(COMPOSE.parent / default)
+        assert issuer.iss == DEV_ISSUER
+        assert issuer.jwks == json.loads(DEV_JWKS_FILE.read_text())  # no drift from the dev keys

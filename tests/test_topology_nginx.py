@@ -62,9 +62,9 @@ def echoed(balancer: LoadBalancer, path: str, **headers: str) -> dict[str, str]:
 def test_the_template_renders_like_the_nginx_image_does() -> None:
     """Only the variables given are replaced; nginx's own $variables stay for nginx."""
     text = NGINX_TEMPLATE.read_text()
-    rendered = render_template(text, {"CDS_REPLICA_1": "a:1", "CDS_REPLICA_2": "b:2"})
+    rendered = render_template(text, {"LB_REPLICA_1": "a:1", "LB_REPLICA_2": "b:2"})
     assert "server a:1 " in rendered and "server b:2 " in rendered
-    assert "${CDS_LB_LISTEN}" in rendered  # not given: left as written
+    assert "${LB_LISTEN}" in rendered  # not given: left as written
     assert "$http_host" in rendered and "$proxy_add_x_forwarded_for" in rendered
 
 

@@ -127,8 +127,8 @@ class LoadBalancer:
 
     def start(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        values = {"CDS_LB_LISTEN": f"127.0.0.1:{self.port}"}
-        values.update({f"CDS_REPLICA_{i}": u for i, u in enumerate(self.upstreams, start=1)})
+        values = {"LB_LISTEN": f"127.0.0.1:{self.port}"}
+        values.update({f"LB_REPLICA_{i}": u for i, u in enumerate(self.upstreams, start=1)})
         server = self.work / "default.conf"
         server.write_text(render_template(NGINX_TEMPLATE.read_text(), values))
         # Bodies over client_body_buffer_size go to a file. As root, nginx's workers run as
