@@ -75,7 +75,8 @@ bench: $(VENV)/.installed-test $(FHIR_VENV)/.installed system-packages
 	$(BIN)/python bench/run_bench.py
 
 # A few seconds per scenario, so the benchmark cannot rot; results in test-artifacts/bench/.
-bench-smoke: $(VENV)/.installed-test $(FHIR_VENV)/.installed
+# The S2lb/S2pg rows run the topology (nginx, PostgreSQL): hence system-packages.
+bench-smoke: $(VENV)/.installed-test $(FHIR_VENV)/.installed system-packages
 	$(BIN)/python bench/run_bench.py --quick --out test-artifacts/bench
 
 # The production topology on this machine, without Docker: PostgreSQL, two replicas (the image's

@@ -3,7 +3,9 @@
 Scenarios (issue 7): S0 a static JSON endpoint of the same app (the stack's limit), S1 discovery,
 S2 a hook with a typical complete prefetch, S3/S3b the same with an RS384/ES384 JWT per request,
 S4 a heavy prefetch, S5 no prefetch (fetched from a real FHIR server process), S6 in-process
-assess() and the vectorised model; plus RSS per worker and time to first answer.
+assess() and the vectorised model; plus RSS per worker and time to first answer. S2lb is S2's hook
+call through the production topology (nginx in front of two replicas on PostgreSQL,
+tests/topology.py) and S2pg the same call to one of those replicas directly, in the same run.
 
 Throughput is reported as a ratio of S0 measured in the same run, so the numbers survive a noisy
 machine. Load comes from wrk (Debian package) when installed, else a bounded Python generator.
@@ -45,6 +47,7 @@ from cds_service.model import load_model_card  # noqa: E402
 from fhir_mappings import load_value_sets  # noqa: E402
 from tests.fhir_server import free_port, running_sekmet  # noqa: E402
 from tests.processes import child_pids  # noqa: E402
+from tests.topology import running_topology  # noqa: E402
 
 GUNICORN_CONFIG = REPO / "docker" / "gunicorn.conf.py"
 TARGETS = {
@@ -63,7 +66,7 @@ TARGETS = {
 class Scenario:
     id: str
     title: str
-    server: str  # which server instance: "open" (auth off) or "secured"
+    server: str  # which server: "open" (auth off), "secured", "lb" (nginx), "pg" (one replica)
     path: str
     body: str | None = None  # name of a payload file
     tokens: str | None = None  # name of a token file
@@ -263,18 +266,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 None,
                 1,
             ),
+            Scenario(
+                "S2lb",
+                "S2 through nginx to 2 replicas, PostgreSQL",
+                "lb",
+                payloads.hook_path,
+                "typical",
+            ),
+            Scenario(
+                "S2pg", "S2 to 1 of those replicas direct", "pg", payloads.hook_path, "typical"
+            ),
         ]
         rows = {s.id: Row(s.id, s.title) for s in scenarios}
+        # The topology's replicas run the open server's settings on their own PostgreSQL.
+        topology_env = {k: v for k, v in open_env.items() if k not in ("HOST", "CDS_INSTANCE_PATH")}
+        topology_env.pop("CDS_PUBLIC_BASE_URL")  # the front door's URL, set by the topology
         with (
             gunicorn(open_env, port_open) as (open_proc, start_s),
             gunicorn(secured_env, port_secured) as (
                 secured_proc,
                 _,
             ),
+            running_topology(work / "topology", topology_env) as topology,
         ):
             results["start_s"] = start_s
-            ports = {"open": port_open, "secured": port_secured}
-            servers = {"open": open_proc, "secured": secured_proc}
+            first = topology.replicas[0]
+            bases = {
+                "open": f"http://127.0.0.1:{port_open}",
+                "secured": f"http://127.0.0.1:{port_secured}",
+                "lb": topology.base,
+                "pg": first.base,
+            }
+            masters = {
+                "open": [open_proc.pid],
+                "secured": [secured_proc.pid],
+                "lb": [r.process.pid for r in topology.replicas if r.process],
+                "pg": [first.process.pid] if first.process else [],
+            }
+
+            def workers_of(server: str) -> set[int]:
+                return {pid for master in masters[server] for pid in child_pids(master)}
+
             for round_index in range(rounds):
                 for s in scenarios:
                     if s.tokens and not payloads.token_files[s.tokens].exists():
@@ -282,14 +314,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         # the workers: when the kernel put all of S2's connections on one worker,
                         # S2 shows one worker's rate and S3 may run on all of them. A pool too
                         # small is reused, and every replayed token counts as an error.
-                        workers_now = max(1, len(child_pids(servers[s.server].pid)))
+                        workers_now = max(1, len(workers_of(s.server)))
                         s2_rps = rows["S2"].rounds[0].rps
                         payloads.mint_tokens(int(s2_rps * workers_now * duration * 1.3) + 200)
-                    url = f"http://127.0.0.1:{ports[s.server]}{s.path}"
+                    url = f"{bases[s.server]}{s.path}"
                     body = payloads.files[s.body] if s.body else None
                     tokens = payloads.token_files[s.tokens] if s.tokens else None
                     conns = s.connections or connections
-                    workers = child_pids(servers[s.server].pid)
+                    workers = workers_of(s.server)
                     cpu_before = workers_cpu_seconds(workers)
                     if use_wrk:
                         result = wrk_load(url, body, tokens, duration, conns, threads=min(2, conns))
