@@ -15,6 +15,8 @@ Anything else is a :class:`ConfigError` whose one line names the variable and wh
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -22,8 +24,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-#: The shared-state file's name in ``instance_path`` when ``CDS_SHARED_STATE_PATH`` is not set.
-DEFAULT_SHARED_STATE_FILE = "shared-state.sqlite3"
 #: The embedded database's file name in ``instance_path`` when ``CDS_DATABASE_URL`` is not set.
 DEFAULT_DATABASE_FILE = "hfs-cds.sqlite3"
 
@@ -84,12 +84,14 @@ class StoreSettings:
     #: Audit and feedback database, a SQLAlchemy URL (``postgresql://…`` for several replicas,
     #: ``sqlite:///path``). Empty: a SQLite file in the instance path, created and migrated at start.
     database_url: str = ""
-    #: The instance directory, relative to the working directory: the embedded database and the
-    #: shared-state file.
+    #: The instance directory, relative to the working directory: where the embedded database lives.
     instance_path: str = "instance"
     #: How many days audit records and feedback are kept (``hfs-cds db purge`` deletes older rows):
     #: a year of follow-up plus a quarter for governance review.
     audit_retention_days: int = 400
+    #: Seconds between two purges of the expired JWT replay entries and idle SMART sessions (kept in
+    #: the database with the audit records, shared by every worker and replica).
+    state_purge_seconds: float = 60.0
 
     def resolved_url(self) -> str:
         """The database URL to use: ``database_url``, else the SQLite file in the instance path."""
@@ -125,6 +127,10 @@ class SmartSettings:
     frame_ancestors: Words = ()
     #: A browser session (and the access it holds) ends after this many seconds without a request.
     session_idle_seconds: int = 3600
+    #: Key sealing the tokens in SMART sessions in the database: 32 random bytes, base64 (``openssl
+    #: rand -base64 32``), the same on every replica so that any replica serves any session. Empty: a
+    #: random key per instance (its workers share it; sessions end when it restarts).
+    session_key: str = ""
     #: Time budget in seconds for the FHIR queries behind one page.
     fhir_budget_seconds: float = 5.0
     #: Connect timeout in seconds of each FHIR query behind a page.
@@ -141,6 +147,22 @@ class SmartSettings:
     @property
     def confidential(self) -> bool:
         return bool(self.client_secret)
+
+    def sealing_key(self) -> bytes | None:
+        """``session_key`` as 32 bytes, None when not set; ConfigError (never quoting the key,
+        a secret) when it is not base64 of 32 bytes."""
+        if not self.session_key:
+            return None
+        try:
+            key = base64.b64decode(self.session_key, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(
+                "SMART_SESSION_KEY: not 32 random bytes in base64 (make one with "
+                "'openssl rand -base64 32')"
+            )
+        return key
 
     @property
     def fhir_bases(self) -> tuple[str, ...]:
@@ -185,10 +207,6 @@ class Settings:
     cors_origins: Words = ("*",)
     #: The service's public base URL as EHRs call it (behind proxies): JWT audiences and card links.
     public_base_url: str = ""
-    #: SQLite file holding what the worker processes of one instance share (the JWT replay cache,
-    #: the SMART sessions). Disposable: recreated when missing or outdated. Empty: a file in the
-    #: instance path.
-    shared_state_path: str = ""
     #: Largest accepted request body, in bytes.
     max_request_bytes: int = 5 * 1024 * 1024
     #: Lowest level of the JSON log lines on stderr (``hfs-cds serve`` and gunicorn).
@@ -209,12 +227,6 @@ class Settings:
                     Variable(name, _shown(f.default), _ACCEPTS[str(f.type)], comments[f.name])
                 )
         return rows
-
-    def shared_state_file(self) -> Path:
-        """The shared-state SQLite file: ``shared_state_path``, else one in the instance path."""
-        if self.shared_state_path:
-            return Path(self.shared_state_path).expanduser().absolute()
-        return Path(self.store.instance_path).expanduser().absolute() / DEFAULT_SHARED_STATE_FILE
 
 
 def load_settings(
@@ -254,6 +266,7 @@ def load_settings(
             "SMART_CLIENT_ID is set but no EHR may launch the app: set SMART_ALLOWED_ISSUERS "
             "or SMART_STANDALONE_FHIR_BASE"
         )
+    smart.sealing_key()  # a bad key stops start-up here, with the variable named
     store = StoreSettings(**section(StoreSettings))
     return Settings(**section(Settings), store=store, smart=smart, flask=flask)
 

@@ -13,14 +13,12 @@ from cds_service.fhir import FhirAllowlist, FhirClient
 from cds_service.gather.prefetch import FetchPolicy
 from cds_service.model import load_model_card
 from cds_service.security.ehr_auth import EhrAuthenticator, replay_ttl_needed
-from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import (
     TrustConfigError,
     TrustedIssuer,
     development_issuers,
     load_trusted_issuers,
 )
-from cds_service.shared_state import SharedState, SharedStateError
 from cds_service.store import (
     AuditWriter,
     Store,
@@ -29,6 +27,8 @@ from cds_service.store import (
     upgrade,
 )
 from cds_service.store.recent_actions import RecentActions
+from cds_service.store.replay_cache import ReplayCache
+from cds_service.store.state import PurgeSchedule, StateDatabase, open_state
 from fhir_mappings import load_value_sets
 
 
@@ -38,8 +38,10 @@ class Runtime:
     assessor: Assessor
     fhir_client: FhirClient
     fetch_policy: FetchPolicy
-    #: State every worker process of this instance shares (JWT replay cache, SMART sessions).
-    shared_state: SharedState
+    #: State every worker and replica on the store's database shares (JWT replay cache, SMART
+    #: sessions), and the schedule that purges what has expired from it.
+    state: StateDatabase
+    purge: PurgeSchedule
     authenticator: EhrAuthenticator | None  # None only when CDS_AUTH_REQUIRED is off
     store: Store
     audit: AuditWriter  # audit records are written off the request path
@@ -62,15 +64,18 @@ class Runtime:
             max_response_bytes=settings.fhir_max_response_bytes,
             max_fetches_per_issuer=settings.fhir_max_fetches_per_issuer,
         )
-        shared = _shared_state(settings)
+        store = _store(settings)
+        state = open_state(settings.store.resolved_url())
+        purge = PurgeSchedule(settings.store.state_purge_seconds)
         return cls(
             settings=settings,
             assessor=Assessor(card, value_sets),
             fhir_client=client,
             fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
-            shared_state=shared,
-            authenticator=_authenticator(settings, shared),
-            store=(store := _store(settings)),
+            state=state,
+            purge=purge,
+            authenticator=_authenticator(settings, state, purge),
+            store=store,
             audit=AuditWriter(store),
             recent_actions=RecentActions(
                 store,
@@ -84,9 +89,10 @@ class Runtime:
         self.fhir_client.close()
         if self.authenticator is not None:
             self.authenticator.close()
+        self.purge.close()
         self.audit.close(timeout=10.0)
         self.store.close()
-        self.shared_state.close()
+        self.state.close()
 
 
 def _store(settings: Settings) -> Store:
@@ -102,18 +108,13 @@ def _store(settings: Settings) -> Store:
     return open_store(url)
 
 
-def _shared_state(settings: Settings) -> SharedState:
-    """The instance's shared-state file, created (or recreated) here."""
-    try:
-        return SharedState(settings.shared_state_file())
-    except SharedStateError as exc:
-        raise ConfigError(f"CDS_SHARED_STATE_PATH: {exc}") from exc
-
-
-def _authenticator(settings: Settings, shared: SharedState) -> EhrAuthenticator | None:
+def _authenticator(
+    settings: Settings, state: StateDatabase, purge: PurgeSchedule
+) -> EhrAuthenticator | None:
     """Trusted issuers from the file, plus the development issuers in development mode only.
 
-    The replay cache is the shared one, so a token replayed to a sibling worker is refused too.
+    The replay cache is in the store's database, so a token replayed to a sibling worker or to
+    another replica on the same database is refused too.
     """
     if not settings.auth_required:
         return None
@@ -131,10 +132,7 @@ def _authenticator(settings: Settings, shared: SharedState) -> EhrAuthenticator 
             "EHR authentication is required (CDS_AUTH_REQUIRED) but no issuer is trusted: set "
             "CDS_TRUSTED_ISSUERS_FILE, or CDS_DEV_MODE=1 for local development"
         )
-    try:
-        replay = SharedReplayCache(shared, max_ttl_seconds=replay_ttl_needed())
-    except SharedStateError as exc:
-        raise ConfigError(f"CDS_SHARED_STATE_PATH: {exc}") from exc
+    replay = ReplayCache(state, max_ttl_seconds=replay_ttl_needed(), schedule=purge)
     return EhrAuthenticator(issuers, replay_cache=replay)
 
 

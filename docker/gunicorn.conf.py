@@ -7,9 +7,10 @@ Everything comes from the environment, with the image's defaults:
   CPU-bound and one process is held by Python's GIL, so processes give throughput (one per core);
   a hook call may wait up to ``CDS_FHIR_BUDGET_SECONDS`` on the EHR's FHIR server, so a few
   threads keep a worker free meanwhile (more threads only add GIL hand-offs: the benchmark's worker
-  CPU per hook call doubled at eight). The workers share the JWT replay cache and the SMART
-  sessions through ``CDS_SHARED_STATE_PATH`` (a SQLite file; see :mod:`cds_service.shared_state`);
-  the SMART sessions' sealing key is made once in the master, hence ``preload_app`` below;
+  CPU per hook call doubled at eight). The workers, and every replica on the same database, share
+  the JWT replay cache and the SMART sessions through the store's database (``CDS_DATABASE_URL``,
+  else the embedded SQLite file; see :mod:`cds_service.store.state`); without
+  ``SMART_SESSION_KEY`` the sessions' sealing key is made once in the master, hence ``preload_app``;
 * ``GUNICORN_TIMEOUT`` (30 s) per request and ``GUNICORN_GRACEFUL_TIMEOUT`` (30 s) to finish
   requests in flight on SIGTERM (``docker stop`` waits 10 s unless told ``--time 35``);
 * ``CDS_LOG_LEVEL`` (INFO).

@@ -101,7 +101,7 @@ FOOTER = """\
   [security.md](security.md#trusting-the-ehr).
 - Registering the SMART app (`SMART_CLIENT_ID`, `SMART_ALLOWED_ISSUERS`, redirect URI, scopes):
   [ehr-integration.md](ehr-integration.md#registering-the-smart-app).
-- Workers, the shared-state file and PostgreSQL in production: [deploying.md](deploying.md).
+- Workers, replicas and PostgreSQL in production: [deploying.md](deploying.md).
 """
 
 

@@ -17,7 +17,8 @@ from flask.testing import FlaskClient
 from cds_service import create_app
 from cds_service.assessment import Assessor
 from cds_service.model import RecurrenceModel, load_model_card
-from cds_service.shared_state import SharedState
+from cds_service.store import open_engine, upgrade
+from cds_service.store.state import StateDatabase, open_state
 from fhir_mappings import load_value_sets
 from tests.cli_runner import run_cli
 from tests.fhir_server import FhirServerProcess, running_sekmet
@@ -101,10 +102,26 @@ def _no_cds_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.setenv("CDS_INSTANCE_PATH", str(tmp_path / "instance"))
 
 
+def migrated_state(url: str) -> StateDatabase:
+    """The shared state (JWT replay cache, SMART sessions) on the database at ``url``, migrated."""
+    engine = open_engine(url, create_directory=True)
+    upgrade(engine)
+    engine.dispose()
+    return open_state(url)
+
+
 @pytest.fixture
-def shared(tmp_path: Path) -> Iterator[SharedState]:
-    """A fresh shared-state file (JWT replay cache, SMART sessions) for this test; its
-    connections are closed afterwards."""
-    state = SharedState(tmp_path / "shared.sqlite3")
-    yield state
-    state.close()
+def state(tmp_path: Path) -> Iterator[StateDatabase]:
+    """The shared state on a fresh embedded SQLite store in this test's folder (fast; for tests
+    that need a replay cache or a session store, not a backend); closed afterwards."""
+    opened = migrated_state(f"sqlite:///{tmp_path / 'state' / 'hfs-cds.sqlite3'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def any_state(database_url: str) -> Iterator[StateDatabase]:
+    """The shared state on each backend (``database_url``: a SQLite file, then PostgreSQL)."""
+    opened = migrated_state(database_url)
+    yield opened
+    opened.close()

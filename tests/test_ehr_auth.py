@@ -34,7 +34,6 @@ from cds_service.security.ehr_auth import (
     replay_ttl_needed,
 )
 from cds_service.security.jwks import JwksCache
-from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import (
     DEV_ISSUER,
     DEV_JWKS_FILE,
@@ -48,7 +47,8 @@ from cds_service.security.trusted_issuers import (
     mint_development_token,
     parse_trusted_issuers,
 )
-from cds_service.shared_state import SharedState
+from cds_service.store.replay_cache import ReplayCache
+from cds_service.store.state import StateDatabase
 from tests.jwt_factory import (
     ASYMMETRIC_ALGS,
     NOW,
@@ -156,11 +156,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-
 @pytest.fixture
-def replay(shared: SharedState) -> SharedReplayCache:
+def replay(state: StateDatabase) -> ReplayCache:
     """The replay cache the service uses, keeping each jti as long as a token can pass."""
-    return SharedReplayCache(shared, max_ttl_seconds=replay_ttl_needed())
+    return ReplayCache(state, max_ttl_seconds=replay_ttl_needed())
 
 
 @pytest.fixture
@@ -170,7 +169,7 @@ def issuer() -> TrustedIssuer:
 
 
 @pytest.fixture
-def auth(issuer: TrustedIssuer, clock: FakeClock, replay: SharedReplayCache) -> EhrAuthenticator:
+def auth(issuer: TrustedIssuer, clock: FakeClock, replay: ReplayCache) -> EhrAuthenticator:
     """An authenticator trusting only ``issuer``, on the fake clock."""
     return EhrAuthenticator([issuer], replay_cache=replay, clock=clock)
 
@@ -308,7 +307,7 @@ def test_algorithm_must_fit_the_key(
 
 
 def test_token_whose_alg_is_not_the_keys_is_refused_for_that_reason(
-    auth: EhrAuthenticator, clock: FakeClock, replay: SharedReplayCache
+    auth: EhrAuthenticator, clock: FakeClock, replay: ReplayCache
 ) -> None:
     key = signing_key("RS384")
     rs256 = bearer(mint(key, claims(SERVICE, ISS), alg="RS256"))  # a genuine RS256 signature
@@ -320,7 +319,7 @@ def test_token_whose_alg_is_not_the_keys_is_refused_for_that_reason(
 
 
 def test_rsa_key_without_pinned_alg_serves_every_rsa_algorithm(
-    clock: FakeClock, replay: SharedReplayCache
+    clock: FakeClock, replay: ReplayCache
 ) -> None:
     key = generate_key("RS384", kid="unpinned")
     auth = EhrAuthenticator(
@@ -337,7 +336,7 @@ def test_rsa_key_without_pinned_alg_serves_every_rsa_algorithm(
 
 
 def test_unpinned_ec_key_still_needs_the_matching_curve(
-    clock: FakeClock, replay: SharedReplayCache
+    clock: FakeClock, replay: ReplayCache
 ) -> None:
     key = generate_key("ES384", kid="unpinned-ec")
     auth = EhrAuthenticator(
@@ -381,7 +380,7 @@ def test_invalid_kid_is_rejected(auth: EhrAuthenticator, kid: Any, why: str) -> 
 def test_unknown_kid_is_rejected_without_any_fetch(
     issuer: TrustedIssuer,
     clock: FakeClock,
-    replay: SharedReplayCache,
+    replay: ReplayCache,
     no_network_session: tuple[requests.Session, list[str]],
 ) -> None:
     session, log = no_network_session
@@ -588,7 +587,7 @@ def test_only_a_single_trailing_slash_is_tolerated(auth: EhrAuthenticator, aud: 
 
 
 def test_issuer_configured_audiences_are_accepted_at_every_endpoint(
-    clock: FakeClock, replay: SharedReplayCache
+    clock: FakeClock, replay: ReplayCache
 ) -> None:
     epic_like = TrustedIssuer(
         iss=ISS, jwks=jwks(signing_key("RS384")), audiences=("hfs-cds-client-42",)
@@ -603,7 +602,7 @@ def test_issuer_configured_audiences_are_accepted_at_every_endpoint(
 
 
 def test_configured_audiences_belong_to_their_issuer_only(
-    clock: FakeClock, replay: SharedReplayCache
+    clock: FakeClock, replay: ReplayCache
 ) -> None:
     other = generate_key("ES384", kid="other-1")
     auth = EhrAuthenticator(
@@ -661,7 +660,7 @@ def test_same_jti_in_a_new_token_is_still_a_replay(auth: EhrAuthenticator) -> No
     ) == replayed(jti)
 
 
-def test_jti_is_scoped_per_issuer(clock: FakeClock, replay: SharedReplayCache) -> None:
+def test_jti_is_scoped_per_issuer(clock: FakeClock, replay: ReplayCache) -> None:
     other = generate_key("ES384", kid="other-2")
     auth = EhrAuthenticator(
         [
@@ -720,7 +719,7 @@ def test_extra_claims_are_accepted(auth: EhrAuthenticator) -> None:
     assert client.tenant == "t-1"
 
 
-def test_tenant_allowlist(clock: FakeClock, replay: SharedReplayCache) -> None:
+def test_tenant_allowlist(clock: FakeClock, replay: ReplayCache) -> None:
     key = signing_key("ES384")
     auth = EhrAuthenticator(
         [TrustedIssuer(iss=ISS, jwks=jwks(key), tenants=("hospital-a", "hospital-b"))],
@@ -737,7 +736,7 @@ def test_tenant_allowlist(clock: FakeClock, replay: SharedReplayCache) -> None:
 
 
 def test_verified_client_carries_the_issuers_fhir_servers(
-    clock: FakeClock, replay: SharedReplayCache
+    clock: FakeClock, replay: ReplayCache
 ) -> None:
     bases = ("https://ehr.example.org/fhir", "https://ehr.example.org/fhir-r4")
     auth = EhrAuthenticator(
@@ -753,17 +752,18 @@ def test_verified_client_carries_the_issuers_fhir_servers(
 # ------------------------------------------------------------------------------------------
 
 
-def test_replay_cache_prunes_expired_entries_on_insert(shared: SharedState) -> None:
-    cache = SharedReplayCache(shared, max_entries=10, prune_every=1)
+def test_replay_cache_purges_expired_entries(state: StateDatabase) -> None:
+    cache = ReplayCache(state, max_entries=10)
     cache.check_and_remember(ISS, "a", expires_at=NOW + 10, now=NOW)
     cache.check_and_remember(ISS, "b", expires_at=NOW + 100, now=NOW)
     cache.check_and_remember(ISS, "c", expires_at=NOW + 200, now=NOW + 50)
+    assert cache.purge(NOW + 50) == 1  # the schedule's purge
     assert len(cache) == 2  # "a" is gone
     cache.check_and_remember(ISS, "a", expires_at=NOW + 300, now=NOW + 50)  # may reappear
 
 
-def test_replay_cache_refuses_new_tokens_when_full(shared: SharedState) -> None:
-    cache = SharedReplayCache(shared, max_entries=3)
+def test_replay_cache_refuses_new_tokens_when_full(state: StateDatabase) -> None:
+    cache = ReplayCache(state, max_entries=3)
     for jti in "abc":
         cache.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
     with pytest.raises(AuthenticationError, match=r"^replay cache full; refusing new tokens$"):
@@ -771,10 +771,11 @@ def test_replay_cache_refuses_new_tokens_when_full(shared: SharedState) -> None:
     cache.check_and_remember(ISS, "d", expires_at=NOW + 200, now=NOW + 100)  # after expiry: room
 
 
-def test_replay_cache_caps_entry_lifetime(shared: SharedState) -> None:
-    cache = SharedReplayCache(shared, max_ttl_seconds=60, prune_every=1)
+def test_replay_cache_caps_entry_lifetime(state: StateDatabase) -> None:
+    cache = ReplayCache(state, max_ttl_seconds=60)
     cache.check_and_remember(ISS, "a", expires_at=NOW + 10_000, now=NOW)
     cache.check_and_remember(ISS, "b", expires_at=NOW + 10_000, now=NOW + 61)
+    cache.purge(NOW + 61)
     assert len(cache) == 1
 
 
@@ -790,9 +791,9 @@ def test_replay_entries_outlive_every_token_that_could_pass(
 
 
 def test_replay_cache_shorter_than_token_validity_is_refused(
-    issuer: TrustedIssuer, shared: SharedState
+    issuer: TrustedIssuer, state: StateDatabase
 ) -> None:
-    short = SharedReplayCache(shared, max_ttl_seconds=3600)
+    short = ReplayCache(state, max_ttl_seconds=3600)
     with pytest.raises(ValueError, match="max_ttl_seconds"):
         EhrAuthenticator([issuer], replay_cache=short)
 
@@ -870,7 +871,7 @@ RemoteAuth = Callable[..., EhrAuthenticator]
 
 @pytest.fixture
 def remote_auth(
-    jwks_server: JwksServer, clock: FakeClock, replay: SharedReplayCache
+    jwks_server: JwksServer, clock: FakeClock, replay: ReplayCache
 ) -> Iterator[RemoteAuth]:
     """Build an authenticator for an issuer whose keys live at ``jwks_server``; closes its session.
 
@@ -1098,7 +1099,7 @@ _json = st.recursive(
 )
 
 
-def test_fuzzed_tokens_only_ever_raise_authentication_error(replay: SharedReplayCache) -> None:
+def test_fuzzed_tokens_only_ever_raise_authentication_error(replay: ReplayCache) -> None:
     trusted = TrustedIssuer(iss=ISS, jwks=jwks(*all_keys()))
     auth = EhrAuthenticator([trusted], replay_cache=replay, clock=FakeClock())
     header_keys = st.sampled_from(["alg", "kid", "typ", "jku", "crit", "b64"])
@@ -1133,7 +1134,7 @@ def test_fuzzed_tokens_only_ever_raise_authentication_error(replay: SharedReplay
 
 
 def test_fuzzed_authorization_headers_only_raise_authentication_error(
-    replay: SharedReplayCache,
+    replay: ReplayCache,
 ) -> None:
     trusted = TrustedIssuer(iss=ISS, jwks=jwks(signing_key("ES384")))
     auth = EhrAuthenticator([trusted], replay_cache=replay)
@@ -1155,7 +1156,7 @@ def test_fuzzed_authorization_headers_only_raise_authentication_error(
 @pytest.fixture
 def spec_auth(
     clock: FakeClock,
-    replay: SharedReplayCache,
+    replay: ReplayCache,
     no_network_session: tuple[requests.Session, list[str]],
 ) -> EhrAuthenticator:
     """Trusts the spec example's EHR: its JWKS inline, its jku declared (never fetched)."""
@@ -1226,7 +1227,7 @@ def test_dev_private_keys_are_marked_and_match_the_public_jwks() -> None:
 
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
-def test_dev_private_keys_verify(alg: str, clock: FakeClock, replay: SharedReplayCache) -> None:
+def test_dev_private_keys_verify(alg: str, clock: FakeClock, replay: ReplayCache) -> None:
     jwk = next(k for k in _dev_private_keys()["keys"] if k["alg"] == alg)
     auth = EhrAuthenticator(development_issuers(), replay_cache=replay, clock=clock)
     dev_token = mint(from_private_jwk(jwk), claims(DISCOVERY, DEV_ISSUER))
@@ -1234,7 +1235,7 @@ def test_dev_private_keys_verify(alg: str, clock: FakeClock, replay: SharedRepla
 
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
-def test_mint_development_token_is_accepted(alg: Any, replay: SharedReplayCache) -> None:
+def test_mint_development_token_is_accepted(alg: Any, replay: ReplayCache) -> None:
     # The real clock: the helper uses time.time().
     auth = EhrAuthenticator(development_issuers(), replay_cache=replay)
     dev_token = mint_development_token(DISCOVERY, alg=alg, tenant="dev")
@@ -1243,7 +1244,7 @@ def test_mint_development_token_is_accepted(alg: Any, replay: SharedReplayCache)
 
 def test_sandbox_shaped_token_uses_the_inline_key_without_fetching(
     clock: FakeClock,
-    replay: SharedReplayCache,
+    replay: ReplayCache,
     no_network_session: tuple[requests.Session, list[str]],
 ) -> None:
     issuers = development_issuers()
@@ -1273,7 +1274,7 @@ def entry(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def test_trust_file_with_every_field_loads(tmp_path: Path, replay: SharedReplayCache) -> None:
+def test_trust_file_with_every_field_loads(tmp_path: Path, replay: ReplayCache) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "b.json").write_text(json.dumps(jwks(signing_key("RS384"))))
     config = {
@@ -1438,7 +1439,7 @@ def test_jwks_file_with_a_private_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_authenticator_refuses_duplicate_issuers_and_uncovered_caches(
-    issuer: TrustedIssuer, replay: SharedReplayCache
+    issuer: TrustedIssuer, replay: ReplayCache
 ) -> None:
     with pytest.raises(ValueError, match="configured twice"):
         EhrAuthenticator([issuer, issuer], replay_cache=replay)

@@ -6,6 +6,7 @@ The three sections (service, ``.store``, ``.smart``) share one rule per kind of 
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from collections.abc import Callable
@@ -81,10 +82,25 @@ def test_each_section_reads_its_variables(tmp_path: Path) -> None:
     assert (smart.fhir_budget_seconds, smart.enabled, smart.confidential) == (2.5, True, False)
 
 
-def test_the_embedded_database_and_shared_state_live_in_the_instance_path(tmp_path: Path) -> None:
+def test_the_embedded_database_lives_in_the_instance_path(tmp_path: Path) -> None:
+    """It also holds the shared state (replay cache, SMART sessions): there is no second file."""
     settings = load_settings({"CDS_INSTANCE_PATH": str(tmp_path)})
     assert settings.store.resolved_url() == f"sqlite:///{tmp_path / 'hfs-cds.sqlite3'}"
-    assert settings.shared_state_file() == tmp_path / "shared-state.sqlite3"
+    assert not hasattr(settings, "shared_state_file")
+    assert settings.store.state_purge_seconds == 60.0
+    assert load_settings({"CDS_STATE_PURGE_SECONDS": "5"}).store.state_purge_seconds == 5.0
+    with pytest.raises(ConfigError, match="^CDS_STATE_PURGE_SECONDS: cannot use '0'"):
+        load_settings({"CDS_STATE_PURGE_SECONDS": "0"})
+
+
+def test_the_smart_session_key_is_32_bytes_of_base64_and_never_quoted() -> None:
+    key = base64.b64encode(bytes(range(32))).decode()
+    assert load_settings({"SMART_SESSION_KEY": key}).smart.sealing_key() == bytes(range(32))
+    assert load_settings({}).smart.sealing_key() is None  # a random key per instance
+    for bad in ("not base64!", base64.b64encode(b"short").decode(), key + "AAAA"):
+        with pytest.raises(ConfigError, match="^SMART_SESSION_KEY: not 32 random bytes") as caught:
+            load_settings({"SMART_SESSION_KEY": bad})
+        assert bad not in str(caught.value)  # a secret: never in a message
 
 
 def test_the_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,7 +289,7 @@ def test_a_client_id_without_an_ehr_that_may_launch_is_refused() -> None:
 
 def test_describe_lists_every_variable_once_with_its_help() -> None:
     names = [row.name for row in ROWS]
-    assert len(names) == len(set(names)) == 33
+    assert len(names) == len(set(names)) == 34
     assert {"CDS_AUTH_REQUIRED", "CDS_AUDIT_RETENTION_DAYS", "SMART_CLIENT_ID"} <= set(names)
     assert all(row.help and "\n" not in row.help for row in ROWS)
     retention = next(row for row in ROWS if row.name == "CDS_AUDIT_RETENTION_DAYS")

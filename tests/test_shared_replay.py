@@ -1,15 +1,17 @@
-"""The JWT replay cache the worker processes share, in the shared-state file: its contract (what the
-authenticator relies on), its pruning schedule and hashing, and its behaviour across processes.
+"""The JWT replay cache in the store's database, shared by every worker and replica: its contract
+(what the authenticator relies on), its purge schedule and hashing, a database failure (503, never
+401), and its behaviour across processes and app instances, on SQLite and on PostgreSQL.
 
 Cross-process tests start real processes with ``multiprocessing`` (spawn: a fresh interpreter like
-a non-preloaded worker; fork: a child of a process that already used the file, like a gunicorn
-worker).
+a non-preloaded worker or another replica; fork: a child of a process that already used the
+database, like a gunicorn worker).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.context import ForkContext, SpawnContext
@@ -17,27 +19,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, text
+from sqlalchemy.pool import QueuePool
 
+import tests.postgres
 from cds_service import create_app
+from cds_service.security import ReplayCheckUnavailable
 from cds_service.security.ehr_auth import AuthenticationError, EhrAuthenticator, ReplayGuard
-from cds_service.security.shared_replay import SharedReplayCache
 from cds_service.security.trusted_issuers import mint_development_token
-from cds_service.shared_state import SharedState
+from cds_service.store.replay_cache import ReplayCache
+from cds_service.store.schema import replay_seen
+from cds_service.store.state import PurgeSchedule, StateDatabase, open_state
+from tests.conftest import migrated_state
 from tests.jwt_factory import NOW
+
+# Fixtures from tests/postgres.py (redundant once conftest.py lists it in pytest_plugins).
+postgres_server = tests.postgres.postgres_server
+database_url = tests.postgres.database_url
 
 ISS = "https://ehr.example.org"
 CHILD_TIMEOUT_SECONDS = 60
 
-MakeCache = Callable[..., ReplayGuard]
-
+MakeCache = Callable[..., ReplayCache]
 
 
 @pytest.fixture
-def cache(shared: SharedState) -> MakeCache:
-    """``cache(max_entries=…, max_ttl_seconds=…)``: a replay cache in this test's shared state."""
+def cache(any_state: StateDatabase) -> MakeCache:
+    """``cache(max_entries=…, max_ttl_seconds=…)``: a replay cache on this test's database."""
 
-    def make(**kwargs: Any) -> ReplayGuard:
-        return SharedReplayCache(shared, **kwargs)
+    def make(**kwargs: Any) -> ReplayCache:
+        return ReplayCache(any_state, **kwargs)
 
     return make
 
@@ -68,7 +79,9 @@ def test_an_expired_pair_may_come_back(cache: MakeCache) -> None:
     replay.check_and_remember(ISS, "a", expires_at=NOW + 10, now=NOW)
     replay.check_and_remember(ISS, "b", expires_at=NOW + 100, now=NOW)
     assert refused(replay, "a", NOW + 10, NOW + 10 - 1) == replayed("a")
+    # Not purged yet: the expired entry is taken over in place.
     replay.check_and_remember(ISS, "a", expires_at=NOW + 300, now=NOW + 50)
+    assert refused(replay, "a", NOW + 300, NOW + 60) == replayed("a")
     assert refused(replay, "b", NOW + 100, NOW + 50) == replayed("b")
 
 
@@ -88,61 +101,125 @@ def test_no_entry_outlives_the_ttl_cap(cache: MakeCache) -> None:
     replay.check_and_remember(ISS, "a", expires_at=NOW + 10_000, now=NOW + 61)
 
 
-def test_a_cache_shorter_than_token_validity_is_refused(shared: SharedState) -> None:
+def test_a_cache_shorter_than_token_validity_is_refused(state: StateDatabase) -> None:
     with pytest.raises(ValueError, match="max_ttl_seconds"):
-        EhrAuthenticator([], replay_cache=SharedReplayCache(shared, max_ttl_seconds=3600))
+        EhrAuthenticator([], replay_cache=ReplayCache(state, max_ttl_seconds=3600))
 
 
 # -- the shared cache ----------------------------------------------------------------------------
 
 
-def test_expired_pairs_are_pruned_every_n_inserts_not_every_request(shared: SharedState) -> None:
-    replay = SharedReplayCache(shared, prune_every=3)
-    replay.check_and_remember(ISS, "a", expires_at=NOW + 10, now=NOW)
-    replay.check_and_remember(ISS, "b", expires_at=NOW + 10, now=NOW)
-    assert len(replay) == 2
-    replay.check_and_remember(ISS, "c", expires_at=NOW + 100, now=NOW + 20)  # third: prunes
-    assert len(replay) == 1
-    replay.check_and_remember(ISS, "d", expires_at=NOW + 200, now=NOW + 150)
-    assert len(replay) == 2  # "c" expired, but the next prune is three inserts away
-    assert replay.prune(NOW + 150) == 1 and len(replay) == 1
+def test_expired_pairs_are_purged_on_a_schedule_not_on_the_request_path(
+    any_state: StateDatabase,
+) -> None:
+    """Issue 14: an idle instance forgets expired pairs too; inserting never purges."""
+    schedule = PurgeSchedule(0.05)
+    replay = ReplayCache(any_state, schedule=schedule)
+    now = time.time()
+    try:
+        replay.check_and_remember(ISS, "old-1", expires_at=now - 10, now=now - 20)
+        replay.check_and_remember(ISS, "old-2", expires_at=now - 10, now=now - 20)
+        replay.check_and_remember(ISS, "live", expires_at=now + 600, now=now)  # starts the thread
+        deadline = time.monotonic() + 10
+        while len(replay) > 1:
+            assert time.monotonic() < deadline, "the schedule never purged"
+            time.sleep(0.02)
+        assert refused(replay, "live", now + 600, time.time()) == replayed("live")
+    finally:
+        schedule.close()
 
 
-def test_only_a_hash_of_the_pair_is_stored(shared: SharedState, tmp_path: Path) -> None:
-    replay = SharedReplayCache(shared)
+def test_a_purge_that_fails_is_logged_and_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[float] = []
+
+    def flaky(now: float) -> int:
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("database away")
+        return 3
+
+    schedule = PurgeSchedule(60, (("flaky", flaky),), clock=lambda: 1.0)
+    assert schedule.run_once() == {}
+    assert "purge of flaky failed: RuntimeError" in caplog.text
+    assert schedule.run_once() == {"flaky": 3} and calls == [1.0, 1.0]
+    with pytest.raises(ValueError, match="interval"):
+        PurgeSchedule(0)
+
+
+def test_only_a_hash_of_the_pair_is_stored(any_state: StateDatabase, tmp_path: Path) -> None:
+    replay = ReplayCache(any_state)
     jti = f"jti-{uuid.uuid4()}"
     replay.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
-    rows = shared.connection().execute("SELECT * FROM replay_seen").fetchall()
-    assert len(rows) == 1 and len(rows[0][0]) == 32 and rows[0][1] == NOW + 100
-    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("shared.sqlite3*"))
-    assert jti.encode() not in on_disk and ISS.encode() not in on_disk
+    with any_state.connect() as conn:
+        rows = conn.execute(select(replay_seen)).all()
+    assert len(rows) == 1 and len(rows[0].pair) == 32 and rows[0].until == NOW + 100
+    assert jti.encode() not in bytes(rows[0].pair)
+    if any_state.backend == "sqlite":
+        any_state.close()  # everything written
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("*.sqlite3*"))
+        assert on_disk and jti.encode() not in on_disk and ISS.encode() not in on_disk
 
 
-def test_pairs_are_unambiguous(shared: SharedState) -> None:
-    replay = SharedReplayCache(shared)
+def test_pairs_are_unambiguous(any_state: StateDatabase) -> None:
+    replay = ReplayCache(any_state)
     replay.check_and_remember("https://a.example", "bc", expires_at=NOW + 100, now=NOW)
     replay.check_and_remember("https://a.exampleb", "c", expires_at=NOW + 100, now=NOW)
 
 
-def test_a_broken_file_fails_closed(shared: SharedState) -> None:
-    replay = SharedReplayCache(shared)
-    shared.connection().execute("DROP TABLE replay_seen")
-    assert refused(replay, "a", NOW + 100, NOW) == "replay cache unavailable (OperationalError)"
+def test_a_database_error_is_unavailable_never_a_refusal(any_state: StateDatabase) -> None:
+    """Fail closed (nothing accepted), but as 'cannot tell', which the web layer answers 503."""
+    replay = ReplayCache(any_state)
+    with any_state.write() as conn:
+        conn.execute(text("DROP TABLE replay_seen"))
+    with pytest.raises(ReplayCheckUnavailable, match=r"^replay check unavailable \(\w+Error\)$"):
+        replay.check_and_remember(ISS, "a", expires_at=NOW + 100, now=NOW)
 
 
-def test_the_app_refuses_a_token_another_app_on_the_same_file_accepted(tmp_path: Path) -> None:
-    """Two apps built separately (as in two workers of a server that does not preload the app)
-    share the replay cache through CDS_SHARED_STATE_PATH."""
+def _dev_token_header(url: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_development_token(url)}"}
+
+
+def test_the_app_answers_503_not_401_when_the_replay_check_fails(database_url: str) -> None:
+    migrated_state(database_url).close()
+    app = create_app(
+        {
+            "TESTING": True,
+            "DEV_MODE": True,
+            "PUBLIC_BASE_URL": "https://cds.example",
+            "DATABASE_URL": database_url,
+        }
+    )
+    try:
+        with app.extensions["hfs_cds"].state.write() as conn:
+            conn.execute(text("DROP TABLE replay_seen"))
+        header = _dev_token_header("https://cds.example/cds-services")
+        response = app.test_client().get("/cds-services", headers=header)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        (issue,) = response.get_json()["issue"]
+        assert issue["code"] == "transient"
+        assert issue["diagnostics"] == "the JWT replay check is unavailable; retry later"
+        assert "WWW-Authenticate" not in response.headers
+    finally:
+        app.extensions["hfs_cds"].close()
+
+
+def test_the_app_refuses_a_token_another_app_on_the_same_database_accepted(
+    database_url: str,
+) -> None:
+    """Two apps built separately (two replicas, or two workers of a server that does not preload
+    the app) share the replay cache through the database they are configured with."""
+    migrated_state(database_url).close()
     config = {
         "TESTING": True,
         "DEV_MODE": True,
         "PUBLIC_BASE_URL": "https://cds.example",
-        "SHARED_STATE_PATH": str(tmp_path / "one-instance.sqlite3"),
+        "DATABASE_URL": database_url,
     }
     first, second = create_app(config), create_app(config)
     try:
-        url = "https://cds.example/cds-services"
-        header = {"Authorization": f"Bearer {mint_development_token(url)}"}
+        header = _dev_token_header("https://cds.example/cds-services")
         assert first.test_client().get("/cds-services", headers=header).status_code == 200
         assert second.test_client().get("/cds-services", headers=header).status_code == 401
         assert first.test_client().get("/cds-services", headers=header).status_code == 401
@@ -154,10 +231,10 @@ def test_the_app_refuses_a_token_another_app_on_the_same_file_accepted(tmp_path:
 # -- across processes --------------------------------------------------------------------------------
 
 
-def _accept(path: str, jti: str, results: Any, barrier: Any = None) -> None:
-    """In a child process: offer the pair to a cache on ``path``; report "accepted" or the reason."""
-    state = SharedState(Path(path))
-    replay = SharedReplayCache(state)
+def _accept(url: str, jti: str, results: Any, barrier: Any = None) -> None:
+    """In a child process: offer the pair to a cache on ``url``; report "accepted" or the reason."""
+    state = open_state(url)
+    replay = ReplayCache(state)
     if barrier is not None:
         barrier.wait(timeout=CHILD_TIMEOUT_SECONDS)
     try:
@@ -190,25 +267,28 @@ def _run(ctx: SpawnContext | ForkContext, target: Callable[..., None], *args: An
     return out
 
 
-def test_a_pair_accepted_in_one_process_is_refused_in_another(shared: SharedState) -> None:
+def test_a_pair_accepted_in_one_process_is_refused_in_another(
+    any_state: StateDatabase, database_url: str
+) -> None:
     spawn = multiprocessing.get_context("spawn")
-    replay = SharedReplayCache(shared)
+    replay = ReplayCache(any_state)
     replay.check_and_remember(ISS, "seen-here", expires_at=NOW + 100, now=NOW)
 
-    assert _run(spawn, _accept, str(shared.path), "seen-here") == [
+    assert _run(spawn, _accept, database_url, "seen-here") == [
         f"replayed jti 'seen-here' from iss {ISS!r}"
     ]
-    assert _run(spawn, _accept, str(shared.path), "seen-there") == ["accepted"]
+    assert _run(spawn, _accept, database_url, "seen-there") == ["accepted"]
     assert refused(replay, "seen-there", NOW + 100, NOW) == replayed("seen-there")
 
 
-def test_of_processes_racing_with_one_token_exactly_one_wins(shared: SharedState) -> None:
+def test_of_processes_racing_with_one_token_exactly_one_wins(
+    any_state: StateDatabase, database_url: str
+) -> None:
     spawn = multiprocessing.get_context("spawn")
-    SharedReplayCache(shared)  # the tables exist before the race
     results = spawn.Queue()
     barrier = spawn.Barrier(4)
     children = [
-        spawn.Process(target=_accept, args=(str(shared.path), "raced", results, barrier))
+        spawn.Process(target=_accept, args=(database_url, "raced", results, barrier))
         for _ in range(4)
     ]
     for child in children:
@@ -220,38 +300,43 @@ def test_of_processes_racing_with_one_token_exactly_one_wins(shared: SharedState
     assert sorted(outcomes) == ["accepted"] + [f"replayed jti 'raced' from iss {ISS!r}"] * 3
 
 
+def _pool(state: StateDatabase) -> QueuePool:
+    pool = state.engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool
+
+
 #: Set in the parent before forking, read in the child (which has a copy of this module's state).
 _forked_from: dict[str, Any] = {}
 
 
 def _child_of_fork(results: Any) -> None:
-    shared: SharedState = _forked_from["shared"]
-    inherited = _forked_from["connection"]
-    conn = shared.connection()
-    results.put(conn is not inherited)
-    results.put(getattr(conn, "owner_pid", None) == os.getpid())
+    state: StateDatabase = _forked_from["state"]
+    # The parent's pooled connections were dropped at the fork, not reused (nor closed) here.
+    results.put(_pool(state).checkedin() == 0)
+    results.put(_forked_from["pid"] != os.getpid())
+    replay = ReplayCache(state)
     try:
-        SharedReplayCache(shared).check_and_remember(
-            ISS, "before-fork", expires_at=NOW + 100, now=NOW
-        )
+        replay.check_and_remember(ISS, "before-fork", expires_at=NOW + 100, now=NOW)
         results.put("accepted")
     except AuthenticationError as exc:
         results.put(exc.reason)
-    SharedReplayCache(shared).check_and_remember(ISS, "in-child", expires_at=NOW + 100, now=NOW)
-    shared.close()
+    replay.check_and_remember(ISS, "in-child", expires_at=NOW + 100, now=NOW)
+    state.close()
 
 
-def test_a_forked_child_opens_its_own_connection(shared: SharedState) -> None:
+def test_a_forked_child_opens_its_own_connection(any_state: StateDatabase) -> None:
     fork = multiprocessing.get_context("fork")
-    replay = SharedReplayCache(shared)
+    replay = ReplayCache(any_state)
     replay.check_and_remember(ISS, "before-fork", expires_at=NOW + 100, now=NOW)
-    _forked_from.update(shared=shared, connection=shared.connection())
+    assert _pool(any_state).checkedin() >= 1  # the parent holds a pooled connection
+    _forked_from.update(state=any_state, pid=os.getpid())
     try:
-        new_connection, owned, outcome = _run(fork, _child_of_fork)
+        fresh_pool, other_process, outcome = _run(fork, _child_of_fork)
     finally:
         _forked_from.clear()
-    assert new_connection and owned
+    assert fresh_pool and other_process
     assert outcome == replayed("before-fork")
-    # The parent's connection still works after the child used the file and exited.
+    # The parent's connection still works after the child used the database and exited.
     assert refused(replay, "in-child", NOW + 100, NOW) == replayed("in-child")
     replay.check_and_remember(ISS, "after-fork", expires_at=NOW + 100, now=NOW)

@@ -17,7 +17,6 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,12 +26,12 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from cds_service import create_app
-from cds_service.shared_state import SharedState
 from cds_service.smart import EXTENSION, init_smart
 from cds_service.smart.oauth import SmartConfiguration, TokenResponse, parse_token_response
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import LaunchContext, PendingAuthorization, Sessions, SessionStore
 from cds_service.smart.shared_sessions import SharedSessionStore
+from cds_service.store.state import StateDatabase
 from tests.smart.served import FakeClock
 
 EHR = "https://ehr.example/fhir"
@@ -143,7 +142,7 @@ def test_anonymous_launches_cannot_evict_a_signed_in_clinician(make_app: MakeApp
     app.extensions[EXTENSION] = dataclasses.replace(
         smart,
         store=SharedSessionStore(
-            cds.shared_state, Sealer(), cds.clock, timedelta(hours=1), max_sessions=50
+            cds.state, Sealer(), cds.clock, timedelta(hours=1), max_sessions=50
         ),
     )
     client = app.test_client(use_cookies=False)
@@ -210,16 +209,18 @@ MakeStore = Callable[..., Sessions]
 
 
 @pytest.fixture(params=["memory", "shared"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
-    shared = SharedState(tmp_path / "shared.sqlite3")
+def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
+    """``make_store(clock, **kwargs)``: the in-memory store, or the one in the store's database."""
+    state: StateDatabase | None = (
+        request.getfixturevalue("state") if request.param == "shared" else None
+    )
 
     def make(clock: FakeClock, **kwargs: Any) -> Sessions:
-        if request.param == "memory":
+        if state is None:
             return SessionStore(clock, timedelta(hours=1), **kwargs)
-        return SharedSessionStore(shared, Sealer(), clock, timedelta(hours=1), **kwargs)
+        return SharedSessionStore(state, Sealer(), clock, timedelta(hours=1), **kwargs)
 
     yield make
-    shared.close()
 
 
 def _launch(ref: str, clock: FakeClock) -> LaunchContext:

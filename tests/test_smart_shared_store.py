@@ -1,32 +1,46 @@
-"""The SMART session store the worker processes share: what the in-memory store cannot do.
+"""The SMART session store in the store's database, shared by workers and replicas: what the
+in-memory store cannot do, on SQLite and on PostgreSQL.
 
 The behaviour both stores share is tested on both in ``test_smart_units.py``. Here: processes
 (forked, as gunicorn forks its workers from the master that created the app and its key), a key
-that cannot read the sessions (a restart), what reaches the disk, and the refresh lease.
+that cannot read the sessions (a restart), what reaches the database, the refresh lease, idle
+sessions purged on the schedule, and two app instances (replicas) on one PostgreSQL database.
 """
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from sqlalchemy import func, select, update
 
-from cds_service.shared_state import SharedState
-from cds_service.smart import shared_sessions
+import tests.postgres
+from cds_service import create_app
+from cds_service.security.trusted_issuers import mint_development_token
+from cds_service.smart import EXTENSION, init_smart, shared_sessions
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import LaunchContext, PendingAuthorization, RefreshedTokens
 from cds_service.smart.shared_sessions import SharedSessionStore
+from cds_service.store.schema import smart_launch, smart_pending, smart_session
+from cds_service.store.state import StateDatabase
+from tests.conftest import migrated_state
 from tests.smart.served import FakeClock
+from tests.test_smart_sessions_hardening import BASE, CONFIG, EHR, Browser, token
+
+# Fixtures from tests/postgres.py (redundant once conftest.py lists it in pytest_plugins).
+postgres_server = tests.postgres.postgres_server
+database_url = tests.postgres.database_url
 
 IDLE = timedelta(hours=1)
 CHILD_TIMEOUT_SECONDS = 60
 fork = multiprocessing.get_context("fork")
-
 
 
 @pytest.fixture
@@ -35,9 +49,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(shared: SharedState, clock: FakeClock) -> SharedSessionStore:
-    """The shared store with its own key, as one app instance has."""
-    return SharedSessionStore(shared, Sealer(), clock, IDLE)
+def store(any_state: StateDatabase, clock: FakeClock) -> SharedSessionStore:
+    """The shared store with its own key, as one app instance has (each backend in turn)."""
+    return SharedSessionStore(any_state, Sealer(), clock, IDLE)
 
 
 def pending(state: str, clock: FakeClock) -> PendingAuthorization:
@@ -156,9 +170,9 @@ def _never(token: str) -> RefreshedTokens:
 
 
 def test_sessions_sealed_with_another_key_behave_as_expired(
-    shared: SharedState, clock: FakeClock
+    any_state: StateDatabase, clock: FakeClock
 ) -> None:
-    before = SharedSessionStore(shared, Sealer(), clock, IDLE)  # the app before a restart
+    before = SharedSessionStore(any_state, Sealer(), clock, IDLE)  # the app before a restart
     cookie, _ = before.open(None)
     before.add_pending(cookie, pending("s1", clock))
     before.add_launch(cookie, launch("r1", clock))
@@ -166,7 +180,7 @@ def test_sessions_sealed_with_another_key_behave_as_expired(
     before.add_pending(expired_cookie, pending("s1", clock))
     before.add_launch(expired_cookie, launch("r1", clock))
 
-    after = SharedSessionStore(shared, Sealer(), clock, IDLE)  # a new key
+    after = SharedSessionStore(any_state, Sealer(), clock, IDLE)  # a new key
     unreadable = _observe(after, cookie)
     clock.advance(IDLE + timedelta(minutes=1))
     expired = _observe(before, expired_cookie)
@@ -177,33 +191,33 @@ def test_sessions_sealed_with_another_key_behave_as_expired(
 
 
 def test_a_process_with_the_same_key_reads_the_sessions(
-    shared: SharedState, clock: FakeClock
+    any_state: StateDatabase, clock: FakeClock
 ) -> None:
     key = os.urandom(32)
-    one = SharedSessionStore(shared, Sealer(key), clock, IDLE)
+    one = SharedSessionStore(any_state, Sealer(key), clock, IDLE)
     cookie, _ = one.open(None)
     one.add_launch(cookie, launch("r1", clock))
-    other = SharedSessionStore(shared, Sealer(key), clock, IDLE)
+    other = SharedSessionStore(any_state, Sealer(key), clock, IDLE)
     context = other.launch(cookie, "r1")
     assert context is not None and context.patient_id == "patient-secret-1"
 
 
 def test_an_altered_or_moved_sealed_value_does_not_open(
-    store: SharedSessionStore, shared: SharedState, clock: FakeClock
+    store: SharedSessionStore, any_state: StateDatabase, clock: FakeClock
 ) -> None:
     cookie, _ = store.open(None)
     store.add_launch(cookie, launch("r1", clock))
     store.add_launch(cookie, launch("r2", clock, access_token="other"))
     store.add_pending(cookie, pending("s1", clock))
-    conn = shared.connection()
-    conn.execute(  # r1's valid sealed value moved to r2
-        "UPDATE smart_launches SET sealed = (SELECT sealed FROM smart_launches WHERE ref = 'r1') "
-        "WHERE ref = 'r2'"
-    )
-    conn.execute(
-        "UPDATE smart_launches SET sealed = CAST(sealed || x'00' AS BLOB) WHERE ref = 'r1'"
-    )
-    conn.execute("UPDATE smart_pending SET sealed = x'00'")
+    with any_state.write() as conn:
+        r1 = select(smart_launch.c.sealed).where(smart_launch.c.ref == "r1").scalar_subquery()
+        moved = conn.execute(select(r1)).scalar_one()
+        # r1's valid sealed value moved to r2; r1's altered; every pending one replaced.
+        conn.execute(update(smart_launch).where(smart_launch.c.ref == "r2").values(sealed=moved))
+        conn.execute(
+            update(smart_launch).where(smart_launch.c.ref == "r1").values(sealed=moved + b"\0")
+        )
+        conn.execute(update(smart_pending).values(sealed=b"\0"))
     assert store.launch(cookie, "r1") is None
     assert store.launch(cookie, "r2") is None
     assert store.take_pending(cookie, "s1") == "expired"
@@ -213,14 +227,21 @@ def test_an_altered_or_moved_sealed_value_does_not_open(
 # -- on disk -----------------------------------------------------------------------------------------
 
 
-def test_no_token_verifier_cookie_state_or_patient_reaches_the_disk(
-    store: SharedSessionStore, shared: SharedState, clock: FakeClock, tmp_path: Path
+def test_no_token_verifier_cookie_state_or_patient_reaches_the_database(
+    store: SharedSessionStore, any_state: StateDatabase, clock: FakeClock, tmp_path: Path
 ) -> None:
     cookie, _ = store.open(None)
     store.add_pending(cookie, pending("state-secret-1", clock))
     store.add_launch(cookie, launch("r1", clock))
-    shared.close()  # everything written
-    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("shared.sqlite3*"))
+    stored = b""
+    with any_state.connect() as conn:
+        for table in (smart_session, smart_pending, smart_launch):
+            for row in conn.execute(select(table)):
+                stored += b"|".join(v if isinstance(v, bytes) else str(v).encode() for v in row)
+    if any_state.backend == "sqlite":
+        any_state.close()  # everything written
+        stored += b"".join(p.read_bytes() for p in tmp_path.glob("*.sqlite3*"))
+    assert stored
     for secret in (
         cookie,
         "state-secret-1",
@@ -229,7 +250,7 @@ def test_no_token_verifier_cookie_state_or_patient_reaches_the_disk(
         "refresh-secret-1",
         "patient-secret-1",
     ):
-        assert secret.encode() not in on_disk, secret
+        assert secret.encode() not in stored, secret
 
 
 # -- the refresh lease -------------------------------------------------------------------------------
@@ -274,44 +295,118 @@ class StepClock:
         return self.now
 
 
-def _hold_lease(shared: SharedState, until: float) -> None:
-    shared.connection().execute(
-        "UPDATE smart_launches SET lease_owner = x'01', lease_until = ?", (until,)
-    )
+def _hold_lease(any_state: StateDatabase, until: float) -> None:
+    with any_state.write() as conn:
+        conn.execute(update(smart_launch).values(lease_owner=b"\x01", lease_until=until))
 
 
 def test_a_lease_left_by_a_dead_holder_lapses(
-    shared: SharedState, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    any_state: StateDatabase, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shared_sessions, "LEASE_POLL_SECONDS", 0.0)
     lease_clock = StepClock()
     store = SharedSessionStore(
-        shared, Sealer(), clock, IDLE, lease_seconds=10, lease_clock=lease_clock
+        any_state, Sealer(), clock, IDLE, lease_seconds=10, lease_clock=lease_clock
     )
     cookie, _ = store.open(None)
     store.add_launch(cookie, launch("r1", clock))
-    _hold_lease(shared, lease_clock.now + 5)  # a worker died mid-refresh
+    _hold_lease(any_state, lease_clock.now + 5)  # a worker died mid-refresh
 
     context = store.refresh_launch(
         cookie, "r1", "access-secret-1", lambda t: RefreshedTokens("access-2", None, None, None)
     )
     assert context is not None and context.access_token == "access-2"
-    row = shared.connection().execute("SELECT lease_owner, lease_until FROM smart_launches")
-    assert row.fetchone() == (None, 0)  # released
+    with any_state.connect() as conn:
+        row = conn.execute(select(smart_launch.c.lease_owner, smart_launch.c.lease_until)).one()
+    assert tuple(row) == (None, 0)  # released
 
 
 def test_a_waiter_gives_up_after_a_whole_lease(
-    shared: SharedState, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    any_state: StateDatabase, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shared_sessions, "LEASE_POLL_SECONDS", 0.0)
     lease_clock = StepClock()
     store = SharedSessionStore(
-        shared, Sealer(), clock, IDLE, lease_seconds=10, lease_clock=lease_clock
+        any_state, Sealer(), clock, IDLE, lease_seconds=10, lease_clock=lease_clock
     )
     cookie, _ = store.open(None)
     store.add_launch(cookie, launch("r1", clock))
-    _hold_lease(shared, lease_clock.now + 1_000)  # someone keeps renewing it
+    _hold_lease(any_state, lease_clock.now + 1_000)  # someone keeps renewing it
 
     assert store.refresh_launch(cookie, "r1", "access-secret-1", _never) is None
     stored = store.launch(cookie, "r1")
     assert stored is not None and stored.refresh_token == "refresh-secret-1"  # untouched
+
+
+# -- idle sessions are purged on the schedule --------------------------------------------------------
+
+
+def test_idle_sessions_and_their_rows_are_purged(
+    any_state: StateDatabase, clock: FakeClock
+) -> None:
+    store = SharedSessionStore(any_state, Sealer(), clock, IDLE)
+    idle, _ = store.open(None)
+    store.add_pending(idle, pending("s1", clock))
+    store.add_launch(idle, launch("r1", clock))
+    clock.advance(IDLE / 2)
+    alive, _ = store.open(None)
+    clock.advance(IDLE / 2 + timedelta(seconds=1))
+    assert store.purge() == 1  # what the schedule runs
+    assert not store.exists(idle) and store.exists(alive)
+    with any_state.connect() as conn:
+        for table in (smart_pending, smart_launch):  # gone with their session (cascade)
+            assert conn.execute(select(func.count()).select_from(table)).scalar() == 0
+
+
+# -- two replicas on one PostgreSQL database ---------------------------------------------------------
+
+
+def test_two_replicas_on_one_postgresql_share_replay_and_sessions(
+    postgres_server: tests.postgres.PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: two app instances (as two replicas behind a load balancer, no stickiness) on one
+    PostgreSQL database with one SMART_SESSION_KEY: a token accepted by one is refused by the
+    other, and a SMART launch begun on one finishes on the other and is served by both."""
+    url = postgres_server.create_database()
+    migrated_state(url).close()
+    key = base64.b64encode(os.urandom(32)).decode()
+    config = {
+        "TESTING": True,
+        "DEV_MODE": True,
+        "PUBLIC_BASE_URL": BASE,
+        "DATABASE_URL": url,
+        "SMART_CLIENT_ID": "hfs-smart-test",
+        "SMART_ALLOWED_ISSUERS": EHR,
+        "SMART_SESSION_KEY": key,
+    }
+    replicas = [create_app(config), create_app(config)]
+    try:
+        for app in replicas:
+            init_smart(app, app.extensions["hfs_cds"].settings)
+            oauth = app.extensions[EXTENSION].oauth
+            monkeypatch.setattr(oauth, "discover", lambda fhir_base: CONFIG)
+            monkeypatch.setattr(oauth, "exchange_code", lambda *args: token())
+        a, b = (app.test_client(use_cookies=False) for app in replicas)
+
+        header = {"Authorization": f"Bearer {mint_development_token(f'{BASE}/cds-services')}"}
+        assert a.get("/cds-services", headers=header, base_url=BASE).status_code == 200
+        assert b.get("/cds-services", headers=header, base_url=BASE).status_code == 401
+
+        browser = Browser(a)
+        state = browser.start()  # the launch and the redirect to the EHR: replica A
+        browser.client = b  # the EHR redirects back; the load balancer picks replica B
+        called_back = browser.get("/smart/callback", state=state, code="code-1")
+        assert called_back.status_code == 303, called_back.get_data(as_text=True)[:300]
+        ref = urlsplit(called_back.headers["Location"]).path.split("/")[3]
+        for client in (a, b, a):
+            browser.client = client
+            answer = browser.get(f"/smart/app/{ref}/what-if.json", minutes="42", hb="II")
+            assert answer.status_code == 200
+        browser.client = a  # the state was used on B: refused on A too
+        assert browser.get("/smart/callback", state=state, code="code-1").status_code != 303
+    finally:
+        for app in replicas:
+            app.extensions[EXTENSION].close()
+            app.extensions["hfs_cds"].close()
+        postgres_server.drop_database(url)

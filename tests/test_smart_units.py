@@ -9,7 +9,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +27,6 @@ from cds_service.gather.app_context import (
 )
 from cds_service.model import RecurrenceModel
 from cds_service.presentation import present
-from cds_service.shared_state import SharedState
 from cds_service.smart import RedactSmartQueries, init_smart, launch_url
 from cds_service.smart.app_state import default_frame_ancestors
 from cds_service.smart.chart import build_chart, curve
@@ -54,6 +52,7 @@ from cds_service.smart.sessions import (
     SessionStore,
 )
 from cds_service.smart.shared_sessions import SharedSessionStore
+from cds_service.store.state import StateDatabase
 from tests.hook_calls import recent_patient
 from tests.smart.pages import Page
 from tests.smart.served import FakeClock
@@ -232,17 +231,19 @@ MakeStore = Callable[..., Sessions]
 
 
 @pytest.fixture(params=["memory", "shared"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
-    """``make_store(clock, idle, **kwargs)``: the in-memory or the shared session store."""
-    shared = SharedState(tmp_path / "shared.sqlite3")
+def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
+    """``make_store(clock, idle, **kwargs)``: the in-memory session store, or the one in the
+    store's database (embedded SQLite here; both backends in test_smart_shared_store.py)."""
+    state: StateDatabase | None = (
+        request.getfixturevalue("state") if request.param == "shared" else None
+    )
 
     def make(clock: FakeClock, idle: timedelta, **kwargs: Any) -> Sessions:
-        if request.param == "memory":
+        if state is None:
             return SessionStore(clock, idle, **kwargs)
-        return SharedSessionStore(shared, Sealer(), clock, idle, **kwargs)
+        return SharedSessionStore(state, Sealer(), clock, idle, **kwargs)
 
     yield make
-    shared.close()
 
 
 def _pending(state: str, created: datetime) -> PendingAuthorization:

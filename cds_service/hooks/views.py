@@ -27,6 +27,7 @@ from cds_service.hooks.request import parse_hook_request
 from cds_service.hooks.services import HookServices
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
+from cds_service.security import ReplayCheckUnavailable
 from cds_service.security.ehr_auth import AuthenticationError
 from cds_service.store import StoreError, audit_record_from, inputs_key
 from cds_service.store.feedback import DEFAULT_POLICY, FeedbackRefused
@@ -72,6 +73,14 @@ def authenticate_ehr() -> Response | None:
     except AuthenticationError as exc:
         log.warning("EHR authentication failed: %s", exc.reason)
         return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+    except ReplayCheckUnavailable as exc:
+        # The token may be valid: never a 401. Nothing was accepted; the EHR may retry.
+        log.error("EHR authentication not possible: %s", exc.reason)
+        response = outcome_response(
+            503, "the JWT replay check is unavailable; retry later", code="transient"
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     return None
 
 

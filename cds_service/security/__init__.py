@@ -1,10 +1,20 @@
-"""Trust boundaries: which EHRs are trusted (``trusted_issuers``), their keys (``jwks``), the JWT
-check at every CDS Hooks call (``ehr_auth``) and the replay cache its workers share
-(``shared_replay``)."""
+"""Trust boundaries: which EHRs are trusted (``trusted_issuers``), their keys (``jwks``) and the JWT
+check at every CDS Hooks call (``ehr_auth``). Its replay cache, which every worker and replica
+shares, is in the store's database (:mod:`cds_service.store.replay_cache`)."""
 
 
 class AuthenticationError(Exception):
     """The request is not from a trusted CDS Client. ``reason`` is for the log, never the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReplayCheckUnavailable(Exception):
+    """The replay cache could not be consulted (its database failed): the token may be valid, so
+    this is not an authentication failure. The web layer answers 503 (retry later), never 401.
+    ``reason`` names the exception class only, never a value."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -77,7 +77,7 @@ def replay_ttl_needed(
 
 class ReplayGuard(Protocol):
     """Remembers accepted ``(iss, jti)`` pairs and refuses them afterwards
-    (:class:`~cds_service.security.shared_replay.SharedReplayCache`)."""
+    (:class:`~cds_service.store.replay_cache.ReplayCache`, in the store's database)."""
 
     @property
     def max_ttl_seconds(self) -> float:
@@ -86,7 +86,8 @@ class ReplayGuard(Protocol):
 
     def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
         """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise
-        ``AuthenticationError`` if it was seen (replay) or no more pairs can be kept (full)."""
+        ``AuthenticationError`` if it was seen (replay) or no more pairs can be kept (full), or
+        :class:`~cds_service.security.ReplayCheckUnavailable` when it cannot tell (answer 503)."""
         ...
 
 
@@ -206,7 +207,8 @@ class EhrAuthenticator:
     def authenticate(
         self, authorization_header: str | None, endpoint_audience: str
     ) -> VerifiedClient:
-        """Return the verified client, or raise ``AuthenticationError`` (answer with a bare 401)."""
+        """Return the verified client, or raise ``AuthenticationError`` (answer with a bare 401);
+        ``ReplayCheckUnavailable`` when the replay cache cannot be consulted (answer 503)."""
         token = self._bearer_token(authorization_header)
         header, unverified_claims = _read_unverified(token)
         alg, kid = self._checked_header(header)

@@ -21,7 +21,7 @@ from cds_service.smart.shared_sessions import SharedSessionStore
 class SmartRuntime:
     settings: SmartSettings
     cds: Runtime  # the service's runtime: the one Assessor, the clock, the public base URL
-    store: Sessions  # shared by the instance's worker processes
+    store: Sessions  # in the store's database: shared by every worker and replica on it
     oauth: OAuthClient
     fhir_client: FhirClient  # allowlisted to the SMART FHIR bases only
     reader: RecordReader
@@ -45,13 +45,15 @@ class SmartRuntime:
             settings=settings,
             cds=cds,
             store=SharedSessionStore(
-                cds.shared_state,
-                # Made here, in memory only: with gunicorn's preload_app the master builds the
-                # app and every worker it forks inherits this key (see smart/sealing.py).
-                Sealer(),
+                cds.state,
+                # SMART_SESSION_KEY, shared by the replicas; else made here, in memory only: with
+                # gunicorn's preload_app the master builds the app and every worker it forks
+                # inherits this key (see smart/sealing.py).
+                Sealer(settings.sealing_key()),
                 cds.clock,
                 timedelta(seconds=settings.session_idle_seconds),
                 lease_seconds=refresh_lease_seconds(settings),
+                schedule=cds.purge,
             ),
             oauth=OAuthClient(
                 settings.client_id,

@@ -1,10 +1,11 @@
-"""Sealing session secrets before they reach the shared-state file (AES-256-GCM).
+"""Sealing session secrets before they reach the database (AES-256-GCM).
 
-Tokens and PKCE verifiers must not sit on disk in plain text. The key is random, made when the app
-is created and held only in memory: with gunicorn's ``preload_app`` the master creates the app and
-every worker it forks inherits the same key, so all workers read each other's sessions. A process
-with another key (after a restart, or a server that does not preload) cannot open them, and the
-store treats such sessions as expired. Each sealed value is bound to its row (associated data), so
+Tokens and PKCE verifiers must not sit on disk in plain text. The key is ``SMART_SESSION_KEY``,
+the same on every replica; without it, it is random, made when the app is created and held only in
+memory: with gunicorn's ``preload_app`` the master creates the app and every worker it forks
+inherits the same key, so all workers read each other's sessions. A process with another key
+(after a restart, or another replica) cannot open them, and the store treats such sessions as
+expired. Each sealed value is bound to its row (associated data), so
 a sealed blob moved to another session or launch does not open.
 """
 

@@ -23,9 +23,9 @@ browser had before the callback stops working. A session id planted in a browser
 is therefore worth nothing after it.
 
 :class:`Sessions` is what the app needs from a store. The app uses
-:class:`~cds_service.smart.shared_sessions.SharedSessionStore`, which every worker process of the
-instance shares; :class:`SessionStore` here is the same in the memory of one process (tests,
-library use).
+:class:`~cds_service.smart.shared_sessions.SharedSessionStore`, in the store's database, which every
+worker process and every replica on that database shares; :class:`SessionStore` here is the same in
+the memory of one process (tests, library use).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SMART sessions in the shared-state file, so every worker process of the instance serves them.
+"""SMART sessions in the store's database, so every worker and every replica serves them.
 
 Same behaviour and bounds as the in-memory :class:`~cds_service.smart.sessions.SessionStore`: idle
 expiry, at most ``max_sessions`` signed-in sessions and ``max_pending_sessions`` pending ones, each
@@ -6,31 +6,50 @@ pool evicting its own least recently used (``signed_in`` tells them apart), per-
 pending authorizations, launches and remembered used ``state`` values, pending authorizations
 valid for ``PENDING_TTL`` and usable once, a cookie value never adopted unless this store issued
 it, and a new id at sign-in (the session's rows move to it, re-sealed for it, in one write
-transaction; the old id is deleted). What reaches the disk:
+transaction; the old id is deleted). The tables are the store's (:mod:`cds_service.store.schema`,
+schema 5): the embedded SQLite file, or PostgreSQL shared by the replicas, so a launch begun on one
+replica finishes on another without sticky sessions. What reaches the database:
 
 * a session's id is the SHA-256 of its cookie, a ``state`` is stored as its SHA-256;
-* PKCE verifiers, tokens and the launch context (patient id included) are sealed with the app's
-  in-memory key (:class:`~cds_service.smart.sealing.Sealer`), bound to their row;
+* PKCE verifiers, tokens and the launch context (patient id included) are sealed
+  (:class:`~cds_service.smart.sealing.Sealer`), bound to their row; replicas share the key
+  through ``SMART_SESSION_KEY`` (else each instance makes its own, which its workers inherit);
 * each session records which key sealed its secrets: a session sealed with another key (the app
-  restarted, or a worker that did not inherit the key) is treated exactly like an expired one.
+  restarted without a configured key, or a replica with another key) is treated exactly like an
+  expired one.
 
 A ``state`` is consumed with ``DELETE … RETURNING`` in a write transaction, so only one process
-can take it. Token refresh uses a lease column instead of a lock held across the network call:
+can take it (SQLite: one writer at a time; PostgreSQL: the row lock, and the session row is read
+``FOR UPDATE``). Token refresh uses a lease column instead of a lock held across the network call:
 the request that claims the lease (a conditional ``UPDATE``) refreshes and writes the new tokens;
 others poll until they see them or the lease lapses (the holder died), then claim it themselves.
+Leases compare wall-clock times of different hosts: keep the replicas' clocks synchronised (NTP).
+Idle sessions are deleted on the store's purge schedule and when a new session is opened.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from cds_service.shared_state import SharedState
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    LargeBinary,
+    Table,
+    and_,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import (
     MAX_LAUNCHES_PER_SESSION,
@@ -45,27 +64,8 @@ from cds_service.smart.sessions import (
     StateRefusal,
     apply_refresh,
 )
-
-SCHEMA_PART: Final = "smart"
-SCHEMA: Final = (
-    # id: SHA-256 of the cookie; key_id: the key that sealed the session's secrets; signed_in: 1
-    # once the session holds an authorised launch (0: pending, the pool anyone can fill).
-    "CREATE TABLE smart_sessions (id BLOB PRIMARY KEY, key_id BLOB NOT NULL, "
-    "last_seen REAL NOT NULL, signed_in INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
-    "CREATE INDEX smart_sessions_last_seen ON smart_sessions (last_seen)",
-    "CREATE INDEX smart_sessions_pool ON smart_sessions (signed_in, last_seen)",
-    # seq orders rows by insertion, for the per-session maxima (oldest goes first).
-    "CREATE TABLE smart_pending (seq INTEGER PRIMARY KEY, "
-    "session BLOB NOT NULL REFERENCES smart_sessions (id) ON DELETE CASCADE, "
-    "state BLOB NOT NULL, sealed BLOB NOT NULL, UNIQUE (session, state))",
-    "CREATE TABLE smart_used_states (seq INTEGER PRIMARY KEY, "
-    "session BLOB NOT NULL REFERENCES smart_sessions (id) ON DELETE CASCADE, "
-    "state BLOB NOT NULL, UNIQUE (session, state))",
-    "CREATE TABLE smart_launches (seq INTEGER PRIMARY KEY, "
-    "session BLOB NOT NULL REFERENCES smart_sessions (id) ON DELETE CASCADE, "
-    "ref TEXT NOT NULL, sealed BLOB NOT NULL, "
-    "lease_owner BLOB, lease_until REAL NOT NULL DEFAULT 0, UNIQUE (session, ref))",
-)
+from cds_service.store.schema import smart_launch, smart_pending, smart_session, smart_used_state
+from cds_service.store.state import PurgeSchedule, StateDatabase
 
 #: A session's last use is written at most this often (reads stay reads), so it may end up to
 #: this much earlier than its idle period says.
@@ -73,11 +73,11 @@ TOUCH_INTERVAL: Final = timedelta(seconds=30)
 #: How often a request waiting for another's token refresh looks again.
 LEASE_POLL_SECONDS: Final = 0.05
 
-_VISIBLE: Final = "id = :sid AND key_id = :key_id AND last_seen >= :alive_since"
+S, P, U, L = smart_session.c, smart_pending.c, smart_used_state.c, smart_launch.c
 
 
 class SharedSessionStore:
-    """Browser sessions in :class:`~cds_service.shared_state.SharedState`; see the module doc.
+    """Browser sessions in the store's database; see the module doc.
 
     ``clock`` is the app's "now" (sessions, authorizations, token expiry); leases use
     ``lease_clock`` (wall time, the same in every process). ``lease_seconds`` must exceed the
@@ -86,7 +86,7 @@ class SharedSessionStore:
 
     def __init__(
         self,
-        shared: SharedState,
+        state: StateDatabase,
         sealer: Sealer,
         clock: Callable[[], datetime],
         idle: timedelta,
@@ -94,8 +94,9 @@ class SharedSessionStore:
         lease_clock: Callable[[], float] = time.time,
         max_sessions: int = MAX_SESSIONS,
         max_pending_sessions: int = MAX_PENDING_SESSIONS,
+        schedule: PurgeSchedule | None = None,
     ) -> None:
-        self._shared = shared
+        self._state = state
         self._max_sessions = max_sessions
         self._max_pending = max_pending_sessions
         self._sealer = sealer
@@ -104,7 +105,10 @@ class SharedSessionStore:
         self._touch = min(TOUCH_INTERVAL.total_seconds(), self._idle / 10)
         self._lease = lease_seconds
         self._lease_clock = lease_clock
-        shared.ensure_schema(SCHEMA_PART, SCHEMA)
+        self._insert = postgresql.insert if state.backend == "postgresql" else sqlite.insert
+        self._schedule = schedule
+        if schedule is not None:
+            schedule.add("SMART sessions", self.purge)
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -114,16 +118,19 @@ class SharedSessionStore:
         An unknown, expired or unreadable cookie value is never adopted (no session fixation):
         a fresh random one replaces it.
         """
+        if self._schedule is not None:
+            self._schedule.ensure_running()
         now = self._now()
         if cookie and self._visible(_key(cookie), now):
             return cookie, False
         value = secrets.token_urlsafe(32)
         sid = _key(value)
-        with self._shared.write() as conn:
-            conn.execute("DELETE FROM smart_sessions WHERE last_seen < ?", (now - self._idle,))
+        with self._state.write() as conn:
+            conn.execute(delete(smart_session).where(S.last_seen < now - self._idle))
             conn.execute(
-                "INSERT INTO smart_sessions (id, key_id, last_seen, signed_in) VALUES (?, ?, ?, 0)",
-                (sid, self._sealer.key_id, now),
+                smart_session.insert().values(
+                    id=sid, key_id=self._sealer.key_id, last_seen=now, signed_in=False
+                )
             )
             _keep_pool(conn, signed_in=False, keep=self._max_pending, sid=sid)
         return value, True
@@ -131,23 +138,28 @@ class SharedSessionStore:
     def exists(self, cookie: str | None) -> bool:
         if not cookie:
             return False
-        row = self._conn().execute(
-            f"SELECT 1 FROM smart_sessions WHERE {_VISIBLE}", self._where(_key(cookie))
-        )
-        return row.fetchone() is not None
+        with self._state.connect() as conn:
+            row = conn.execute(select(literal(1)).where(self._alive(_key(cookie)))).first()
+        return row is not None
+
+    def purge(self, _now: float | None = None) -> int:
+        """Delete the sessions idle for longer than the idle period (their rows go with them);
+        how many. Run by the purge schedule, with the app's own clock (``last_seen`` is on it)."""
+        with self._state.write() as conn:
+            gone = conn.execute(delete(smart_session).where(S.last_seen < self._now() - self._idle))
+        return int(gone.rowcount)
 
     # -- authorization requests ------------------------------------------------------------------
 
     def add_pending(self, cookie: str, pending: PendingAuthorization) -> None:
         sid, state = _key(cookie), _digest(pending.state)
         sealed = self._sealer.seal(_pending_json(pending), b"pending\0" + sid + state)
-        with self._shared.write() as conn:
+        with self._state.write() as conn:
             self._require_session(conn, sid)
-            conn.execute(
-                "INSERT OR REPLACE INTO smart_pending (session, state, sealed) VALUES (?, ?, ?)",
-                (sid, state, sealed),
-            )
-            _keep_newest(conn, "smart_pending", sid, MAX_PENDING_PER_SESSION)
+            # Replaced as the newest (delete, then insert): the per-session bound drops the oldest.
+            conn.execute(delete(smart_pending).where(P.session == sid, P.state == state))
+            conn.execute(smart_pending.insert().values(session=sid, state=state, sealed=sealed))
+            _keep_newest(conn, smart_pending, sid, MAX_PENDING_PER_SESSION)
 
     def take_pending(self, cookie: str | None, state: str) -> PendingAuthorization | StateRefusal:
         """Consume ``state`` (single use, in whichever process): the request, or why refused."""
@@ -155,28 +167,27 @@ class SharedSessionStore:
             return "no-session"
         now = self._now()
         sid, digest = _key(cookie), _digest(state)
-        with self._shared.write() as conn:
+        with self._state.write() as conn:
             seen = conn.execute(
-                f"SELECT last_seen FROM smart_sessions WHERE {_VISIBLE}", self._where(sid, now)
-            ).fetchone()
+                select(S.last_seen).where(self._alive(sid, now)).with_for_update()
+            ).first()
             if seen is None:
                 return "no-session"
-            conn.execute("UPDATE smart_sessions SET last_seen = ? WHERE id = ?", (now, sid))
+            conn.execute(update(smart_session).where(S.id == sid).values(last_seen=now))
             taken = conn.execute(
-                "DELETE FROM smart_pending WHERE session = ? AND state = ? RETURNING sealed",
-                (sid, digest),
-            ).fetchone()
+                delete(smart_pending).where(P.session == sid, P.state == digest).returning(P.sealed)
+            ).first()
             if taken is None:
                 used = conn.execute(
-                    "SELECT 1 FROM smart_used_states WHERE session = ? AND state = ?",
-                    (sid, digest),
-                ).fetchone()
+                    select(literal(1)).where(U.session == sid, U.state == digest)
+                ).first()
                 return "used" if used else "unknown"
             conn.execute(
-                "INSERT OR IGNORE INTO smart_used_states (session, state) VALUES (?, ?)",
-                (sid, digest),
+                self._insert(smart_used_state)
+                .values(session=sid, state=digest)
+                .on_conflict_do_nothing(index_elements=[U.session, U.state])
             )
-            _keep_newest(conn, "smart_used_states", sid, MAX_USED_STATES)
+            _keep_newest(conn, smart_used_state, sid, MAX_USED_STATES)
         opened = self._sealer.open(taken[0], b"pending\0" + sid + digest)
         pending = _pending_from(state, opened) if opened is not None else None
         if pending is None or self._clock() - pending.created > PENDING_TTL:
@@ -188,7 +199,7 @@ class SharedSessionStore:
     def add_launch(self, cookie: str, launch: LaunchContext) -> None:
         sid = _key(cookie)
         sealed = self._sealer.seal(_launch_json(launch), _launch_bound(sid, launch.ref))
-        with self._shared.write() as conn:
+        with self._state.write() as conn:
             self._require_session(conn, sid)
             self._insert_launch(conn, sid, launch.ref, sealed)
 
@@ -201,53 +212,54 @@ class SharedSessionStore:
         value = secrets.token_urlsafe(32)
         sid = _key(value)
         sealer = self._sealer
-        with self._shared.write() as conn:
-            if (
-                conn.execute(
-                    f"SELECT 1 FROM smart_sessions WHERE {_VISIBLE}", self._where(old, now)
-                ).fetchone()
-                is None
-            ):
+        with self._state.write() as conn:
+            alive = select(literal(1)).where(self._alive(old, now)).with_for_update()
+            if conn.execute(alive).first() is None:
                 return None
             conn.execute(
-                "INSERT INTO smart_sessions (id, key_id, last_seen, signed_in) VALUES (?, ?, ?, 1)",
-                (sid, sealer.key_id, now),
+                smart_session.insert().values(
+                    id=sid, key_id=sealer.key_id, last_seen=now, signed_in=True
+                )
             )
             # What the old id held moves to the new one, re-sealed for its new row (each sealed
             # value is bound to its session); then the old id goes, its rows with it.
             for state, sealed in conn.execute(
-                "SELECT state, sealed FROM smart_pending WHERE session = ? ORDER BY seq", (old,)
-            ).fetchall():
+                select(P.state, P.sealed).where(P.session == old).order_by(P.seq)
+            ).all():
                 opened = sealer.open(sealed, b"pending\0" + old + state)
                 if opened is not None:
                     conn.execute(
-                        "INSERT INTO smart_pending (session, state, sealed) VALUES (?, ?, ?)",
-                        (sid, state, sealer.seal(opened, b"pending\0" + sid + state)),
+                        smart_pending.insert().values(
+                            session=sid,
+                            state=state,
+                            sealed=sealer.seal(opened, b"pending\0" + sid + state),
+                        )
                     )
             conn.execute(
-                "INSERT INTO smart_used_states (session, state) "
-                "SELECT ?, state FROM smart_used_states WHERE session = ? ORDER BY seq",
-                (sid, old),
+                smart_used_state.insert().from_select(
+                    ["session", "state"],
+                    select(literal(sid, LargeBinary), U.state)
+                    .where(U.session == old)
+                    .order_by(U.seq),
+                )
             )
             for ref, sealed, lease_owner, lease_until in conn.execute(
-                "SELECT ref, sealed, lease_owner, lease_until FROM smart_launches "
-                "WHERE session = ? ORDER BY seq",
-                (old,),
-            ).fetchall():
+                select(L.ref, L.sealed, L.lease_owner, L.lease_until)
+                .where(L.session == old)
+                .order_by(L.seq)
+            ).all():
                 opened = sealer.open(sealed, _launch_bound(old, ref))
                 if opened is not None:
                     conn.execute(
-                        "INSERT INTO smart_launches (session, ref, sealed, lease_owner, "
-                        "lease_until) VALUES (?, ?, ?, ?, ?)",
-                        (
-                            sid,
-                            ref,
-                            sealer.seal(opened, _launch_bound(sid, ref)),
-                            lease_owner,
-                            lease_until,
-                        ),
+                        smart_launch.insert().values(
+                            session=sid,
+                            ref=ref,
+                            sealed=sealer.seal(opened, _launch_bound(sid, ref)),
+                            lease_owner=lease_owner,
+                            lease_until=lease_until,
+                        )
                     )
-            conn.execute("DELETE FROM smart_sessions WHERE id = ?", (old,))
+            conn.execute(delete(smart_session).where(S.id == old))
             sealed = sealer.seal(_launch_json(launch), _launch_bound(sid, launch.ref))
             self._insert_launch(conn, sid, launch.ref, sealed)
         return value
@@ -260,16 +272,15 @@ class SharedSessionStore:
 
     def drop_launch(self, cookie: str | None, ref: str) -> None:
         if cookie:
-            self._conn().execute(
-                "DELETE FROM smart_launches WHERE session = ? AND ref = ?", (_key(cookie), ref)
-            )
+            with self._state.connect() as conn:
+                conn.execute(delete(smart_launch).where(L.session == _key(cookie), L.ref == ref))
 
     def refresh_launch(
         self, cookie: str | None, ref: str, stale: str, refresh: Refresh
     ) -> LaunchContext | None:
         """See :meth:`~cds_service.smart.sessions.Sessions.refresh_launch`: once across processes.
 
-        No SQLite lock is held during ``refresh`` (a network call): the lease is a column.
+        No database lock is held during ``refresh`` (a network call): the lease is a column.
         """
         if not cookie:
             return None
@@ -305,68 +316,67 @@ class SharedSessionStore:
             self._store_tokens(sid, context, owner)
             return context
         finally:
-            self._conn().execute(
-                "UPDATE smart_launches SET lease_owner = NULL, lease_until = 0 "
-                "WHERE session = ? AND ref = ? AND lease_owner = ?",
-                (sid, ref, owner),
-            )
+            with self._state.connect() as conn:
+                conn.execute(
+                    update(smart_launch)
+                    .where(L.session == sid, L.ref == ref, L.lease_owner == owner)
+                    .values(lease_owner=None, lease_until=0.0)
+                )
 
     # -- internals -------------------------------------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        return self._shared.connection()
 
     def _now(self) -> float:
         return self._clock().timestamp()
 
-    def _where(self, sid: bytes, now: float | None = None) -> dict[str, Any]:
+    def _alive(self, sid: bytes, now: float | None = None) -> ColumnElement[bool]:
+        """The session row, if it is readable with this key and not idle for too long."""
         now = self._now() if now is None else now
-        return {"sid": sid, "key_id": self._sealer.key_id, "alive_since": now - self._idle}
+        return and_(S.id == sid, S.key_id == self._sealer.key_id, S.last_seen >= now - self._idle)
 
     def _visible(self, sid: bytes, now: float) -> bool:
         """Whether the session is alive and readable; marks it used (at most every few seconds)."""
-        conn = self._conn()
-        row = conn.execute(
-            f"SELECT last_seen FROM smart_sessions WHERE {_VISIBLE}", self._where(sid, now)
-        ).fetchone()
-        if row is None:
-            return False
-        if now - row[0] >= self._touch:
-            conn.execute("UPDATE smart_sessions SET last_seen = ? WHERE id = ?", (now, sid))
+        with self._state.connect() as conn:
+            row = conn.execute(select(S.last_seen).where(self._alive(sid, now))).first()
+            if row is None:
+                return False
+            if now - row[0] >= self._touch:
+                conn.execute(update(smart_session).where(S.id == sid).values(last_seen=now))
         return True
 
-    def _insert_launch(self, conn: sqlite3.Connection, sid: bytes, ref: str, sealed: bytes) -> None:
+    def _insert_launch(self, conn: Connection, sid: bytes, ref: str, sealed: bytes) -> None:
         """Add a sealed launch to the session, which is then signed in (in ``conn``'s write)."""
+        conn.execute(delete(smart_launch).where(L.session == sid, L.ref == ref))
         conn.execute(
-            "INSERT OR REPLACE INTO smart_launches (session, ref, sealed) VALUES (?, ?, ?)",
-            (sid, ref, sealed),
+            smart_launch.insert().values(session=sid, ref=ref, sealed=sealed, lease_until=0.0)
         )
-        _keep_newest(conn, "smart_launches", sid, MAX_LAUNCHES_PER_SESSION)
+        _keep_newest(conn, smart_launch, sid, MAX_LAUNCHES_PER_SESSION)
         conn.execute(
-            "UPDATE smart_sessions SET signed_in = 1 WHERE id = ? AND signed_in = 0", (sid,)
+            update(smart_session).where(S.id == sid, S.signed_in.is_(False)).values(signed_in=True)
         )
         _keep_pool(conn, signed_in=True, keep=self._max_sessions, sid=sid)
 
-    def _require_session(self, conn: sqlite3.Connection, sid: bytes) -> None:
+    def _require_session(self, conn: Connection, sid: bytes) -> None:
         row = conn.execute(
-            "SELECT 1 FROM smart_sessions WHERE id = ? AND key_id = ?", (sid, self._sealer.key_id)
-        ).fetchone()
+            select(literal(1)).where(S.id == sid, S.key_id == self._sealer.key_id)
+        ).first()
         if row is None:
             raise KeyError("no such session")  # as the in-memory store: open() comes first
 
     def _read_launch(self, sid: bytes, ref: str, now: float) -> LaunchContext | None:
-        conn = self._conn()
-        row = conn.execute(
-            "SELECT s.last_seen, l.sealed FROM smart_sessions AS s LEFT JOIN smart_launches AS l "
-            "ON l.session = s.id AND l.ref = :ref "
-            "WHERE s.id = :sid AND s.key_id = :key_id AND s.last_seen >= :alive_since",
-            {**self._where(sid, now), "ref": ref},
-        ).fetchone()
-        if row is None:
-            return None
-        last_seen, sealed = row
-        if now - last_seen >= self._touch:
-            conn.execute("UPDATE smart_sessions SET last_seen = ? WHERE id = ?", (now, sid))
+        query = (
+            select(S.last_seen, L.sealed)
+            .select_from(
+                smart_session.outerjoin(smart_launch, and_(L.session == S.id, L.ref == ref))
+            )
+            .where(self._alive(sid, now))
+        )
+        with self._state.connect() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            last_seen, sealed = row
+            if now - last_seen >= self._touch:
+                conn.execute(update(smart_session).where(S.id == sid).values(last_seen=now))
         if sealed is None:
             return None
         opened = self._sealer.open(sealed, _launch_bound(sid, ref))
@@ -374,43 +384,42 @@ class SharedSessionStore:
 
     def _claim(self, sid: bytes, ref: str, owner: bytes) -> bool:
         t = self._lease_clock()
-        claimed = self._conn().execute(
-            "UPDATE smart_launches SET lease_owner = ?, lease_until = ? "
-            "WHERE session = ? AND ref = ? AND lease_until <= ?",
-            (owner, t + self._lease, sid, ref, t),
-        )
+        with self._state.connect() as conn:
+            claimed = conn.execute(
+                update(smart_launch)
+                .where(L.session == sid, L.ref == ref, L.lease_until <= t)
+                .values(lease_owner=owner, lease_until=t + self._lease)
+            )
         return claimed.rowcount == 1
 
     def _store_tokens(self, sid: bytes, context: LaunchContext, owner: bytes) -> None:
         sealed = self._sealer.seal(_launch_json(context), _launch_bound(sid, context.ref))
-        self._conn().execute(
-            "UPDATE smart_launches SET sealed = ? WHERE session = ? AND ref = ? AND lease_owner = ?",
-            (sealed, sid, context.ref, owner),
-        )
+        with self._state.connect() as conn:
+            conn.execute(
+                update(smart_launch)
+                .where(L.session == sid, L.ref == context.ref, L.lease_owner == owner)
+                .values(sealed=sealed)
+            )
 
 
-def _keep_newest(conn: sqlite3.Connection, table: str, sid: bytes, keep: int) -> None:
+def _keep_newest(conn: Connection, table: Table, sid: bytes, keep: int) -> None:
     """Drop all but the ``keep`` newest rows of the session in ``table`` (one of ours)."""
+    newest = (
+        select(table.c.seq).where(table.c.session == sid).order_by(table.c.seq.desc()).limit(keep)
+    )
     conn.execute(
-        f"DELETE FROM {table} WHERE session = ?1 AND seq NOT IN "
-        f"(SELECT seq FROM {table} WHERE session = ?1 ORDER BY seq DESC LIMIT ?2)",
-        (sid, keep),
+        delete(table).where(table.c.session == sid, table.c.seq.not_in(newest.scalar_subquery()))
     )
 
 
-def _keep_pool(conn: sqlite3.Connection, *, signed_in: bool, keep: int, sid: bytes) -> None:
+def _keep_pool(conn: Connection, *, signed_in: bool, keep: int, sid: bytes) -> None:
     """Evict the least recently used sessions of one pool beyond ``keep``, never ``sid``: the
     pending pool and the signed-in pool are bounded apart, so filling one leaves the other."""
-    flag = 1 if signed_in else 0
-    (count,) = conn.execute(
-        "SELECT count(*) FROM smart_sessions WHERE signed_in = ?", (flag,)
-    ).fetchone()
-    if count > keep:
-        conn.execute(
-            "DELETE FROM smart_sessions WHERE id IN (SELECT id FROM smart_sessions "
-            "WHERE signed_in = ? AND id != ? ORDER BY last_seen LIMIT ?)",
-            (flag, sid, count - keep),
-        )
+    pool = S.signed_in.is_(signed_in)
+    count = conn.execute(select(func.count()).select_from(smart_session).where(pool)).scalar()
+    if count is not None and count > keep:
+        oldest = select(S.id).where(pool, S.id != sid).order_by(S.last_seen).limit(count - keep)
+        conn.execute(delete(smart_session).where(S.id.in_(oldest.scalar_subquery())))
 
 
 def _key(cookie: str) -> bytes:

@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT = 30.0
 #: Rows deleted per transaction by :meth:`Store.purge` (keeps SQLite's write lock short).
 PURGE_BATCH = 5000
+#: How long a write to the ephemeral state waits for SQLite's write lock (a hook call waits on it).
+STATE_BUSY_TIMEOUT = 5.0
 #: Execution option selecting how a SQLite transaction begins (``IMMEDIATE`` unless told).
 SQLITE_BEGIN = "hfs_sqlite_begin"
 
@@ -116,7 +118,7 @@ def open_engine(url: str | URL, *, create_directory: bool = False) -> Engine:
             max_overflow=16,
             **_JSON_CODEC,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, durable=True, busy_timeout=SQLITE_BUSY_TIMEOUT)
         return engine
     return create_engine(
         parsed,
@@ -125,6 +127,41 @@ def open_engine(url: str | URL, *, create_directory: bool = False) -> Engine:
         max_overflow=10,
         connect_args={"connect_timeout": 10, "application_name": "hfs-cds"},
         **_JSON_CODEC,
+    )
+
+
+def open_state_engine(url: str | URL) -> Engine:
+    """An engine for the ephemeral shared state (JWT replay cache, SMART sessions) on the store's
+    database: its own pool, and commits that do not wait for the disk.
+
+    A crash of the host (SQLite) or of the PostgreSQL server may lose the last few writes, as a
+    restart lost the old per-instance state; the database stays consistent, and a committed row is
+    visible to every other connection at once (PostgreSQL's ``synchronous_commit = off`` delays
+    only the flush), so a replica still refuses a token another replica has just accepted. Waiting
+    for an fsync on every authenticated hook call would cost more than the whole check. The
+    shorter busy timeout bounds how long a hook call waits for SQLite's write lock (then 503).
+    """
+    parsed = url if isinstance(url, URL) else normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": STATE_BUSY_TIMEOUT, "check_same_thread": False},
+            pool_size=8,
+            max_overflow=16,
+        )
+        _configure_sqlite(engine, durable=False, busy_timeout=STATE_BUSY_TIMEOUT)
+        return engine
+    # No pre-ping: it would double the round trips of every replay check. A connection the server
+    # dropped fails one call (503, retried by the EHR) and SQLAlchemy then renews the whole pool.
+    return create_engine(
+        parsed,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={
+            "connect_timeout": 10,
+            "application_name": "hfs-cds state",
+            "options": "-c synchronous_commit=off",
+        },
     )
 
 
@@ -148,22 +185,25 @@ def _create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, durable: bool, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (the documented
-        # recipe for pysqlite), and make the file a WAL database with durable commits.
+        # recipe for pysqlite), and make the file a WAL database; commits are durable (FULL) for
+        # audit and feedback, and reach the disk at checkpoints (NORMAL) for ephemeral state.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            mode = switch_to_wal(cursor, SQLITE_BUSY_TIMEOUT)
+            mode = switch_to_wal(cursor, busy_timeout)
             if mode.lower() != "wal":
                 raise UnsupportedDatabase(
                     "SQLite could not switch the database to WAL mode (is it on a network "
                     "file system?); use a local disk or PostgreSQL"
                 )
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+            cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            # SMART sessions' rows go with their session (ON DELETE CASCADE); off by default.
+            cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
 
@@ -171,9 +211,20 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         # IMMEDIATE takes the write lock up front, so a transaction that reads and then writes
         # waits for its turn instead of failing with SQLITE_BUSY half-way. Read-only callers
-        # (the report) ask for DEFERRED through the execution option.
+        # (the report) ask for DEFERRED through the execution option; a connection that runs one
+        # statement at a time (the replay check, see single_statements) asks for NONE: SQLite
+        # makes each statement atomic by itself, and the commit is then a no-op.
         mode = conn.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+        if mode != "NONE":
+            conn.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+
+
+def single_statements(engine: Engine) -> Engine:
+    """The engine's pool, for connections on which each statement commits by itself (no BEGIN and
+    COMMIT around it: a round trip each on PostgreSQL, two statements each on SQLite)."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{SQLITE_BEGIN: "NONE"})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, unique: Column[Any]) -> Insert:

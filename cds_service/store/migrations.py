@@ -28,11 +28,14 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     func,
     inspect,
     select,
@@ -145,11 +148,74 @@ def _v4_audit_software_version(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE audit_record ADD COLUMN software_version VARCHAR(32)"))
 
 
+def _v5_shared_state(conn: Connection) -> None:
+    """Version 5: the JWT replay cache and the SMART sessions, moved here from a per-instance SQLite
+    file so that every replica on the database shares them (issue 14). Frozen definitions."""
+    md = MetaData()
+    Table(
+        "replay_seen",
+        md,
+        Column("pair", LargeBinary(32), primary_key=True),
+        Column("until", Float, nullable=False),
+        Index("ix_replay_seen_until", "until"),
+        sqlite_with_rowid=False,  # the key is the pair: one b-tree, not a rowid table and an index
+    )
+    Table(
+        "smart_session",
+        md,
+        Column("id", LargeBinary(32), primary_key=True),
+        Column("key_id", LargeBinary(16), nullable=False),
+        Column("last_seen", Float, nullable=False),
+        Column("signed_in", Boolean(), nullable=False),
+        Index("ix_smart_session_last_seen", "last_seen"),
+        Index("ix_smart_session_pool", "signed_in", "last_seen"),
+    )
+
+    def session() -> Column[bytes]:
+        return Column(
+            "session",
+            LargeBinary(32),
+            ForeignKey("smart_session.id", ondelete="CASCADE"),
+            nullable=False,
+        )
+
+    Table(
+        "smart_pending",
+        md,
+        Column("seq", id_type(), primary_key=True, autoincrement=True),
+        session(),
+        Column("state", LargeBinary(32), nullable=False),
+        Column("sealed", LargeBinary(), nullable=False),
+        UniqueConstraint("session", "state", name="uq_smart_pending_session_state"),
+    )
+    Table(
+        "smart_used_state",
+        md,
+        Column("seq", id_type(), primary_key=True, autoincrement=True),
+        session(),
+        Column("state", LargeBinary(32), nullable=False),
+        UniqueConstraint("session", "state", name="uq_smart_used_state_session_state"),
+    )
+    Table(
+        "smart_launch",
+        md,
+        Column("seq", id_type(), primary_key=True, autoincrement=True),
+        session(),
+        Column("ref", String(64), nullable=False),
+        Column("sealed", LargeBinary(), nullable=False),
+        Column("lease_owner", LargeBinary(16)),
+        Column("lease_until", Float, nullable=False),
+        UniqueConstraint("session", "ref", name="uq_smart_launch_session_ref"),
+    )
+    md.create_all(conn, checkfirst=False)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit records and feedback", _v1_audit_and_feedback),
     Migration(2, "inputs key on audit records", _v2_audit_inputs_key),
     Migration(3, "inputs key on feedback", _v3_feedback_inputs_key),
     Migration(4, "software version on audit records", _v4_audit_software_version),
+    Migration(5, "JWT replay cache and SMART sessions", _v5_shared_state),
 )
 #: The schema version this code reads and writes.
 HEAD = MIGRATIONS[-1].version

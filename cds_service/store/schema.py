@@ -1,5 +1,9 @@
 """The tables as of the newest migration (what the queries use).
 
+Besides audit records and feedback (kept), the store holds the service's ephemeral shared state
+(schema 5, issue 14): the JWT replay cache and the SMART sessions, shared by every worker and every
+replica on the same database. Nothing there must survive; it is purged on a schedule.
+
 :mod:`cds_service.store.migrations` creates and alters them; its migration functions carry their
 own frozen copies of the definitions, so a later change here never rewrites history. A test checks
 that a database upgraded from zero has exactly the columns declared here.
@@ -23,12 +27,15 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
@@ -138,4 +145,77 @@ feedback = Table(
     Index("ix_feedback_card_uuid", "card_uuid"),
     Index("ix_feedback_received_at", "received_at"),
     Index("ix_feedback_inputs_key", "inputs_key"),
+)
+
+# -- ephemeral shared state (schema 5): the JWT replay cache and the SMART sessions ------------------
+# Times here are POSIX seconds (floats): they are compared with the clock of whichever process reads
+# them, never shown, and a float compares the same on both backends.
+
+#: Accepted ``(iss, jti)`` pairs, as a SHA-256 (the raw values are never stored), each refused until
+#: ``until`` (store/replay_cache.py).
+replay_seen = Table(
+    "replay_seen",
+    metadata,
+    Column("pair", LargeBinary(32), primary_key=True),
+    Column("until", Float, nullable=False),
+    Index("ix_replay_seen_until", "until"),
+    sqlite_with_rowid=False,  # the key is the pair: one b-tree, not a rowid table and an index
+)
+
+#: SMART browser sessions (smart/shared_sessions.py): ``id`` is the SHA-256 of the cookie, ``key_id``
+#: names the key that sealed the session's secrets, ``signed_in`` tells the two pools apart.
+smart_session = Table(
+    "smart_session",
+    metadata,
+    Column("id", LargeBinary(32), primary_key=True),
+    Column("key_id", LargeBinary(16), nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("signed_in", Boolean(), nullable=False),
+    Index("ix_smart_session_last_seen", "last_seen"),
+    Index("ix_smart_session_pool", "signed_in", "last_seen"),
+)
+
+
+def _session_ref() -> Column[bytes]:
+    return Column(
+        "session",
+        LargeBinary(32),
+        ForeignKey("smart_session.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
+#: Authorization requests in flight (``state`` as a SHA-256, the rest sealed); ``seq`` orders rows
+#: by insertion for the per-session maxima.
+smart_pending = Table(
+    "smart_pending",
+    metadata,
+    Column("seq", id_type(), primary_key=True, autoincrement=True),
+    _session_ref(),
+    Column("state", LargeBinary(32), nullable=False),
+    Column("sealed", LargeBinary(), nullable=False),
+    UniqueConstraint("session", "state", name="uq_smart_pending_session_state"),
+)
+
+#: ``state`` values already used (to say "used" rather than "unknown").
+smart_used_state = Table(
+    "smart_used_state",
+    metadata,
+    Column("seq", id_type(), primary_key=True, autoincrement=True),
+    _session_ref(),
+    Column("state", LargeBinary(32), nullable=False),
+    UniqueConstraint("session", "state", name="uq_smart_used_state_session_state"),
+)
+
+#: Completed launches (sealed tokens and context) and the refresh lease of each.
+smart_launch = Table(
+    "smart_launch",
+    metadata,
+    Column("seq", id_type(), primary_key=True, autoincrement=True),
+    _session_ref(),
+    Column("ref", String(64), nullable=False),
+    Column("sealed", LargeBinary(), nullable=False),
+    Column("lease_owner", LargeBinary(16)),
+    Column("lease_until", Float, nullable=False),
+    UniqueConstraint("session", "ref", name="uq_smart_launch_session_ref"),
 )

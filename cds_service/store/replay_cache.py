@@ -1,0 +1,153 @@
+"""The JWT replay cache in the store's database, shared by every worker and every replica.
+
+A token replayed to any process on the same database must be refused like one replayed to the same
+process, so the accepted ``(iss, jti)`` pairs live in the ``replay_seen`` table
+(:mod:`cds_service.store.schema`) as a SHA-256 of the pair (the raw values are never stored), each
+with the time until which it must be refused.
+
+An accepted token costs one statement on a pooled connection: ``INSERT … ON CONFLICT (pair) DO
+NOTHING`` (SQLAlchemy Core, compiled once; both SQLite and PostgreSQL have it), whose row count says
+whether the pair was new. Only a conflict, which is rare, looks further: a conditional ``UPDATE``
+takes the pair over if its entry has expired but was not purged yet (atomic: one racer wins),
+otherwise it is a replay. Expired pairs are deleted by the store's purge schedule
+(:class:`~cds_service.store.state.PurgeSchedule`), not on the request path.
+
+The size bound: a flood of valid-but-unique tokens from a trusted issuer must not grow the table
+without bound, so new tokens are refused (fail closed) once ``max_entries`` live pairs are stored.
+Counting rows on every call would cost a scan, so each process counts at each purge and adds what
+it inserted since; when that estimate reaches the bound it purges and counts again (at most once a
+second), and refuses if the table is still full. Across processes the bound is therefore
+approximate: it may be passed by what the other processes insert between two counts.
+
+A database error never becomes a refusal of a possibly valid token: it raises
+:class:`~cds_service.security.ReplayCheckUnavailable`, which the web layer answers with 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Final
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.security import AuthenticationError, ReplayCheckUnavailable, quoted
+from cds_service.store.schema import replay_seen
+from cds_service.store.state import PurgeSchedule, StateDatabase
+
+#: Why a new token is refused when the cache holds ``max_entries`` live pairs.
+REPLAY_CACHE_FULL: Final = "replay cache full; refusing new tokens"
+#: Least time between two recounts while the cache looks full (seconds of the caller's clock).
+RECOUNT_SECONDS: Final = 1.0
+
+_T = replay_seen.c
+
+
+class ReplayCache:
+    """Seen ``(iss, jti)`` pairs in the store, each kept until the token it came from can no
+    longer pass (a :class:`~cds_service.security.ehr_auth.ReplayGuard`)."""
+
+    def __init__(
+        self,
+        state: StateDatabase,
+        *,
+        max_entries: int = 100_000,
+        max_ttl_seconds: float = 3600.0,
+        schedule: PurgeSchedule | None = None,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_ttl_seconds = max_ttl_seconds
+        self._state = state
+        self._schedule = schedule
+        insert = postgresql.insert if state.backend == "postgresql" else sqlite.insert
+        # An INSERT's row count is kept only when asked for (SQLAlchemy memoises it for UPDATE and
+        # DELETE alone; PostgreSQL's would read -1 otherwise).
+        self._insert = (
+            insert(replay_seen)
+            .on_conflict_do_nothing(index_elements=[_T.pair])
+            .execution_options(preserve_rowcount=True)
+        )
+        self._retake = (
+            update(replay_seen)
+            .where(_T.pair == bindparam("key"), _T.until <= bindparam("now"))
+            .values(until=bindparam("new_until"))
+        )
+        self._live = select(_T.pair).where(
+            _T.pair == bindparam("pair"), _T.until > bindparam("now")
+        )
+        self._lock = threading.Lock()
+        self._estimate = 0  # live pairs at the last count + those this process inserted since
+        self._counted_at: float | None = None
+        if schedule is not None:
+            schedule.add("replay cache", self.purge)
+
+    def __len__(self) -> int:
+        """Stored pairs, expired ones not yet purged included."""
+        with self._state.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(replay_seen)).scalar() or 0)
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
+        """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise
+        ``AuthenticationError`` (a replay, or the cache is full) or ``ReplayCheckUnavailable``."""
+        if self._schedule is not None:
+            self._schedule.ensure_running()
+        pair = _pair(iss, jti)
+        until = min(expires_at, now + self.max_ttl_seconds)
+        try:
+            if self._estimate >= self.max_entries and not self._room(now):
+                if self._is_live(pair, now):
+                    raise _replayed(iss, jti)  # a replay is still named as one
+                raise AuthenticationError(REPLAY_CACHE_FULL)
+            with self._state.connect() as conn:
+                if conn.execute(self._insert, {"pair": pair, "until": until}).rowcount == 1:
+                    with self._lock:
+                        self._estimate += 1
+                    return
+                # The pair is stored: live (a replay), or expired and not purged yet.
+                params = {"key": pair, "new_until": until, "now": now}
+                taken = conn.execute(self._retake, params).rowcount == 1
+        except SQLAlchemyError as exc:
+            # Not a 401: the token may be valid. Fail closed all the same (nothing accepted).
+            raise ReplayCheckUnavailable(
+                f"replay check unavailable ({type(exc).__name__})"
+            ) from None
+        if not taken:
+            raise _replayed(iss, jti)
+
+    def purge(self, now: float) -> int:
+        """Forget the pairs whose tokens can no longer pass, and count those left; how many went.
+
+        Run by the purge schedule; raises SQLAlchemy's errors (the schedule logs them)."""
+        with self._state.write() as conn:
+            deleted = conn.execute(delete(replay_seen).where(_T.until <= now)).rowcount
+            left = int(conn.execute(select(func.count()).select_from(replay_seen)).scalar() or 0)
+        with self._lock:
+            self._estimate, self._counted_at = left, now
+        return int(deleted)
+
+    def _room(self, now: float) -> bool:
+        """Whether there is room below ``max_entries`` after purging (recounted at most once a
+        second while full)."""
+        if self._counted_at is None or now - self._counted_at >= RECOUNT_SECONDS:
+            self.purge(now)
+        return self._estimate < self.max_entries
+
+    def _is_live(self, pair: bytes, now: float) -> bool:
+        with self._state.connect() as conn:
+            return conn.execute(self._live, {"pair": pair, "now": now}).first() is not None
+
+
+def _replayed(iss: str, jti: str) -> AuthenticationError:
+    return AuthenticationError(f"replayed jti {quoted(jti)} from iss {quoted(iss)}")
+
+
+def _pair(iss: str, jti: str) -> bytes:
+    """SHA-256 of the pair, length-prefixed so no two pairs share an encoding."""
+    raw_iss = iss.encode("utf-8", "surrogatepass")
+    raw_jti = jti.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(len(raw_iss).to_bytes(4, "big") + raw_iss + raw_jti).digest()
+
+
+__all__ = ["REPLAY_CACHE_FULL", "ReplayCache"]
