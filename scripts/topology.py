@@ -11,12 +11,16 @@ Ports come from the environment (0 picks a free one):
 The replicas trust CDS_TRUSTED_ISSUERS_FILE when set, else docker/trusted-issuers.sandbox.json
 (the development issuer, as the compose file does: ``hfs-cds dev-token`` signs for it); other
 CDS_* and SMART_* variables in the environment reach both replicas. CDS_PUBLIC_BASE_URL is the
-front door's URL unless set. Logs and data go to a temporary folder, removed at the end.
+front door's URL unless set; SMART_SESSION_KEY, the SMART sessions' sealing key the replicas must
+share, is made for this run unless set. Logs and data go to a temporary folder, removed at the
+end.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -60,6 +64,7 @@ def replica_settings() -> dict[str, str]:
     settings.setdefault(
         "CDS_TRUSTED_ISSUERS_FILE", str(REPO / "docker" / "trusted-issuers.sandbox.json")
     )
+    settings.setdefault("SMART_SESSION_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
     return settings
 
 

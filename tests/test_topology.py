@@ -11,12 +11,15 @@ on loopback; hook calls and feedback are authenticated with a mounted trust list
 
 from __future__ import annotations
 
+import base64
+import secrets
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +31,8 @@ from sqlalchemy import Table, create_engine, select
 from cds_service.security.trusted_issuers import SigningKey
 from cds_service.store.schema import audit_record, feedback
 from tests.postgres import PostgresServer
+from tests.smart.pages import Page
+from tests.smart.served import Seed
 from tests.smart.shim import EhrShim
 from tests.test_docker_gunicorn import mounted_trust_list
 from tests.topology import Caller, SteadyLoad, Topology, running_topology
@@ -70,6 +75,7 @@ def served(
         "SMART_CLIENT_ID": client_id,
         "SMART_ALLOWED_ISSUERS": ehr_shim.fhir_base,
         "SMART_COOKIE_SECURE": "false",  # plain http on loopback
+        "SMART_SESSION_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),  # both replicas
     }
     with running_topology(work, settings, postgres=postgres_server) as topology:
         ehr_shim.register_client(client_id, [f"{topology.base}/smart/callback"])
@@ -230,6 +236,76 @@ def test_clients_dribbling_headers_do_not_stop_other_hook_calls(served: Served) 
     assert slowest < 2.0
     for replica in served.topology.replicas:
         assert "slow-client" not in replica.log.read_text(errors="replace")
+
+
+# -- nothing sticky: state shared through PostgreSQL --------------------------------------------------
+
+
+COPIES = 16
+
+
+def test_a_token_used_on_one_replica_is_refused_by_the_other(served: Served) -> None:
+    topology = served.topology
+    first, second = topology.replicas
+    url = f"{served.base}/cds-services"  # the audience: the public URL, whichever replica
+    bearer = {"Authorization": f"Bearer {served.signer.sign(url)}"}
+    used = requests.get(f"{first.base}/cds-services", headers=bearer, timeout=10)
+    replayed = requests.get(f"{second.base}/cds-services", headers=bearer, timeout=10)
+    assert used.status_code == 200, used.text
+    assert replayed.status_code == 401
+    assert "replayed jti" in second.log.read_text(errors="replace")
+
+
+def test_copies_of_one_token_through_the_front_door_give_one_answer(served: Served) -> None:
+    """16 copies of one token, in parallel over fresh connections through nginx (so both
+    replicas get some): exactly one is answered."""
+    topology = served.topology
+    url = f"{served.base}/cds-services"
+    bearer = {"Authorization": f"Bearer {served.signer.sign(url)}", "Connection": "close"}
+    since = topology.balancer.access_log.stat().st_size
+
+    def send(_: int) -> int:
+        return requests.get(url, headers=bearer, timeout=10).status_code
+
+    with ThreadPoolExecutor(max_workers=COPIES) as pool:
+        statuses = sorted(pool.map(send, range(COPIES)))
+    reached = {address for address, _ in topology.routed(since, count=COPIES)}
+    figures(
+        "one token, 16 copies",
+        copies=COPIES,
+        answered=statuses.count(200),
+        refused=statuses.count(401),
+        replicas_reached=len(reached),
+    )
+    assert statuses == [200] + [401] * (COPIES - 1)
+    assert reached == {r.address for r in topology.replicas}
+
+
+def test_a_smart_launch_begun_on_one_replica_finishes_on_the_other(
+    served: Served, shim: EhrShim, seed: Seed
+) -> None:
+    """Each step of the flow on the other replica than the step before (no stickiness): the
+    launch on the first, the callback on the second, the risk page on the first again."""
+    first, second = served.topology.replicas
+    patient = f"topology-smart-{uuid.uuid4().hex[:8]}"
+    seed(patient)
+    browser = requests.Session()  # keeps the app's cookie (host-wide, whatever the port)
+    query = {"iss": shim.fhir_base, "launch": shim.new_launch(patient)}
+    started = browser.get(
+        f"{first.base}/smart/launch", params=query, allow_redirects=False, timeout=10
+    )
+    assert started.status_code == 302, started.text
+    authorized = requests.get(started.headers["Location"], allow_redirects=False, timeout=10)
+    assert authorized.status_code == 302, authorized.text
+    callback = urlsplit(authorized.headers["Location"])  # on the public URL: sent to replica 2
+    called_back = browser.get(
+        f"{second.base}{callback.path}?{callback.query}", allow_redirects=False, timeout=10
+    )
+    assert called_back.status_code == 303, called_back.text
+    page = urlsplit(called_back.headers["Location"])
+    shown = browser.get(f"{first.base}{page.path}?{page.query}", timeout=10)
+    assert shown.status_code == 200
+    assert Page(shown.text).status == "scored", shown.text[:500]
 
 
 # -- faults: these come last, and restart what they stop ---------------------------------------------
