@@ -278,3 +278,61 @@ def _clip(value: str, limit: int) -> str:
 
 def _clip_opt(value: str | None, limit: int) -> str | None:
     return value[:limit] if value else None
+
+
+def audit_record_from_row(row: dict[str, Any]) -> AuditRecord:
+    """The record :meth:`AuditRecord.to_row` wrote (``recorded_at`` as a datetime or ISO text).
+
+    The inverse of ``to_row``, for rows read back from the local spool (:mod:`.spool`).
+    """
+    recorded_at = row["recorded_at"]
+    if isinstance(recorded_at, str):
+        recorded_at = datetime.fromisoformat(recorded_at)
+    conditional = row.get("conditional_risk")
+    return AuditRecord(
+        recorded_at=recorded_at,
+        service_id=row["service_id"],
+        hook=row["hook"],
+        hook_instance=row["hook_instance"],
+        card_uuid=row["card_uuid"],
+        patient_id=row.get("patient_id"),
+        model_id=row["model_id"],
+        model_version=row["model_version"],
+        model_sha256=row["model_sha256"],
+        status=row["status"],
+        indicator=row["indicator"],
+        summary=row["summary"],
+        tier=row.get("tier"),
+        months_since_procedure=row.get("months_since_procedure"),
+        risks=tuple(_risk(r) for r in row.get("risks") or ()),
+        conditional_risk=_risk(conditional) if conditional else None,
+        inputs=tuple(_input(i) for i in row.get("inputs") or ()),
+        reasons=tuple(
+            AuditReason(r["code"], _ref(r["source"]) if r.get("source") else None)
+            for r in row.get("reasons") or ()
+        ),
+        suggestion_ids=tuple(row.get("suggestion_ids") or ()),
+        issuer=row.get("issuer"),
+        tenant=row.get("tenant"),
+        inputs_key=row.get("inputs_key"),
+        software_version=row["software_version"],
+    )
+
+
+def _risk(r: dict[str, Any]) -> AuditRisk:
+    return AuditRisk(r["month"], r["risk"], r["low"], r["high"], from_month=r.get("fromMonth"))
+
+
+def _ref(r: dict[str, Any]) -> ResourceRef:
+    return ResourceRef(r["resourceType"], r.get("id"), r.get("versionId"), r.get("date"))
+
+
+def _input(i: dict[str, Any]) -> AuditInput:
+    return AuditInput(
+        i["name"],
+        i["value"],
+        _ref(i["source"]),
+        coded=i.get("coded"),
+        derived_from=i.get("derivedFrom"),
+        hours_after_procedure=i.get("hoursAfterProcedure"),
+    )

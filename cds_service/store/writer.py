@@ -12,8 +12,16 @@ outage into a CDS outage, every hook call stalling for the EHR's timeout, which 
 patients than a gap in the audit trail. Drops are visible: :attr:`AuditWriter.stats`, a warning
 on the first drop and every 1,000th, and an error naming the count when the writer closes.
 
-Failed batches are retried with exponential back-off, ``max_attempts`` times in all, then
-dropped and logged. Inserts skip card uuids already stored, so a retry after a commit whose
+**With a spool** (:mod:`.spool`, the service always has one): a batch the database refuses is
+appended to local disk at once, and from then on new batches join it there, so order is kept; the
+writer retries the database with back-off and replays the spool, oldest first, when it answers. A
+WARNING says when spooling starts and when the spool is empty again. Only when the spool cannot take
+a batch either (disk full, its size limit) does the writer fall back to the in-memory retries
+below, and :attr:`AuditWriter.can_keep` turns False so the web layer answers 503 instead of cards
+it could not record.
+
+Without a spool, failed batches are retried with exponential back-off, ``max_attempts`` times in
+all, then dropped and logged. Inserts skip card uuids already stored, so a retry after a commit whose
 acknowledgement was lost writes nothing twice. Logs name counts and exception classes only,
 never a record's content or a database error message (which could quote parameter values).
 
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cds_service.store.audit import AuditRecord
+from cds_service.store.spool import AuditSpool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,11 @@ class WriterStats:
     dropped_closed: int  # submitted after close()
     retries: int
     queued: int  # waiting or being written now
+    spooled: int = 0  # appended to the local spool while the database was unreachable
+    replayed: int = 0  # written from the spool once it answered again
+    spool_bytes: int = 0  # in the spool folder now (every process's files)
+    spooling_since: float | None = None  # time.time() when spooling began; None when not spooling
+    can_keep: bool = True  # False while neither the database nor the spool takes records
 
 
 def _reset_in_child(ref: weakref.ref[AuditWriter]) -> None:
@@ -86,6 +100,7 @@ class AuditWriter:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         linger_seconds: float = DEFAULT_LINGER_SECONDS,
+        spool: AuditSpool | None = None,
     ) -> None:
         if (
             max_queue < 1
@@ -112,6 +127,12 @@ class AuditWriter:
         self._pending = 0
         self._submitted = self._written = self._retries = 0
         self._dropped_full = self._dropped_failed = self._dropped_closed = 0
+        self._spool = spool
+        self._spooled = self._replayed = 0
+        self._spooling_since: float | None = None
+        self._next_replay = 0.0  # time.monotonic() of the next attempt while spooling
+        self._replay_delay = retry_delay
+        self._can_keep = True
         atexit.register(self._at_exit)
         # A weak reference: the fork hook can never be unregistered and must not keep us alive.
         me = weakref.ref(self)
@@ -176,6 +197,8 @@ class AuditWriter:
         if finished and thread is not None and thread is not threading.current_thread():
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             finished = not thread.is_alive()
+        if finished and self._spool is not None:
+            self._spool.close()
         stats = self.stats
         lost = stats.dropped_queue_full + stats.dropped_after_retries
         if lost:
@@ -185,7 +208,14 @@ class AuditWriter:
         return finished
 
     @property
+    def can_keep(self) -> bool:
+        """False while neither the database nor the spool takes records (a card shown now could
+        not be recorded); True again once either does."""
+        return self._can_keep
+
+    @property
     def stats(self) -> WriterStats:
+        spool_bytes = self._spool.size_bytes() if self._spool is not None else 0
         with self._lock:
             return WriterStats(
                 submitted=self._submitted,
@@ -195,6 +225,11 @@ class AuditWriter:
                 dropped_closed=self._dropped_closed,
                 retries=self._retries,
                 queued=self._pending,
+                spooled=self._spooled,
+                replayed=self._replayed,
+                spool_bytes=spool_bytes,
+                spooling_since=self._spooling_since,
+                can_keep=self._can_keep,
             )
 
     # -- the writer thread -----------------------------------------------------------------------
@@ -218,8 +253,17 @@ class AuditWriter:
 
     def _run(self) -> None:
         q = self._queue
+        if self._spool is not None and self._spool.pending():
+            self._spooling_started()  # records left by this process's predecessor or a dead one
         while True:
-            first = q.get()
+            if self._spooling_since is None:
+                first = q.get()
+            else:  # wake up to retry the database even when no card comes
+                try:
+                    first = q.get(timeout=max(0.05, self._next_replay - time.monotonic()))
+                except queue.Empty:
+                    self._try_replay()
+                    continue
             batch: list[AuditRecord] = []
             stop = isinstance(first, _Stop)
             if not stop:
@@ -249,13 +293,101 @@ class AuditWriter:
                 return
 
     def _write(self, batch: list[AuditRecord]) -> None:
+        if self._spool is None:
+            self._write_retrying(batch)
+            return
+        if self._spooling_since is not None and time.monotonic() >= self._next_replay:
+            self._try_replay()  # first: a batch may go straight to the database only after them
+        if self._spooling_since is None:
+            try:
+                self._sink.write_audit(batch)
+            except Exception as exc:
+                log.warning(
+                    "audit database unreachable (%s): audit records are kept in the local spool "
+                    "until it answers",
+                    _kind(exc),
+                )
+                self._spooling_started()
+            else:
+                with self._lock:
+                    self._written += len(batch)
+                return
+        try:  # behind what is spooled already: order is kept
+            self._spool.append(batch)
+        except SpoolError as exc:
+            self._can_keep = False
+            log.error("audit spool unusable: %s; the service answers 503 until it recovers", exc)
+            self._write_after_spool(batch)
+            return
+        self._can_keep = True
+        with self._lock:
+            self._spooled += len(batch)
+
+    def _write_after_spool(self, batch: list[AuditRecord]) -> None:
+        """Neither the database nor the spool took ``batch``: retry both, the spool's records
+        first, ``max_attempts`` times, then drop it."""
+        delay = self._retry_delay
+        for attempt in range(1, self._max_attempts + 1):
+            self._try_replay()
+            if self._spooling_since is None:
+                try:
+                    self._sink.write_audit(batch)
+                except Exception as exc:
+                    log.warning("audit batch failed again: %s", _kind(exc))
+                else:
+                    with self._lock:
+                        self._written += len(batch)
+                    self._can_keep = True
+                    return
+            if attempt < self._max_attempts:
+                with self._lock:
+                    self._retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+        with self._lock:
+            self._dropped_failed += len(batch)
+        log.error(
+            "audit batch of %d record(s) dropped: neither the database nor the spool took it",
+            len(batch),
+        )
+
+    def _spooling_started(self) -> None:
+        with self._lock:
+            if self._spooling_since is None:
+                self._spooling_since = time.time()
+        self._replay_delay = self._retry_delay
+        self._next_replay = time.monotonic() + self._replay_delay
+
+    def _try_replay(self) -> None:
+        """Write the spool back if the database answers; else wait longer before the next try."""
+        assert self._spool is not None
+        try:
+            written = self._spool.replay(self._sink.write_audit, self._batch_size)
+        except Exception as exc:
+            with self._lock:
+                self._retries += 1
+            self._replay_delay = min(max(self._replay_delay * 2, 0.05), MAX_RETRY_DELAY)
+            self._next_replay = time.monotonic() + self._replay_delay
+            log.debug("audit database still unreachable (%s)", _kind(exc))
+            return
+        with self._lock:
+            self._replayed += written
+            self._written += written
+            since, self._spooling_since = self._spooling_since, None
+        self._can_keep = True
+        log.warning(
+            "audit database answers again: %d spooled audit record(s) written%s",
+            written,
+            f" after {time.time() - since:.0f} s" if since else "",
+        )
+
+    def _write_retrying(self, batch: list[AuditRecord]) -> None:
         delay = self._retry_delay
         for attempt in range(1, self._max_attempts + 1):
             try:
                 self._sink.write_audit(batch)
             except Exception as exc:  # any failure: log the class only, retry, then give up
-                cause = exc.__cause__ or getattr(exc, "orig", None)
-                kind = type(exc).__name__ + (f" ({type(cause).__name__})" if cause else "")
+                kind = _kind(exc)
                 if attempt == self._max_attempts:
                     with self._lock:
                         self._dropped_failed += len(batch)
@@ -281,7 +413,14 @@ class AuditWriter:
             else:
                 with self._lock:
                     self._written += len(batch)
+                self._can_keep = True
                 return
 
     def _at_exit(self) -> None:
         self.close(timeout=5.0)
+
+
+def _kind(exc: BaseException) -> str:
+    """The exception's class, and its cause's: never the message (it may quote parameters)."""
+    cause = exc.__cause__ or getattr(exc, "orig", None)
+    return type(exc).__name__ + (f" ({type(cause).__name__})" if cause else "")
