@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,16 +57,24 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        """Readiness: the model card is loaded (start-up fails otherwise) and the store answers."""
+        """Readiness: the model card is loaded (start-up fails otherwise), the store answers, and
+        this process's replay check can take new tokens (its memory fallback is shown)."""
         card = runtime.assessor.card
         body: dict[str, Any] = {
             "software": {"name": "hfs-cds", "version": __version__},
             "model": {"id": card.id, "version": card.version},
         }
+        replay = runtime.replay.status(time.time()) if runtime.replay is not None else None
+        if replay is not None:
+            body["replayCheck"] = replay.to_json(time.time())
         try:
             runtime.store.ping()
         except StoreError:
             response = jsonify({"status": "unavailable", "store": "unreachable", **body})
+            response.status_code = 503
+            return response
+        if replay is not None and replay.full:
+            response = jsonify({"status": "unavailable", "store": runtime.store.backend, **body})
             response.status_code = 503
             return response
         return jsonify({"status": "ready", "store": runtime.store.backend, **body})

@@ -92,6 +92,9 @@ class StoreSettings:
     #: Seconds between two purges of the expired JWT replay entries and idle SMART sessions (kept in
     #: the database with the audit records, shared by every worker and replica).
     state_purge_seconds: float = 60.0
+    #: JWT replay entries each worker process may keep in memory while the database is unreachable
+    #: (a replay to the same process is still refused); beyond it new tokens are answered 503.
+    replay_fallback_entries: int = 100_000
 
     def resolved_url(self) -> str:
         """The database URL to use: ``database_url``, else the SQLite file in the instance path."""

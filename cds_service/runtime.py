@@ -43,6 +43,7 @@ class Runtime:
     state: StateDatabase
     purge: PurgeSchedule
     authenticator: EhrAuthenticator | None  # None only when CDS_AUTH_REQUIRED is off
+    replay: ReplayCache | None  # the authenticator's replay cache (its status is on /readyz)
     store: Store
     audit: AuditWriter  # audit records are written off the request path
     #: Recent feedback actions for patient-view suppression, refreshed from the store at most once
@@ -67,6 +68,16 @@ class Runtime:
         store = _store(settings)
         state = open_state(settings.store.resolved_url())
         purge = PurgeSchedule(settings.store.state_purge_seconds)
+        replay = (
+            ReplayCache(
+                state,
+                max_ttl_seconds=replay_ttl_needed(),
+                schedule=purge,
+                fallback_entries=settings.store.replay_fallback_entries,
+            )
+            if settings.auth_required
+            else None
+        )
         return cls(
             settings=settings,
             assessor=Assessor(card, value_sets),
@@ -74,7 +85,8 @@ class Runtime:
             fetch_policy=FetchPolicy(fetch_without_token=settings.fhir_fetch_without_token),
             state=state,
             purge=purge,
-            authenticator=_authenticator(settings, state, purge),
+            authenticator=_authenticator(settings, replay),
+            replay=replay,
             store=store,
             audit=AuditWriter(store),
             recent_actions=RecentActions(
@@ -108,15 +120,13 @@ def _store(settings: Settings) -> Store:
     return open_store(url)
 
 
-def _authenticator(
-    settings: Settings, state: StateDatabase, purge: PurgeSchedule
-) -> EhrAuthenticator | None:
+def _authenticator(settings: Settings, replay: ReplayCache | None) -> EhrAuthenticator | None:
     """Trusted issuers from the file, plus the development issuers in development mode only.
 
     The replay cache is in the store's database, so a token replayed to a sibling worker or to
     another replica on the same database is refused too.
     """
-    if not settings.auth_required:
+    if not settings.auth_required or replay is None:
         return None
     issuers: tuple[TrustedIssuer, ...] = ()
     try:
@@ -132,7 +142,6 @@ def _authenticator(
             "EHR authentication is required (CDS_AUTH_REQUIRED) but no issuer is trusted: set "
             "CDS_TRUSTED_ISSUERS_FILE, or CDS_DEV_MODE=1 for local development"
         )
-    replay = ReplayCache(state, max_ttl_seconds=replay_ttl_needed(), schedule=purge)
     return EhrAuthenticator(issuers, replay_cache=replay)
 
 

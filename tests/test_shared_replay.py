@@ -27,7 +27,7 @@ from cds_service import create_app
 from cds_service.security import ReplayCheckUnavailable
 from cds_service.security.ehr_auth import AuthenticationError, EhrAuthenticator, ReplayGuard
 from cds_service.security.trusted_issuers import mint_development_token
-from cds_service.store.replay_cache import ReplayCache
+from cds_service.store.replay_cache import FALLBACK_FULL, ReplayCache
 from cds_service.store.schema import replay_seen
 from cds_service.store.state import PurgeSchedule, StateDatabase, open_state
 from tests.conftest import migrated_state
@@ -168,20 +168,78 @@ def test_pairs_are_unambiguous(any_state: StateDatabase) -> None:
     replay.check_and_remember("https://a.exampleb", "c", expires_at=NOW + 100, now=NOW)
 
 
-def test_a_database_error_is_unavailable_never_a_refusal(any_state: StateDatabase) -> None:
-    """Fail closed (nothing accepted), but as 'cannot tell', which the web layer answers 503."""
-    replay = ReplayCache(any_state)
+def _recreate_table(state: StateDatabase) -> None:
+    """The database is back (here: the table the outage took away)."""
+    replay_seen.create(state.engine)
+
+
+def test_while_the_database_is_away_pairs_are_kept_in_memory(
+    any_state: StateDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14, item 3: cards keep flowing; a replay to the same process is still refused; what
+    was accepted meanwhile reaches the table when it answers again, for every process to see."""
+    replay = ReplayCache(any_state, retry_seconds=0.0)
+    replay.check_and_remember(ISS, "before", expires_at=NOW + 100, now=NOW)
+    with any_state.write() as conn:
+        conn.execute(text("DROP TABLE replay_seen"))  # the outage
+
+    replay.check_and_remember(ISS, "during", expires_at=NOW + 100, now=NOW)  # no 401, no 503
+    assert refused(replay, "during", NOW + 100, NOW + 1) == replayed("during")
+    status = replay.status(NOW + 1)
+    assert (status.fallback, status.entries, status.full) == (True, 1, False)
+    assert status.to_json(status.since + 5)["store"] == "memory"  # type: ignore[operator]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "memory" in warnings[0].getMessage()
+
+    _recreate_table(any_state)  # the database answers again
+    replay.check_and_remember(ISS, "after", expires_at=NOW + 100, now=NOW + 2)
+    assert replay.status(NOW + 2).fallback is False
+    other = ReplayCache(any_state)  # another worker or replica
+    assert refused(other, "during", NOW + 100, NOW + 3) == replayed("during")
+    assert refused(other, "after", NOW + 100, NOW + 3) == replayed("after")
+    assert "available again" in caplog.text
+
+
+def test_when_the_memory_is_full_too_the_check_is_unavailable_never_a_refusal(
+    any_state: StateDatabase,
+) -> None:
+    replay = ReplayCache(any_state, fallback_entries=2)
     with any_state.write() as conn:
         conn.execute(text("DROP TABLE replay_seen"))
-    with pytest.raises(ReplayCheckUnavailable, match=r"^replay check unavailable \(\w+Error\)$"):
+    for jti in "ab":
+        replay.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
+    with pytest.raises(ReplayCheckUnavailable) as caught:
+        replay.check_and_remember(ISS, "c", expires_at=NOW + 100, now=NOW)
+    assert caught.value.reason == FALLBACK_FULL
+    assert replay.status(NOW).full
+    assert refused(replay, "a", NOW + 100, NOW) == replayed("a")  # a replay is still one
+    replay.check_and_remember(ISS, "c", expires_at=NOW + 200, now=NOW + 100)  # expired: room
+
+
+def test_an_unreachable_server_falls_back_at_once_and_tries_again_later() -> None:
+    """Nothing listens on port 1: the connection is refused, and the next calls within the retry
+    interval do not try again (a hanging server would cost one caller per interval)."""
+    dead = open_state("postgresql://hfs:secret@127.0.0.1:1/hfs")
+    try:
+        replay = ReplayCache(dead, retry_seconds=60.0)
+        started = time.monotonic()
         replay.check_and_remember(ISS, "a", expires_at=NOW + 100, now=NOW)
+        assert refused(replay, "a", NOW + 100, NOW) == replayed("a")
+        for i in range(50):
+            replay.check_and_remember(ISS, f"n{i}", expires_at=NOW + 100, now=NOW)
+        assert time.monotonic() - started < 5.0
+        assert replay.status(NOW).entries == 51
+    finally:
+        dead.close()
 
 
 def _dev_token_header(url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_development_token(url)}"}
 
 
-def test_the_app_answers_503_not_401_when_the_replay_check_fails(database_url: str) -> None:
+def test_the_app_answers_cards_during_an_outage_and_503_not_401_when_it_cannot(
+    database_url: str,
+) -> None:
     migrated_state(database_url).close()
     app = create_app(
         {
@@ -189,18 +247,31 @@ def test_the_app_answers_503_not_401_when_the_replay_check_fails(database_url: s
             "DEV_MODE": True,
             "PUBLIC_BASE_URL": "https://cds.example",
             "DATABASE_URL": database_url,
+            "REPLAY_FALLBACK_ENTRIES": 2,
         }
     )
     try:
+        client = app.test_client()
         with app.extensions["hfs_cds"].state.write() as conn:
             conn.execute(text("DROP TABLE replay_seen"))
-        header = _dev_token_header("https://cds.example/cds-services")
-        response = app.test_client().get("/cds-services", headers=header)
+        url = "https://cds.example/cds-services"
+        first = _dev_token_header(url)
+        assert client.get("/cds-services", headers=first).status_code == 200  # kept in memory
+        assert client.get("/cds-services", headers=first).status_code == 401  # a replay
+        ready = client.get("/readyz")
+        check = ready.get_json()["replayCheck"]
+        assert ready.status_code == 200 and check["store"] == "memory" and check["entries"] == 1
+        assert check["seconds"] >= 0 and check["since"].endswith("+00:00")
+
+        assert client.get("/cds-services", headers=_dev_token_header(url)).status_code == 200
+        response = client.get("/cds-services", headers=_dev_token_header(url))  # no room left
         assert response.status_code == 503 and response.headers["Retry-After"] == "1"
         (issue,) = response.get_json()["issue"]
         assert issue["code"] == "transient"
         assert issue["diagnostics"] == "the JWT replay check is unavailable; retry later"
         assert "WWW-Authenticate" not in response.headers
+        full = client.get("/readyz")
+        assert full.status_code == 503 and full.get_json()["replayCheck"]["full"] is True
     finally:
         app.extensions["hfs_cds"].close()
 

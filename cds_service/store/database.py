@@ -158,7 +158,9 @@ def open_state_engine(url: str | URL) -> Engine:
         pool_size=5,
         max_overflow=10,
         connect_args={
-            "connect_timeout": 10,
+            # Short: while the server is unreachable one hook call in a while waits for this
+            # before the replay check falls back to memory (store/replay_fallback.py).
+            "connect_timeout": 3,
             "application_name": "hfs-cds state",
             "options": "-c synchronous_commit=off",
         },

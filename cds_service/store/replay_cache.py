@@ -19,7 +19,10 @@ it inserted since; when that estimate reaches the bound it purges and counts aga
 second), and refuses if the table is still full. Across processes the bound is therefore
 approximate: it may be passed by what the other processes insert between two counts.
 
-A database error never becomes a refusal of a possibly valid token: it raises
+A database error never becomes a refusal of a possibly valid token. While the database is away,
+pairs are remembered in this process's memory (:mod:`.replay_fallback`: a replay to the same
+process is still refused; WARNING logged; shown on ``/readyz``) and written to the table when it
+answers again. Only when that memory is full too does the check raise
 :class:`~cds_service.security.ReplayCheckUnavailable`, which the web layer answers with 503.
 """
 
@@ -34,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.security import AuthenticationError, ReplayCheckUnavailable, quoted
+from cds_service.store.replay_fallback import MemoryFallback, ReplayStatus
 from cds_service.store.schema import replay_seen
 from cds_service.store.state import PurgeSchedule, StateDatabase
 
@@ -41,6 +45,8 @@ from cds_service.store.state import PurgeSchedule, StateDatabase
 REPLAY_CACHE_FULL: Final = "replay cache full; refusing new tokens"
 #: Least time between two recounts while the cache looks full (seconds of the caller's clock).
 RECOUNT_SECONDS: Final = 1.0
+#: Why a new token cannot be checked when neither the database nor the memory fallback has room.
+FALLBACK_FULL: Final = "replay check unavailable: database away and in-memory fallback full"
 
 _T = replay_seen.c
 
@@ -56,11 +62,14 @@ class ReplayCache:
         max_entries: int = 100_000,
         max_ttl_seconds: float = 3600.0,
         schedule: PurgeSchedule | None = None,
+        fallback_entries: int = 100_000,
+        retry_seconds: float = 2.0,
     ) -> None:
         self.max_entries = max_entries
         self.max_ttl_seconds = max_ttl_seconds
         self._state = state
         self._schedule = schedule
+        self._fallback = MemoryFallback(fallback_entries, retry_seconds)
         insert = postgresql.insert if state.backend == "postgresql" else sqlite.insert
         # An INSERT's row count is kept only when asked for (SQLAlchemy memoises it for UPDATE and
         # DELETE alone; PostgreSQL's would read -1 otherwise).
@@ -68,6 +77,14 @@ class ReplayCache:
             insert(replay_seen)
             .on_conflict_do_nothing(index_elements=[_T.pair])
             .execution_options(preserve_rowcount=True)
+        )
+        # Write-back after an outage: an older (expired, unpurged) row of a pair accepted in
+        # memory meanwhile takes the newer time, or the pair could be taken over again.
+        upsert = insert(replay_seen)
+        self._write_back_stmt = upsert.on_conflict_do_update(
+            index_elements=[_T.pair],
+            set_={"until": upsert.excluded.until},
+            where=_T.until < upsert.excluded.until,
         )
         self._retake = (
             update(replay_seen)
@@ -95,7 +112,14 @@ class ReplayCache:
             self._schedule.ensure_running()
         pair = _pair(iss, jti)
         until = min(expires_at, now + self.max_ttl_seconds)
+        fallback = self._fallback
+        if fallback.skip_database():
+            return self._in_memory(pair, until, now, iss, jti)
         try:
+            if fallback.active:
+                if fallback.is_live(pair, now):
+                    raise _replayed(iss, jti)  # accepted here during the outage
+                self._write_back(now)  # what memory holds goes to the table first
             if self._estimate >= self.max_entries and not self._room(now):
                 if self._is_live(pair, now):
                     raise _replayed(iss, jti)  # a replay is still named as one
@@ -109,17 +133,21 @@ class ReplayCache:
                 params = {"key": pair, "new_until": until, "now": now}
                 taken = conn.execute(self._retake, params).rowcount == 1
         except SQLAlchemyError as exc:
-            # Not a 401: the token may be valid. Fail closed all the same (nothing accepted).
-            raise ReplayCheckUnavailable(
-                f"replay check unavailable ({type(exc).__name__})"
-            ) from None
+            # Not a 401: the token may be valid. Remember it here until the database is back.
+            fallback.failed(exc)
+            return self._in_memory(pair, until, now, iss, jti)
         if not taken:
             raise _replayed(iss, jti)
+
+    def status(self, now: float) -> ReplayStatus:
+        """Where this process keeps its pairs now (``/readyz``)."""
+        return self._fallback.status(now)
 
     def purge(self, now: float) -> int:
         """Forget the pairs whose tokens can no longer pass, and count those left; how many went.
 
         Run by the purge schedule; raises SQLAlchemy's errors (the schedule logs them)."""
+        self._fallback.prune(now)
         with self._state.write() as conn:
             deleted = conn.execute(delete(replay_seen).where(_T.until <= now)).rowcount
             left = int(conn.execute(select(func.count()).select_from(replay_seen)).scalar() or 0)
@@ -133,6 +161,24 @@ class ReplayCache:
         if self._counted_at is None or now - self._counted_at >= RECOUNT_SECONDS:
             self.purge(now)
         return self._estimate < self.max_entries
+
+    def _in_memory(self, pair: bytes, until: float, now: float, iss: str, jti: str) -> None:
+        """The check without the database (see :mod:`.replay_fallback`)."""
+        kept = self._fallback.remember(pair, until, now)
+        if kept is None:
+            raise ReplayCheckUnavailable(FALLBACK_FULL)
+        if not kept:
+            raise _replayed(iss, jti)
+
+    def _write_back(self, now: float) -> None:
+        """Write the pairs accepted during the outage to the table, then end the outage; raises
+        SQLAlchemy's errors (the outage goes on)."""
+        pending = self._fallback.pending(now)
+        if pending:
+            with self._state.write() as conn:
+                rows = [{"pair": p, "until": u} for p, u in pending.items()]
+                conn.execute(self._write_back_stmt, rows)
+        self._fallback.recovered(pending)
 
     def _is_live(self, pair: bytes, now: float) -> bool:
         with self._state.connect() as conn:
@@ -150,4 +196,4 @@ def _pair(iss: str, jti: str) -> bytes:
     return hashlib.sha256(len(raw_iss).to_bytes(4, "big") + raw_iss + raw_jti).digest()
 
 
-__all__ = ["REPLAY_CACHE_FULL", "ReplayCache"]
+__all__ = ["FALLBACK_FULL", "REPLAY_CACHE_FULL", "ReplayCache"]
