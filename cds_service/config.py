@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from cds_service.i18n import normalize
+
 #: The embedded database's file name in ``instance_path`` when ``CDS_DATABASE_URL`` is not set.
 DEFAULT_DATABASE_FILE = "hfs-cds.sqlite3"
 
@@ -33,6 +35,7 @@ Words = tuple[str, ...]  # a list, comma and/or whitespace separated
 FhirBases = tuple[str, ...]  # URLs under the one URL rule, without trailing slashes
 Url = str  # one URL under the same rule
 LogLevel = str  # a logging level name
+Language = str  # a supported language tag (cds_service.i18n), stored as its locale name
 
 _URL_RULE = "https; http only on loopback in development mode"
 _ACCEPTS = {
@@ -44,6 +47,7 @@ _ACCEPTS = {
     "FhirBases": f"absolute URLs, comma and/or whitespace separated ({_URL_RULE})",
     "Url": f"one absolute URL ({_URL_RULE})",
     "LogLevel": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "Language": "en or zh-Hans (Simplified Chinese; zh and zh-CN also name it)",
 }
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True}
 _FLAGS |= {"0": False, "false": False, "no": False, "off": False}
@@ -214,6 +218,8 @@ class Settings:
     max_request_bytes: int = 5 * 1024 * 1024
     #: Lowest level of the JSON log lines on stderr (``hfs-cds serve`` and gunicorn).
     log_level: LogLevel = "INFO"
+    #: Language of the cards and pages when the trust list names none for the calling EHR.
+    language: Language = "en"
     store: StoreSettings = field(default_factory=StoreSettings)
     smart: SmartSettings = field(default_factory=SmartSettings)
     #: Extra Flask settings from ``create_app(config)`` that are not service settings (e.g. TESTING).
@@ -298,6 +304,8 @@ def _parse(name: str, value: Any, kind: str, dev_mode: bool = False) -> Any:
         return str(value).strip()
     elif kind == "LogLevel" and (level := str(value).strip().upper()) in _ACCEPTS[kind]:
         return level
+    elif kind == "Language" and (locale := normalize(str(value))) is not None:
+        return locale
     else:
         text = str(value).strip().lower()
         try:
