@@ -18,8 +18,12 @@ from cds_service.assessment import Assessment, Status
 from cds_service.cli_support import INPUT_FILE, Choice, CliError, IsoMoment, assessor, read_json
 from cds_service.config import ConfigError, load_settings
 from cds_service.examples.command import examples
+from cds_service.i18n import DEFAULT as DEFAULT_LOCALE
+from cds_service.i18n import Locale
+from cds_service.i18n import parse as parse_language
 from cds_service.model import ModelCardError
 from cds_service.presentation import present
+from cds_service.presentation.problems import problem_texts
 from cds_service.preview.command import preview
 from cds_service.recalibration.commands import COMMANDS as RECALIBRATION_COMMANDS
 from cds_service.recalibration.errors import RecalibrationError
@@ -133,10 +137,24 @@ def dev_token(url: str | None, alg: Literal["ES384", "RS384"]) -> int:
     "RiskAssessment, for a scored patient only",
 )
 @click.option("--json", "output_format", flag_value="json", help="the same as --format json")
-def score(bundle: Path, patient: str | None, at: datetime | None, output_format: str) -> int:
+@click.option(
+    "--lang",
+    "language",
+    envvar="CDS_LANGUAGE",
+    default="en",
+    show_default="CDS_LANGUAGE, else en",
+    help="language of the text report: en or zh-Hans (json and fhir do not depend on it)",
+)
+def score(
+    bundle: Path, patient: str | None, at: datetime | None, output_format: str, language: str
+) -> int:
     """Assess one patient from a FHIR Bundle JSON file.
 
     A file with several patients (``hfs-cds synth`` writes one) needs --patient."""
+    try:
+        locale = parse_language(language)
+    except ValueError as exc:
+        raise CliError(f"--lang: {exc}") from None
     resources = _resources(bundle)
     assessment = assessor().assess(resources, _patient(bundle, resources, patient), as_of=at)
     if output_format == "fhir":
@@ -157,7 +175,7 @@ def score(bundle: Path, patient: str | None, at: datetime | None, output_format:
     elif output_format == "json":
         print(json.dumps(assessment.to_json(), indent=2))
     else:
-        print(render_text(assessment))
+        print(render_text(assessment, locale))
     return 0
 
 
@@ -194,52 +212,83 @@ for _command in (*RECALIBRATION_COMMANDS, *STORE_COMMANDS, *SANDBOX_COMMANDS, ex
     hfs_cds.add_command(_command)
 
 
-def render_text(a: Assessment) -> str:
+def render_text(a: Assessment, locale: Locale = DEFAULT_LOCALE) -> str:
     """A plain-text report of an assessment, for terminals and batch logs (the presentation
     layer's statement, laid out as lines; nothing is formatted here that the card says otherwise)."""
-    st = present(a)
-    model = a.model
-    lines = [f"Model: {model.id} {model.version} ({model.citation.url})"]
+    st = present(a, locale)
+    w, model = st.words, a.model
+    lines = [
+        w.gettext("Model: %(model)s %(version)s (%(url)s)")
+        % {"model": model.id, "version": model.version, "url": model.citation.url}
+    ]
     if a.inputs.patient_id:
-        lines.append(f"Patient: Patient/{a.inputs.patient_id}")
+        lines.append(w.gettext("Patient: %(ref)s") % {"ref": f"Patient/{a.inputs.patient_id}"})
     if a.inputs.ablation:
-        since = (
-            f" ({a.months_since_procedure:.1f} months before {a.as_of:%Y-%m-%d})"
-            if (a.months_since_procedure is not None)
-            else ""
-        )
+        since = ""
+        if a.months_since_procedure is not None:
+            since = w.gettext(" (%(months)s months before %(date)s)") % {
+                "months": f"{a.months_since_procedure:.1f}",
+                "date": w.date(a.as_of.date()),
+            }
         lines.append(
-            f"Ablation: {a.inputs.ablation.provenance.reference} ended "
-            f"{a.inputs.ablation.ended_at.isoformat()}{since}"
+            w.gettext("Ablation: %(ref)s ended %(at)s%(since)s")
+            % {
+                "ref": a.inputs.ablation.provenance.reference,
+                "at": a.inputs.ablation.ended_at.isoformat(),
+                "since": since,
+            }
         )
     if a.status is Status.NOT_APPLICABLE:
-        lines.append(f"Not applicable: {a.not_applicable_because}.")
+        lines.append(w.gettext("Not applicable: %(reason)s.") % {"reason": st.headline})
         return "\n".join(lines)
     if a.operation_time:
         ot = a.operation_time
         lines.append(
-            f"Operation time: {ot.minutes:.0f} min from {ot.provenance.reference} ({ot.source})"
+            w.gettext("Operation time: %(minutes)s min from %(ref)s (%(source)s)")
+            % {"minutes": f"{ot.minutes:.0f}", "ref": ot.provenance.reference, "source": ot.source}
         )
     if a.hb_grade:
         hb = a.hb_grade
         lines.append(
-            f"House-Brackmann grade: {roman(hb.grade)} from {hb.provenance.reference}, "
-            f"{hb.hours_after_procedure:.0f} h after the ablation"
+            w.gettext(
+                "House-Brackmann grade: %(grade)s from %(ref)s, %(hours)s h after the ablation"
+            )
+            % {
+                "grade": roman(hb.grade),
+                "ref": hb.provenance.reference,
+                "hours": f"{hb.hours_after_procedure:.0f}",
+            }
         )
     if not st.scored:
-        lines.append(f"Not scored: {st.headline}.")
-        lines += [f"  - {p.message} To fix: {p.action}" for p in st.problems]
+        lines.append(w.gettext("Not scored: %(reason)s.") % {"reason": st.headline})
+        for p in st.problems:
+            message, action, detail = problem_texts(p, w)
+            if detail:
+                message = f"{message} ({detail})"
+            lines.append(
+                w.gettext("  - %(message)s To fix: %(action)s")
+                % {"message": message, "action": action}
+            )
         lines.append(st.caveat)
         return "\n".join(lines)
-    lines.append("Risk of recurrence (range over the plausible codings):")
+    lines.append(w.gettext("Risk of recurrence (range over the plausible codings):"))
+    ci_label = w.gettext("95% CI")
     for r in st.risks:
-        ci = f"; 95% CI {r.ci_text}" if r.ci_text else ""
-        lines.append(f"  by {r.label:>9}: {r.text:>5}  ({r.range_text}{ci})")
+        ci = f"; {ci_label} {r.ci_text}" if r.ci_text else ""
+        lines.append(
+            w.gettext("  by %(label)s: %(risk)s  (%(range)s%(ci)s)")
+            % {"label": f"{r.label:>9}", "risk": f"{r.text:>5}", "range": r.range_text, "ci": ci}
+        )
     if st.conditional:
         lines.append(f"  {st.conditional.sentence}")
-    lines.append(f"{st.tier_text}: {st.risk_sentence}")
+    lines.append(
+        w.gettext("%(tier)s: %(sentence)s") % {"tier": st.tier_text, "sentence": st.risk_sentence}
+    )
     lines += [note for note in (st.coding_note, st.schedule_note) if note]
-    lines.append(f"Follow-up: {st.schedule_text} {st.advice}")
+    lines.append(
+        w.gettext("Follow-up: %(schedule)s %(advice)s")
+        % {"schedule": st.schedule_text, "advice": st.advice}
+    )
     lines += [st.uncertainty_note, st.caveat]
     return "\n".join(lines)
 

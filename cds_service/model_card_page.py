@@ -21,8 +21,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
 from cds_service.model import ModelCard
-from cds_service.presentation import NO_CI_STATEMENT, RANGE_STATEMENT
-from cds_service.presentation.statement import CI_STATEMENT
+from cds_service.presentation import RANGE_STATEMENT
+from cds_service.presentation.statement import uncertainty_statement as _uncertainty
+from cds_service.presentation.wording import wording
 from cds_service.runtime import Runtime
 from fhir_mappings import roman
 
@@ -42,7 +43,7 @@ def _card() -> ModelCard:
 
 def uncertainty_statement(card: ModelCard) -> str:
     """What the card's numbers can say about uncertainty, as the presentation layer says it."""
-    return CI_STATEMENT if card.covariance is not None else NO_CI_STATEMENT
+    return _uncertainty(wording("en"), covariance=card.covariance is not None)
 
 
 def card_json(card: ModelCard) -> dict[str, Any]:

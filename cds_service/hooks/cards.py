@@ -17,8 +17,10 @@ from typing import Any
 from cds_service import __version__
 from cds_service.assessment import Assessment, Status
 from cds_service.gather.app_context import app_context_for
+from cds_service.i18n import DEFAULT, Locale
 from cds_service.ids import new_uuid
 from cds_service.presentation import Statement, present
+from cds_service.presentation.problems import problem_texts
 from cds_service.presentation.risk_assessment import record_suggestion
 from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
 from fhir_mappings import Provenance, roman
@@ -44,13 +46,16 @@ class CardContext:
     follow_up_ordered: bool = False
     #: The service's public model-card page (PHI-free, no sign-in), linked from every card.
     model_card_url: str | None = None
+    #: The language of the texts (the trust list's issuer language, else CDS_LANGUAGE); the
+    #: machine-readable extension and the resources' codes do not depend on it.
+    locale: Locale = DEFAULT
 
 
 def build_cards(assessment: Assessment, ctx: CardContext) -> list[dict[str, Any]]:
     """Zero or one card: nothing when no ablation is in the horizon, else a risk or an info card."""
     if assessment.status is Status.NOT_APPLICABLE:
         return []
-    statement = present(assessment)
+    statement = present(assessment, ctx.locale)
     if assessment.status is Status.SCORED:
         return [_risk_card(assessment, statement, ctx)]
     return [_not_scored_card(assessment, statement, ctx)]
@@ -73,17 +78,19 @@ def _risk_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str, Any]
 
 def _risk_detail(st: Statement) -> str:
     """At most ~700 characters: risks, tier and next review, inputs, one caveat line."""
-    a = st.assessment
+    w = st.words
     assert st.estimate_tier is not None and st.horizon is not None
-    header = " | ".join(f"{r.month:g} months" for r in st.risks)
+    header = " | ".join(r.label for r in st.risks)
+    by, risk, over = w.gettext("By"), w.gettext("Risk"), w.gettext("Range over codings")
     lines = [
-        f"| By | {header} |",
+        f"| {by} | {header} |",
         "|---" * (len(st.risks) + 1) + "|",
-        "| Risk | " + " | ".join(f"**{r.text}**" for r in st.risks) + " |",
-        "| Range over codings | " + " | ".join(r.range_text for r in st.risks) + " |",
+        f"| {risk} | " + " | ".join(f"**{r.text}**" for r in st.risks) + " |",
+        f"| {over} | " + " | ".join(r.range_text for r in st.risks) + " |",
     ]
     if any(r.ci_text for r in st.risks):
-        lines.append("| 95% CI | " + " | ".join(r.ci_text or "" for r in st.risks) + " |")
+        ci = w.gettext("95% CI")
+        lines.append(f"| {ci} | " + " | ".join(r.ci_text or "" for r in st.risks) + " |")
     if st.conditional:
         lines += ["", st.conditional.sentence]
     lines += ["", f"**{st.tier_text}.** {st.risk_sentence}"]
@@ -91,26 +98,43 @@ def _risk_detail(st: Statement) -> str:
         lines.append(st.coding_note)  # with a schedule basis, the summary gives the range
     schedule = f"**{st.schedule_text}**"
     if st.schedule_basis:
-        schedule += f" ({st.schedule_basis}.)"
-    lines += ["", schedule, "", *_input_lines(a), "", st.caveat]
+        schedule += w.gettext(" (%(basis)s.)") % {"basis": st.schedule_basis}
+    lines += ["", schedule, "", *_input_lines(st), "", st.caveat]
     return "\n".join(lines)
 
 
-def _input_lines(a: Assessment) -> list[str]:
+def _input_lines(st: Statement) -> list[str]:
     """One line per input with the resource it came from."""
+    a, w = st.assessment, st.words
     lines = []
     ot, hb = a.operation_time, a.hb_grade
     cut = a.model.operation_time.cut_minutes
     if ot:
-        side = "over" if ot.minutes > cut else "not over"
+        line = (
+            w.gettext("- Operation time **%(minutes)s min** (over %(cut)s): %(source)s")
+            if ot.minutes > cut
+            else w.gettext("- Operation time **%(minutes)s min** (not over %(cut)s): %(source)s")
+        )
         lines.append(
-            f"- Operation time **{ot.minutes:.0f} min** ({side} {cut:g}): {_ref(ot.provenance)}"
+            line
+            % {"minutes": f"{ot.minutes:.0f}", "cut": f"{cut:g}", "source": _ref(ot.provenance)}
         )
     if hb:
-        window = "" if hb.within_primary_window else ", outside the preferred 72 h"
+        line = (
+            w.gettext("- HB grade **%(grade)s** (%(hours)s h after): %(source)s")
+            if hb.within_primary_window
+            else w.gettext(
+                "- HB grade **%(grade)s** (%(hours)s h after, outside the preferred 72 h): "
+                "%(source)s"
+            )
+        )
         lines.append(
-            f"- HB grade **{roman(hb.grade)}** "
-            f"({hb.hours_after_procedure:.0f} h after{window}): {_ref(hb.provenance)}"
+            line
+            % {
+                "grade": roman(hb.grade),
+                "hours": f"{hb.hours_after_procedure:.0f}",
+                "source": _ref(hb.provenance),
+            }
         )
     return lines
 
@@ -120,11 +144,12 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext) -> dict[str, Any] | N
 
     Recommended only when the model card says local governance approved its tiers.
     """
-    a = st.assessment
+    a, w = st.assessment, st.words
     assert st.schedule_tier is not None and a.inputs.ablation is not None
     if not st.reviews_ahead:
         return None
-    months = ", ".join(f"{r.month:g}" for r in st.reviews_ahead)
+    months = w.series([f"{r.month:g}" for r in st.reviews_ahead])
+    fill = {"months": months, "schedule": st.schedule_label, "model": a.model.id}
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
@@ -137,18 +162,18 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext) -> dict[str, Any] | N
                     "display": "Follow-up encounter",
                 }
             ],
-            "text": "Hemifacial spasm review after radiofrequency ablation",
+            "text": w.gettext("Hemifacial spasm review after radiofrequency ablation"),
         },
         "subject": {"reference": f"Patient/{ctx.patient_id}"},
         "occurrenceTiming": {"event": [r.on.isoformat() for r in st.reviews_ahead]},
         "reasonReference": [{"reference": _plain_ref(a.inputs.ablation.provenance)}],
         "note": [
             {
-                "text": (
-                    f"Reviews at {months} months after the ablation "
-                    f"({st.schedule_tier.label.lower()}-risk schedule, model {a.model.id} "
-                    f"{a.model.version}). Record the House-Brackmann grade at each visit."
+                "text": w.gettext(
+                    "Reviews at %(months)s months after the ablation (%(schedule)s, model "
+                    "%(model)s %(version)s). Record the House-Brackmann grade at each visit."
                 )
+                % {**fill, "version": a.model.version}
             }
         ],
     }
@@ -157,13 +182,16 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext) -> dict[str, Any] | N
     if ctx.user_id and ctx.user_id.split("/", 1)[0] in ("Practitioner", "PractitionerRole"):
         resource["requester"] = {"reference": ctx.user_id}
     return {
-        "label": f"Order follow-up reviews at {months} months"[:80],
+        "label": (w.gettext("Order follow-up reviews at %(months)s months") % fill)[:80],
         "uuid": str(new_uuid()),
         "isRecommended": a.model.tiers_approved,
         "actions": [
             {
                 "type": "create",
-                "description": f"Create a draft follow-up ServiceRequest for reviews at {months} months",
+                "description": w.gettext(
+                    "Create a draft follow-up ServiceRequest for reviews at %(months)s months"
+                )
+                % fill,
                 "resource": resource,
             }
         ],
@@ -174,12 +202,18 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext) -> dict[str, Any] | N
 
 
 def _not_scored_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str, Any]:
-    lines = ["**The recurrence risk could not be calculated.**", ""]
+    w = st.words
+    headline = w.gettext("The recurrence risk could not be calculated.")
+    lines = [f"**{headline}**", ""]
+    to_fix = w.gettext("To fix:")
     for p in st.problems:
-        lines += [f"- {_md(p.message)} **To fix:** {_md(p.action)}"]
-    derived = _input_lines(a)
+        message, action, original = problem_texts(p, w)
+        detail = f" ({_md(original)})" if original else ""
+        lines += [f"- {_md(message)}{detail} **{to_fix}** {_md(action)}"]
+    derived = _input_lines(st)
     if derived:
-        lines += ["", "**Inputs found**", "", *derived]
+        found = w.gettext("Inputs found")
+        lines += ["", f"**{found}**", "", *derived]
     lines += ["", st.caveat]
     return _base_card(a, st, "\n".join(lines), ctx)
 
@@ -188,13 +222,13 @@ def _not_scored_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str
 
 
 def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> dict[str, Any]:
-    model = a.model
+    model, w = a.model, st.words
     links: list[dict[str, Any]] = []
     if ctx.app_launch_url and a.inputs.ablation is not None:
         # The EHR adds iss and launch; appContext names the inputs and the figure the card showed.
         links.append(
             {
-                "label": "Open the recurrence-risk app (curve, what-if)",
+                "label": w.gettext("Open the recurrence-risk app (curve, what-if)"),
                 "url": ctx.app_launch_url,
                 "type": "smart",
                 "appContext": app_context_for(
@@ -210,14 +244,14 @@ def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> d
     if ctx.model_card_url:
         links.append(
             {
-                "label": "Model card: assumptions and limitations",
+                "label": w.gettext("Model card: assumptions and limitations"),
                 "url": ctx.model_card_url,
                 "type": "absolute",
             }
         )
     links.append(
         {
-            "label": "Fei et al., Pain Physician 2022 (PubMed)",
+            "label": w.card(model).citation_label,
             "url": model.citation.url,
             "type": "absolute",
         }
@@ -228,7 +262,10 @@ def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> d
         "indicator": st.indicator,
         "detail": detail,
         "source": {
-            "label": f"HFS-RFA recurrence model (Fei et al. 2022), {model.version}; hfs-cds {__version__}",
+            "label": w.gettext(
+                "HFS-RFA recurrence model (Fei et al. 2022), %(version)s; hfs-cds %(software)s"
+            )
+            % {"version": model.version, "software": __version__},
             "url": model.citation.url,
         },
         "links": links,

@@ -25,6 +25,8 @@ from cds_service.hooks.feedback import InvalidFeedback, parse_feedback, refusal
 from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
 from cds_service.hooks.services import HookServices
+from cds_service.i18n import Locale
+from cds_service.i18n import parse as parse_language
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security import ReplayCheckUnavailable
@@ -102,6 +104,16 @@ def _model_card_url() -> str | None:
     return url if url.startswith("https://") or _runtime().settings.dev_mode else None
 
 
+def _locale(iss: str | None) -> Locale:
+    """The calling EHR's language from its trust-list entry, else CDS_LANGUAGE (issue 18)."""
+    runtime = _runtime()
+    if iss is not None and runtime.authenticator is not None:
+        for issuer in runtime.authenticator.issuers:
+            if issuer.iss == iss and issuer.language is not None:
+                return parse_language(issuer.language)
+    return parse_language(runtime.settings.language)
+
+
 @bp.get("/cds-services")
 def discovery() -> Response:
     # Built once at start-up: discovery is static and called often.
@@ -176,6 +188,7 @@ def call_service(service_id: str) -> Response:
                 )
                 or drafts_follow_up(context.get("draftOrders"), follow_up_codes),
                 model_card_url=_model_card_url(),
+                locale=_locale(ehr.iss if ehr else None),
             ),
         )
     )

@@ -10,12 +10,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast
+
+from cds_service.i18n import BCP47, SUPPORTED, Locale, normalize
 
 DEFAULT_MODEL_CARD = "fei-2022-hfs-rfa.json"
 DEFAULT_CAVEAT = "Informational only; see assumptions and limitations."
@@ -23,6 +26,8 @@ DEFAULT_CAVEAT = "Informational only; see assumptions and limitations."
 X1Coding = Literal["binary", "per_10_minutes"]
 X2Coding = Literal["ordinal", "binary"]
 Indicator = Literal["info", "warning", "critical"]
+
+log = logging.getLogger(__name__)
 
 
 class ModelCardError(ValueError):
@@ -34,6 +39,8 @@ class Citation:
     text: str
     pmid: str
     url: str
+    #: The short name a card's link shows (``"Fei et al., Pain Physician 2022 (PubMed)"``).
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,34 @@ class Tier:
     follow_up_months: tuple[float, ...]
     advice: str  # what to do, never a treatment plan and never a schedule (that is computed)
     risk_sentence: str  # how the risk reads; only the highest tier may call recurrence "likely"
+
+
+@dataclass(frozen=True, slots=True)
+class TierTexts:
+    label: str
+    advice: str
+    risk_sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardTexts:
+    """The texts of a model card a person reads, in one language (``translations`` in the JSON).
+
+    A site translates its own card without code: ``"translations": {"zh-Hans": {"caveat": …,
+    "citation": {"label": …}, "tiers": {"<id>": {"label": …, "advice": …, "risk_sentence": …}},
+    "assumptions": […], "limitations": […]}}``, the arrays in the order of the English ones. A key
+    left out reads English (and is named in a start-up warning).
+    """
+
+    title: str
+    caveat: str
+    citation_label: str
+    tiers: Mapping[str, TierTexts]  # by tier id
+    assumptions: tuple[str, ...]
+    limitations: tuple[str, ...]
+
+    def tier(self, tier: Tier) -> TierTexts:
+        return self.tiers[tier.id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +159,15 @@ class ModelCard:
     #: Covariance of (operation-time, HB-grade) coefficients from a local fit; None for the
     #: published card (the paper gives no standard errors, so no confidence interval exists).
     covariance: tuple[tuple[float, float], tuple[float, float]] | None = None
+    #: The card's texts by locale (English always; others as the card's ``translations`` give them).
+    translations: Mapping[str, CardTexts] = field(default_factory=dict)
+    #: Per locale, the translation keys the card lacks (those texts read English).
+    untranslated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def texts(self, locale: Locale) -> CardTexts:
+        """The card's texts in a locale; English where the card carries no translation."""
+        found = self.translations.get(locale) or self.translations.get("en")
+        return found if found is not None else _english_texts(self)
 
     @property
     def label(self) -> str:
@@ -153,9 +197,18 @@ def load_model_card(path: str | Path | None = None) -> ModelCard:
             f"model card {path or DEFAULT_MODEL_CARD} is not valid JSON: {exc}"
         ) from exc
     try:
-        return parse_model_card(data, sha256=hashlib.sha256(raw).hexdigest())
+        card = parse_model_card(data, sha256=hashlib.sha256(raw).hexdigest())
     except ModelCardError as exc:  # name the file: a site may keep several cards
         raise ModelCardError(f"{path or DEFAULT_MODEL_CARD}: {exc}") from None
+    for locale, keys in card.untranslated.items():
+        if keys:  # at start-up (the card is loaded once): the texts read English in this language
+            log.warning(
+                "model card %s has no %s translation for %s; those texts are shown in English",
+                path or DEFAULT_MODEL_CARD,
+                BCP47[cast(Locale, locale)],
+                ", ".join(keys),
+            )
+    return card
 
 
 def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
@@ -178,7 +231,10 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
         id=r.text("id"),
         version=r.text("version"),
         title=r.text("title"),
-        citation=Citation(**{k: r.obj("citation").text(k) for k in ("text", "pmid", "url")}),
+        citation=Citation(
+            **{k: r.obj("citation").text(k) for k in ("text", "pmid", "url")},
+            label=r.obj("citation").optional_text("label", r.obj("citation").text("text")),
+        ),
         population=r.text("population"),
         fit=r.obj("fit").data,
         operation_time=OperationTimeCovariate(
@@ -249,7 +305,82 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
         covariance=_covariance(r.obj("fit")),
     )
     _check_consistency(card)
-    return card
+    return _with_translations(card, r)
+
+
+def _english_texts(card: ModelCard) -> CardTexts:
+    return CardTexts(
+        title=card.title,
+        caveat=card.caveat,
+        citation_label=card.citation.label or card.citation.text,
+        tiers={t.id: TierTexts(t.label, t.advice, t.risk_sentence) for t in card.tiers},
+        assumptions=card.assumptions,
+        limitations=card.limitations,
+    )
+
+
+def _with_translations(card: ModelCard, r: _Reader) -> ModelCard:
+    """The card with its texts per supported locale; unknown languages are an error (a typo
+    would otherwise leave a whole language silently English)."""
+    english = _english_texts(card)
+    given = r.obj("translations").data if "translations" in r.data else {}
+    by_locale: dict[str, _Reader] = {}
+    for tag in given:
+        locale = normalize(tag) if isinstance(tag, str) else None
+        if locale is None or locale == "en":
+            offered = ", ".join(BCP47[s] for s in SUPPORTED if s != "en")
+            raise ModelCardError(f"model card.translations.{tag}: expected one of {offered}")
+        by_locale[locale] = r.obj("translations").obj(tag)
+    texts: dict[str, CardTexts] = {"en": english}
+    missing: dict[str, tuple[str, ...]] = {}
+    for locale in SUPPORTED:
+        if locale == "en":
+            continue
+        t = by_locale.get(locale)
+        gaps: list[str] = []
+        texts[locale] = _translated(english, t, gaps) if t else english
+        missing[locale] = tuple(gaps) if t else ("all texts",)
+    return replace(card, translations=texts, untranslated=missing)
+
+
+def _translated(en: CardTexts, t: _Reader, gaps: list[str]) -> CardTexts:
+    def text(reader: _Reader | None, key: str, english: str, name: str) -> str:
+        if reader is None or key not in reader.data:
+            gaps.append(name)
+            return english
+        return reader.text(key)
+
+    def texts(key: str, english: tuple[str, ...]) -> tuple[str, ...]:
+        if key not in t.data:
+            gaps.append(key)
+            return english
+        values = tuple(t.texts(key))
+        if len(values) != len(english):
+            raise ModelCardError(
+                f"{t.path}.{key}: {len(values)} texts for the {len(english)} English ones "
+                "(translate each, in the same order)"
+            )
+        return values
+
+    tiers_given = t.obj("tiers") if "tiers" in t.data else None
+    tiers = {}
+    for tier_id, tier in en.tiers.items():
+        one = tiers_given.obj(tier_id) if tiers_given and tier_id in tiers_given.data else None
+        tiers[tier_id] = TierTexts(
+            *(
+                text(one, key, getattr(tier, key), f"tiers.{tier_id}.{key}")
+                for key in ("label", "advice", "risk_sentence")
+            )
+        )
+    citation = t.obj("citation") if "citation" in t.data else None
+    return CardTexts(
+        title=text(t, "title", en.title, "title"),
+        caveat=text(t, "caveat", en.caveat, "caveat"),
+        citation_label=text(citation, "label", en.citation_label, "citation.label"),
+        tiers=tiers,
+        assumptions=texts("assumptions", en.assumptions),
+        limitations=texts("limitations", en.limitations),
+    )
 
 
 def _tiers_approved(r: _Reader) -> bool:

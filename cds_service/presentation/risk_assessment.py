@@ -5,6 +5,10 @@ and the card's "Record this assessment in the chart" suggestion. It is built fro
 :class:`Statement`, so its rationale and notes read exactly as the card and the page do, while
 ``probabilityDecimal`` keeps the raw fraction (to 4 dp; never floored to "<5%").
 
+The resource is a chart record in English whatever the reader's language (its codes and displays
+are data, and one resource should not mix languages); only the suggestion that offers it (label,
+description) is said in the card's language.
+
 Not validated with fhir.resources at run time: the shape is fixed here and every variant (HB grade,
 duration source, CI or not) is validated in the tests; only ids, versions and numbers vary.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from cds_service.ids import new_uuid
-from cds_service.presentation.statement import RiskFigure, Statement
+from cds_service.presentation.statement import N_, RiskFigure, Statement
 from fhir_mappings import Provenance, roman
 
 MODEL_CARD_SYSTEM = "https://hfs-cds.example.org/fhir/CodeSystem/model-card"
@@ -23,11 +27,12 @@ UCUM = "http://unitsofmeasure.org"
 
 OUTCOME_CODE = "hfs-recurrence"
 OUTCOME_DISPLAY = "Recurrence of hemifacial spasm after radiofrequency ablation"
-SUGGESTION_LABEL = "Record this assessment in the chart"
+SUGGESTION_LABEL = N_("Record this assessment in the chart")
 
 
 def risk_assessment(statement: Statement, patient_id: str | None) -> dict[str, Any]:
     """A FHIR R4 RiskAssessment (JSON) for a scored statement; ValueError for any other."""
+    statement = statement.in_locale("en")
     a = statement.assessment
     ablation = a.inputs.ablation
     if not statement.scored or ablation is None or not statement.risks:
@@ -67,18 +72,24 @@ def record_suggestion(statement: Statement, patient_id: str | None) -> dict[str,
     an action the model should push)."""
     resource = risk_assessment(statement, patient_id)
     assert statement.horizon is not None
-    card = statement.assessment.model
+    card, w = statement.assessment.model, statement.words
     return {
-        "label": SUGGESTION_LABEL,
+        "label": w.gettext(SUGGESTION_LABEL),
         "uuid": str(new_uuid()),
         "isRecommended": False,
         "actions": [
             {
                 "type": "create",
-                "description": (
-                    f"Create a RiskAssessment: hemifacial spasm recurrence {statement.horizon.text} "
-                    f"by {statement.horizon.month:g} months (model {card.id} {card.version})"
-                ),
+                "description": w.gettext(
+                    "Create a RiskAssessment: hemifacial spasm recurrence %(risk)s by "
+                    "%(months)s months (model %(model)s %(version)s)"
+                )
+                % {
+                    "risk": statement.horizon.text,
+                    "months": f"{statement.horizon.month:g}",
+                    "model": card.id,
+                    "version": card.version,
+                },
                 "resource": resource,
             }
         ],

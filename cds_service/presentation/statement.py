@@ -14,59 +14,74 @@ from datetime import date, timedelta
 from typing import Literal
 
 from cds_service.assessment import Assessment, Status
+from cds_service.i18n import DEFAULT, Locale
 from cds_service.model import ModelCard, RecurrenceModel, Tier
+from cds_service.model.card import CardTexts
 from cds_service.model.uncertainty import risk_interval
-from cds_service.presentation.numbers import percent, percent_range
+from cds_service.presentation.numbers import percent
+from cds_service.presentation.wording import Wording, wording
 from fhir_mappings import Problem, Reason
 
 Indicator = Literal["info", "warning", "critical"]
 
-NO_CI_STATEMENT = (
+# The fixed sentences, as catalogue msgids (N_ marks them for extraction; a Wording translates).
+
+
+def N_(message: str) -> str:
+    return message
+
+
+NO_CI_STATEMENT = N_(
     "The publication gives no standard errors, so no confidence interval can be computed."
 )
-CI_STATEMENT = (
-    "95% confidence intervals come from the local fit's coefficient covariance (delta method; "
+# i18n: %(ci)s is "95%"
+CI_STATEMENT = N_(
+    "%(ci)s confidence intervals come from the local fit's coefficient covariance (delta method; "
     "the baseline's own uncertainty is not included)."
 )
-RANGE_STATEMENT = (
+RANGE_STATEMENT = N_(
     "The range spans the plausible codings of the unpublished inputs; it is not a confidence "
     "interval."
 )
 
-#: Why a patient is not scored, as a headline, by the first problem's reason.
+#: Why a patient is not scored, as a headline, by the first problem's reason (msgids).
 NOT_SCORED_HEADLINES: dict[Reason, str] = {
-    Reason.HB_OUTSIDE_MODEL: "House-Brackmann grade is outside the model's range",
-    Reason.REPEAT_PROCEDURE: "this is a repeat ablation",
-    Reason.RECURRENCE_RECORDED: "a recurrence is already recorded",
-    Reason.LATER_TREATMENT: "a later treatment is recorded",
-    Reason.PROCEDURE_NOT_COMPLETED: "the ablation is not recorded as completed",
-    Reason.UNREADABLE_RECORD: "a record is not in FHIR R4 form and cannot be read",
-    Reason.NO_HB_IN_WINDOW: "no House-Brackmann grade recorded after the ablation",
-    Reason.HB_PRELIMINARY_ONLY: "the House-Brackmann grade is only preliminary",
-    Reason.HB_UNSUPPORTED_VALUE: "the House-Brackmann grade cannot be read",
-    Reason.PROCEDURE_DATE_MISSING: "the ablation has no date",
-    Reason.PERIOD_WITHOUT_TIMES: "the operation time cannot be derived",
-    Reason.DURATION_INVALID: "the operation time cannot be derived",
-    Reason.DURATION_OUT_OF_RANGE: "the recorded operation time is implausible",
-    Reason.DURATION_UNSUPPORTED_UNIT: "the operation time's unit is not supported",
+    Reason.HB_OUTSIDE_MODEL: N_("House-Brackmann grade is outside the model's range"),
+    Reason.REPEAT_PROCEDURE: N_("this is a repeat ablation"),
+    Reason.RECURRENCE_RECORDED: N_("a recurrence is already recorded"),
+    Reason.LATER_TREATMENT: N_("a later treatment is recorded"),
+    Reason.PROCEDURE_NOT_COMPLETED: N_("the ablation is not recorded as completed"),
+    Reason.UNREADABLE_RECORD: N_("a record is not in FHIR R4 form and cannot be read"),
+    Reason.NO_HB_IN_WINDOW: N_("no House-Brackmann grade recorded after the ablation"),
+    Reason.HB_PRELIMINARY_ONLY: N_("the House-Brackmann grade is only preliminary"),
+    Reason.HB_UNSUPPORTED_VALUE: N_("the House-Brackmann grade cannot be read"),
+    Reason.PROCEDURE_DATE_MISSING: N_("the ablation has no date"),
+    Reason.PERIOD_WITHOUT_TIMES: N_("the operation time cannot be derived"),
+    Reason.DURATION_INVALID: N_("the operation time cannot be derived"),
+    Reason.DURATION_OUT_OF_RANGE: N_("the recorded operation time is implausible"),
+    Reason.DURATION_UNSUPPORTED_UNIT: N_("the operation time's unit is not supported"),
 }
-NOT_SCORED_FALLBACK = "inputs are missing or invalid"
+NOT_SCORED_FALLBACK = N_("inputs are missing or invalid")
 
 
 @dataclass(frozen=True, slots=True)
 class _Figure:
     """A risk with its range over the codings, and both as people read them (formatted once:
-    every surface reads them several times)."""
+    every surface reads them several times). ``risk``/``low``/``high`` are the language-neutral
+    numbers; ``text`` reads the same in every supported locale; ``range_text`` is in ``words``'."""
 
     risk: float
     low: float
     high: float
+    words: Wording = field(default_factory=wording, kw_only=True, repr=False, compare=False)
     text: str = field(init=False)
     range_text: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", percent(self.risk))
-        object.__setattr__(self, "range_text", percent_range(self.low, self.high))
+        object.__setattr__(
+            self, "range_text", self.words.range(percent(self.low), percent(self.high))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +93,11 @@ class RiskFigure(_Figure):
 
     @property
     def ci_text(self) -> str | None:
-        return percent_range(*self.ci) if self.ci else None
+        return self.words.range(percent(self.ci[0]), percent(self.ci[1])) if self.ci else None
 
     @property
     def label(self) -> str:
-        return f"{self.month:g} months"
+        return self.words.months(self.month)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +109,15 @@ class ConditionalFigure(_Figure):
 
     @property
     def sentence(self) -> str:
-        return (
-            f"If still free of spasm at {self.from_month:.1f} months after the ablation: "
-            f"{self.text} by {self.to_month:g} months (range {self.range_text})."
-        )
+        return self.words.gettext(
+            "If still free of spasm at %(from_month)s months after the ablation: %(risk)s by "
+            "%(to_month)s months (range %(range)s)."
+        ) % {
+            "from_month": f"{self.from_month:.1f}",
+            "risk": self.text,
+            "to_month": f"{self.to_month:g}",
+            "range": self.range_text,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,20 +126,30 @@ class Review:
 
     month: float
     on: date
+    words: Wording = field(default_factory=wording, kw_only=True, repr=False, compare=False)
 
     @property
     def text(self) -> str:
-        return f"{self.on.isoformat()} ({self.month:g} month{'' if self.month == 1 else 's'})"
+        """``"2027-01-05 (3 months)"``; ``"2027年1月5日（3个月）"``."""
+        return self.words.gettext("%(date)s (%(months)s)") % {
+            "date": self.words.date(self.on),
+            "months": self.words.months(self.month),
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """Everything a renderer needs to say about one assessment, in the same words everywhere."""
+    """Everything a renderer needs to say about one assessment, in the same words everywhere.
+
+    The numbers (figures' fractions, tiers, review dates) do not depend on the language; the texts
+    are in ``locale``. :meth:`in_locale` says the same assessment in another language.
+    """
 
     assessment: Assessment
     indicator: Indicator
     summary: str  # under 140 characters (a CDS card summary)
     caveat: str  # the one caveat line (model card)
+    locale: Locale = DEFAULT
     # -- scored -----------------------------------------------------------------------------------
     risks: tuple[RiskFigure, ...] = ()
     horizon: RiskFigure | None = None
@@ -137,6 +167,10 @@ class Statement:
     problems: tuple[Problem, ...] = ()
 
     @property
+    def words(self) -> Wording:
+        return wording(self.locale)
+
+    @property
     def scored(self) -> bool:
         return self.assessment.status is Status.SCORED
 
@@ -144,19 +178,45 @@ class Statement:
     def next_review(self) -> Review | None:
         return self.reviews_ahead[0] if self.reviews_ahead else None
 
+    def in_locale(self, locale: Locale) -> Statement:
+        """The same assessment said in another language (same numbers, same tiers and dates)."""
+        return self if locale == self.locale else present(self.assessment, locale)
+
+    def tier_label(self, tier: Tier) -> str:
+        """A tier's label in this statement's language (the model card's own translation)."""
+        return self.words.card(self.assessment.model).tier(tier).label
+
     @property
     def schedule_text(self) -> str:
         """``"Next review 2027-01-05 (3 months); then 6 and 12 months."``"""
+        w = self.words
         if not self.reviews_ahead:
-            return "Every review of the schedule has passed."
+            return w.gettext("Every review of the schedule has passed.")
         first, *rest = self.reviews_ahead
-        then = f"; then {_and([f'{r.month:g}' for r in rest])} months" if rest else ""
-        return f"Next review {first.text}{then}."
+        if not rest:
+            return w.gettext("Next review %(review)s.") % {"review": first.text}
+        return w.gettext("Next review %(review)s; then %(months)s months.") % {
+            "review": first.text,
+            "months": w.join([f"{r.month:g}" for r in rest]),
+        }
 
     @property
     def tier_text(self) -> str:
         """``"Intermediate estimate"``: the estimate tier's label."""
-        return f"{self.estimate_tier.label} estimate" if self.estimate_tier else ""
+        if not self.estimate_tier:
+            return ""
+        return self.words.gettext("%(tier)s estimate") % {
+            "tier": self.tier_label(self.estimate_tier)
+        }
+
+    @property
+    def schedule_label(self) -> str:
+        """``"high-risk schedule"``: the schedule tier's name."""
+        if not self.schedule_tier:
+            return ""
+        return self.words.gettext("%(tier)s-risk schedule") % {
+            "tier": self.tier_label(self.schedule_tier).lower()
+        }
 
     @property
     def schedule_basis(self) -> str | None:
@@ -164,88 +224,112 @@ class Statement:
         plausible codings reach 94%"``; None when the schedule follows the estimate."""
         if self.schedule_note is None or self.schedule_tier is None or self.horizon is None:
             return None
-        return (
-            f"{self.schedule_tier.label.lower()}-risk schedule: other plausible codings reach "
-            f"{percent(self.horizon.high)}"
-        )
+        return self.words.gettext("%(schedule)s: other plausible codings reach %(high)s") % {
+            "schedule": self.schedule_label,
+            "high": percent(self.horizon.high),
+        }
 
 
-def present(a: Assessment) -> Statement:
+def present(a: Assessment, locale: Locale = DEFAULT) -> Statement:
     """The statement for an assessment (not-applicable ones have nothing to say but the reason)."""
     card = a.model
+    w = wording(locale)
+    texts = w.card(card)
     if a.status is Status.SCORED:
-        return _scored(a, card)
+        return _scored(a, card, w, texts)
     problems = a.problems
-    headline = NOT_SCORED_HEADLINES.get(problems[0].reason, NOT_SCORED_FALLBACK) if problems else ""
+    headline = (
+        w.gettext(NOT_SCORED_HEADLINES.get(problems[0].reason, NOT_SCORED_FALLBACK))
+        if problems
+        else ""
+    )
     if a.status is Status.NOT_APPLICABLE:
-        headline = a.not_applicable_because or "no ablation on record"
+        # i18n: the assessment's own reason (English data) is shown as it is
+        headline = a.not_applicable_because or w.gettext("no ablation on record")
+    summary = w.gettext("HFS recurrence risk after RFA not calculated: %(reason)s") % {
+        "reason": headline
+    }
     return Statement(
         assessment=a,
         indicator=(
             "warning" if any(p.reason is Reason.HB_OUTSIDE_MODEL for p in problems) else "info"
         ),
-        summary=f"HFS recurrence risk after RFA not calculated: {headline}"[:139],
-        caveat=card.caveat,
+        summary=summary[:139],
+        caveat=texts.caveat,
+        locale=locale,
         headline=headline,
         problems=problems,
     )
 
 
-def _scored(a: Assessment, card: ModelCard) -> Statement:
+def _scored(a: Assessment, card: ModelCard, w: Wording, texts: CardTexts) -> Statement:
     assert a.operation_time is not None and a.hb_grade is not None
     intervals = _intervals(a, card)
     risks = tuple(
-        RiskFigure(p.risk, p.low, p.high, month=p.month, ci=intervals[i] if intervals else None)
+        RiskFigure(
+            p.risk, p.low, p.high, month=p.month, ci=intervals[i] if intervals else None, words=w
+        )
         for i, p in enumerate(a.risks)
     )
     at_horizon = a.risk_at(card.horizon_months)
     horizon = next(
         (r for r in risks if r.month == card.horizon_months),
-        RiskFigure(at_horizon.risk, at_horizon.low, at_horizon.high, month=at_horizon.month),
+        RiskFigure(
+            at_horizon.risk, at_horizon.low, at_horizon.high, month=at_horizon.month, words=w
+        ),
     )
     estimate, schedule = a.estimate_tier, a.schedule_tier
     assert estimate is not None and schedule is not None
+    months = f"{card.horizon_months:g}"
     coding_note = None
     if card.tier_for(horizon.low) is not schedule:
-        coding_note = (
-            f"Coding-sensitive: {horizon.range_text} by {card.horizon_months:g} months, depending "
-            "on how the study coded its unpublished inputs."
-        )
+        coding_note = w.gettext(
+            "Coding-sensitive: %(range)s by %(months)s months, depending on how the study coded "
+            "its unpublished inputs."
+        ) % {"range": horizon.range_text, "months": months}
     schedule_note = None
     if schedule is not estimate:
-        schedule_note = (
-            f"Follow up on the {schedule.label.lower()}-risk schedule: under other plausible "
-            f"codings the risk reaches {percent(horizon.high)}."
-        )
+        schedule_note = w.gettext(
+            "Follow up on the %(tier)s-risk schedule: under other plausible codings the risk "
+            "reaches %(high)s."
+        ) % {"tier": texts.tier(schedule).label.lower(), "high": percent(horizon.high)}
     conditional = None
     if a.conditional:
         c = a.conditional
         conditional = ConditionalFigure(
-            c.risk, c.low, c.high, from_month=c.from_month, to_month=c.to_month
+            c.risk, c.low, c.high, from_month=c.from_month, to_month=c.to_month, words=w
         )
-    summary = (
-        f"Hemifacial spasm recurrence after RFA: {horizon.text} by {card.horizon_months:g} "
-        f"months ({estimate.label.lower()} estimate)"
-    )
+    summary = w.gettext(
+        "Hemifacial spasm recurrence after RFA: %(risk)s by %(months)s months (%(tier)s estimate)"
+    ) % {"risk": horizon.text, "months": months, "tier": texts.tier(estimate).label.lower()}
     if coding_note:
-        summary += f"; {horizon.range_text} under other codings"
+        summary += w.gettext("; %(range)s under other codings") % {"range": horizon.range_text}
+    estimate_texts, schedule_texts = texts.tier(estimate), texts.tier(schedule)
     return Statement(
         assessment=a,
         indicator=estimate.indicator,
         summary=summary[:139],
-        caveat=card.caveat,
+        caveat=texts.caveat,
+        locale=w.locale,
         risks=risks,
         horizon=horizon,
         conditional=conditional,
         estimate_tier=estimate,
         schedule_tier=schedule,
-        risk_sentence=estimate.risk_sentence,
+        risk_sentence=estimate_texts.risk_sentence,
         coding_note=coding_note,
         schedule_note=schedule_note,
-        uncertainty_note=CI_STATEMENT if intervals else NO_CI_STATEMENT,
-        advice=schedule.advice,
-        reviews_ahead=reviews_ahead(a, schedule),
+        uncertainty_note=uncertainty_statement(w, covariance=bool(intervals)),
+        advice=schedule_texts.advice,
+        reviews_ahead=reviews_ahead(a, schedule, w),
     )
+
+
+def uncertainty_statement(words: Wording, *, covariance: bool) -> str:
+    """What the numbers' uncertainty is: a CI for a card with a covariance, else why there is none."""
+    if covariance:
+        return words.gettext(CI_STATEMENT) % {"ci": "95%"}
+    return words.gettext(NO_CI_STATEMENT)
 
 
 def tier_for(card: ModelCard, risk_12m: float) -> Tier:
@@ -253,7 +337,7 @@ def tier_for(card: ModelCard, risk_12m: float) -> Tier:
     return card.tier_for(risk_12m)
 
 
-def reviews_ahead(a: Assessment, tier: Tier) -> tuple[Review, ...]:
+def reviews_ahead(a: Assessment, tier: Tier, words: Wording | None = None) -> tuple[Review, ...]:
     """The tier's reviews still after ``a.as_of``, dated from the end of the ablation."""
     if a.inputs.ablation is None:
         return ()
@@ -263,7 +347,7 @@ def reviews_ahead(a: Assessment, tier: Tier) -> tuple[Review, ...]:
     for month in tier.follow_up_months:
         moment = end + timedelta(days=month * days)
         if moment > a.as_of:
-            out.append(Review(month, moment.date()))
+            out.append(Review(month, moment.date(), words=words or wording()))
     return tuple(out)
 
 
@@ -281,7 +365,3 @@ def _intervals(a: Assessment, card: ModelCard) -> list[tuple[float, float]] | No
     return risk_interval(
         model, a.operation_time.minutes, a.hb_grade.grade, [p.month for p in a.risks]
     )
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"

@@ -5,7 +5,7 @@ The trust list is a JSON file named by ``CDS_TRUSTED_ISSUERS_FILE``::
     {"issuers": [{"iss": "https://ehr.example.org",
                   "jwks_url": "https://ehr.example.org/.well-known/jwks.json",
                   "audiences": ["..."], "tenants": ["..."],
-                  "fhir_servers": ["https://ehr.example.org/fhir"]}]}
+                  "fhir_servers": ["https://ehr.example.org/fhir"], "language": "zh-Hans"}]}
 
 Each entry has exactly one key source: ``jwks_url`` (fetched; also the only ``jku`` accepted for
 that issuer), ``jwks`` (inline JWK Set) or ``jwks_file`` (path, relative to the trust file's
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from cds_service.i18n import parse as parse_language
 from cds_service.security.net import is_loopback
 
 #: Signing algorithms the service accepts (CDS Hooks recommends ES384 and RS384). Never ``none``
@@ -53,7 +54,7 @@ _PRIVATE_MEMBERS: Final = {
     "RSA": ("d", "p", "q", "dp", "dq", "qi", "oth"),
 }
 _ENTRY_FIELDS: Final = frozenset(
-    {"iss", "jwks_url", "jwks", "jwks_file", "audiences", "tenants", "fhir_servers"}
+    {"iss", "jwks_url", "jwks", "jwks_file", "audiences", "tenants", "fhir_servers", "language"}
 )
 
 DEV_KEYS_DIR: Final = Path(__file__).with_name("dev_keys")
@@ -111,6 +112,8 @@ class TrustedIssuer:
     ``audiences`` are extra accepted ``aud`` values besides the endpoint URL (some EHRs let the
     site configure ``aud``). ``tenants``, when non-empty, is the allowlist for the ``tenant``
     claim. ``fhir_servers`` are base-URL prefixes this issuer may send as ``fhirServer``.
+    ``language`` (``en`` or ``zh-Hans``; stored as its locale name) is the language of this EHR's
+    cards; None = ``CDS_LANGUAGE``.
     """
 
     iss: str
@@ -120,6 +123,7 @@ class TrustedIssuer:
     audiences: tuple[str, ...] = ()
     tenants: tuple[str, ...] = ()
     fhir_servers: tuple[str, ...] = ()
+    language: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.iss, str) or not self.iss.strip() or self.iss != self.iss.strip():
@@ -316,7 +320,18 @@ def _parse_entry(entry: Any, base_dir: Path) -> TrustedIssuer:
         audiences=_string_tuple(entry, "audiences"),
         tenants=_string_tuple(entry, "tenants"),
         fhir_servers=_string_tuple(entry, "fhir_servers"),
+        language=_language(entry.get("language")),
     )
+
+
+def _language(value: Any) -> str | None:
+    """The entry's ``language`` as a locale name (``"zh-CN"`` -> ``"zh_Hans"``), or None."""
+    if value is None:
+        return None
+    try:
+        return parse_language(value if isinstance(value, str) else repr(value))
+    except ValueError as exc:
+        raise TrustConfigError(f"language: {exc}") from None
 
 
 def parse_trusted_issuers(data: Any, base_dir: str | os.PathLike[str]) -> tuple[TrustedIssuer, ...]:

@@ -1,0 +1,78 @@
+"""The words of one language: catalogue look-ups and the locale's forms for ranges, lists, dates.
+
+One :class:`Wording` per locale per process (:func:`wording` caches it), so the hot path looks a
+catalogue up once and never builds a translator or parses locale data per card. Numbers are not
+formatted here: a percentage reads the same in every supported locale (``numbers.percent``, checked
+against each locale's CLDR pattern at import), so figures stay language-neutral.
+"""
+
+from __future__ import annotations
+
+import gettext
+from datetime import date
+from functools import lru_cache
+
+from cds_service.i18n import DEFAULT, Locale, translations
+from cds_service.model import ModelCard
+from cds_service.model.card import CardTexts
+
+
+class Wording:
+    """Messages, plurals, ranges, lists and dates in one locale."""
+
+    __slots__ = ("locale", "_t", "_to", "_sep", "_and", "_month_forms")
+
+    def __init__(self, locale: Locale) -> None:
+        self.locale = locale
+        t: gettext.NullTranslations = translations(locale)
+        self._t = t
+        # i18n: between the two ends of a range of percentages, e.g. "<5% to 15%"
+        self._to = t.pgettext("range", "%(low)s to %(high)s")
+        # i18n: between items of a list but the last, e.g. "3, 6 and 12"
+        self._sep = t.pgettext("list", ", ")
+        # i18n: before the last item of a list, e.g. "3, 6 and 12"
+        self._and = t.pgettext("list", "%(items)s and %(last)s")
+        self._month_forms: dict[float, str] = {}
+
+    def gettext(self, message: str) -> str:
+        return self._t.gettext(message)
+
+    def ngettext(self, singular: str, plural: str, n: int) -> str:
+        return self._t.ngettext(singular, plural, n)
+
+    def range(self, low: str, high: str) -> str:
+        """Two formatted ends; a range that reads the same at both ends is written once."""
+        return low if low == high else self._to % {"low": low, "high": high}
+
+    def join(self, items: list[str]) -> str:
+        if len(items) == 1:
+            return items[0]
+        return self._and % {"items": self._sep.join(items[:-1]), "last": items[-1]}
+
+    def series(self, items: list[str]) -> str:
+        """Items with the list separator only (``"1, 3, 6, 12"``; ``"1、3、6、12"``)."""
+        return self._sep.join(items)
+
+    def months(self, month: float) -> str:
+        """``"3 months"``, ``"1 month"`` (a label; cached: the same few months recur on every card)."""
+        label = self._month_forms.get(month)
+        if label is None:
+            n = int(month) if float(month).is_integer() else 2  # 1.5 months is plural
+            label = self._t.ngettext("%(n)s month", "%(n)s months", n) % {"n": f"{month:g}"}
+            self._month_forms[month] = label
+        return label
+
+    def date(self, d: date) -> str:
+        """ISO in English (as before); the unambiguous CLDR long form in Chinese (2027年1月2日)."""
+        if self.locale == "zh_Hans":
+            return f"{d.year}年{d.month}月{d.day}日"
+        return d.isoformat()
+
+    def card(self, card: ModelCard) -> CardTexts:
+        """The model card's own texts in this language (English where the card has none)."""
+        return card.texts(self.locale)
+
+
+@lru_cache(maxsize=8)
+def wording(locale: Locale = DEFAULT) -> Wording:
+    return Wording(locale)
