@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -57,27 +58,42 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        """Readiness: the model card is loaded (start-up fails otherwise), the store answers, and
-        this process's replay check can take new tokens (its memory fallback is shown)."""
+        """Readiness: this process can answer hook calls and record every card it shows.
+
+        The model card is loaded (start-up fails otherwise). With the store unreachable it is
+        still ready, "degraded": cards are audited to the local spool and tokens checked in memory
+        (both shown here, with since when). Not ready (503) only when one of those cannot take
+        more: the replay memory is full, or neither the database nor the spool takes records.
+        """
         card = runtime.assessor.card
+        now = time.time()
         body: dict[str, Any] = {
             "software": {"name": "hfs-cds", "version": __version__},
             "model": {"id": card.id, "version": card.version},
         }
-        replay = runtime.replay.status(time.time()) if runtime.replay is not None else None
+        replay = runtime.replay.status(now) if runtime.replay is not None else None
         if replay is not None:
-            body["replayCheck"] = replay.to_json(time.time())
+            body["replayCheck"] = replay.to_json(now)
+        audit = runtime.audit.stats
+        if audit.spooling_since is not None or audit.spool_bytes or not audit.can_keep:
+            body["auditSpool"] = {
+                "bytes": audit.spool_bytes,
+                "spooledRecords": audit.spooled,
+                "replayedRecords": audit.replayed,
+                "since": _iso(audit.spooling_since),
+                "canKeep": audit.can_keep,
+            }
         try:
             runtime.store.ping()
+            store = runtime.store.backend
         except StoreError:
-            response = jsonify({"status": "unavailable", "store": "unreachable", **body})
+            store = "unreachable"
+        if (replay is not None and replay.full) or not audit.can_keep:
+            response = jsonify({"status": "unavailable", "store": store, **body})
             response.status_code = 503
             return response
-        if replay is not None and replay.full:
-            response = jsonify({"status": "unavailable", "store": runtime.store.backend, **body})
-            response.status_code = 503
-            return response
-        return jsonify({"status": "ready", "store": runtime.store.backend, **body})
+        status = "ready" if store != "unreachable" else "degraded"
+        return jsonify({"status": status, "store": store, **body})
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -106,3 +122,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
             "CDS_PUBLIC_BASE_URL is not set: JWT audiences are checked against the Host header"
         )
     return app
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

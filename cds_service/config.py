@@ -99,6 +99,13 @@ class StoreSettings:
     #: JWT replay entries each worker process may keep in memory while the database is unreachable
     #: (a replay to the same process is still refused); beyond it new tokens are answered 503.
     replay_fallback_entries: int = 100_000
+    #: Folder where each process keeps the audit records the database refused (an outage), written
+    #: back in order when it answers; local to the replica. Empty: ``audit-spool`` in the instance
+    #: path.
+    audit_spool_path: str = ""
+    #: The most bytes the audit spool may hold (all processes together); past it, and when the disk
+    #: is full, hook calls are answered 503 rather than with a card the service could not record.
+    audit_spool_max_bytes: int = 256 * 2**20
 
     def resolved_url(self) -> str:
         """The database URL to use: ``database_url``, else the SQLite file in the instance path."""
@@ -107,6 +114,11 @@ class StoreSettings:
         return (
             f"sqlite:///{Path(self.instance_path).expanduser().absolute() / DEFAULT_DATABASE_FILE}"
         )
+
+    def spool_directory(self) -> Path:
+        """The audit spool's folder: ``audit_spool_path``, else ``audit-spool`` in the instance path."""
+        folder = self.audit_spool_path or str(Path(self.instance_path) / "audit-spool")
+        return Path(folder).expanduser().absolute()
 
 
 @dataclass(frozen=True, slots=True)

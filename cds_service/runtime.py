@@ -28,6 +28,7 @@ from cds_service.store import (
 )
 from cds_service.store.recent_actions import RecentActions
 from cds_service.store.replay_cache import ReplayCache
+from cds_service.store.spool import AuditSpool
 from cds_service.store.state import PurgeSchedule, StateDatabase, open_state
 from fhir_mappings import load_value_sets
 
@@ -88,7 +89,13 @@ class Runtime:
             authenticator=_authenticator(settings, replay),
             replay=replay,
             store=store,
-            audit=AuditWriter(store),
+            audit=AuditWriter(
+                store,
+                spool=AuditSpool(
+                    settings.store.spool_directory(),
+                    max_bytes=settings.store.audit_spool_max_bytes,
+                ),
+            ),
             recent_actions=RecentActions(
                 store,
                 period_days=card.alerting.suppress_after_feedback_days,

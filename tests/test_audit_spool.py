@@ -15,7 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import select
+from flask import Flask
+from sqlalchemy import select, text
 
 import tests.postgres
 from cds_service.assessment import Assessor
@@ -24,6 +25,7 @@ from cds_service.store.audit import audit_record_from_row
 from cds_service.store.schema import audit_record
 from cds_service.store.spool import AuditSpool, SpoolError, SpoolFull
 from tests import fhir_builders as fb
+from tests.hook_calls import HookCaller, recent_patient
 from tests.test_store_audit import (
     AS_OF,
     assess_and_card,
@@ -270,3 +272,35 @@ def test_records_spooled_during_an_outage_reach_the_real_store_once(
     with store.engine.connect() as conn:
         stored = list(conn.execute(select(audit_record.c.card_uuid)).scalars())
     assert sorted(stored) == [f"db-{i:03d}" for i in range(25)]
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+def test_cards_answered_while_the_audit_table_is_unusable_are_spooled_then_stored(
+    app: Flask, hooks: HookCaller
+) -> None:
+    """The store answers (so /readyz is ready) but refuses audit rows: cards keep coming, their
+    records wait in the spool (shown on /readyz) and reach the table once it is back."""
+    runtime = app.extensions["hfs_cds"]
+    with runtime.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_record RENAME TO audit_record_away"))
+    uuids = []
+    for _ in range(3):
+        response = hooks.call("patient-view", recent_patient())
+        assert response.status_code == 200
+        uuids += [card["uuid"] for card in response.get_json()["cards"]]
+    assert len(uuids) == 3
+    assert runtime.audit.flush(10)
+    ready = app.test_client().get("/readyz")
+    spool = ready.get_json()["auditSpool"]
+    assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
+    assert spool["bytes"] > 0 and spool["spooledRecords"] == 3 and spool["canKeep"] is True
+    assert spool["since"].endswith("+00:00")
+    with runtime.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_record_away RENAME TO audit_record"))
+    wait_for(lambda: runtime.audit.stats.spooling_since is None, timeout=20)
+    with runtime.store.engine.connect() as conn:
+        stored = list(conn.execute(select(audit_record.c.card_uuid)).scalars())
+    assert sorted(stored) == sorted(uuids)
+    assert "auditSpool" not in app.test_client().get("/readyz").get_json()

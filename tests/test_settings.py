@@ -289,7 +289,7 @@ def test_a_client_id_without_an_ehr_that_may_launch_is_refused() -> None:
 
 def test_describe_lists_every_variable_once_with_its_help() -> None:
     names = [row.name for row in ROWS]
-    assert len(names) == len(set(names)) == 36
+    assert len(names) == len(set(names)) == 38
     assert {"CDS_AUTH_REQUIRED", "CDS_AUDIT_RETENTION_DAYS", "SMART_CLIENT_ID"} <= set(names)
     assert all(row.help and "\n" not in row.help for row in ROWS)
     retention = next(row for row in ROWS if row.name == "CDS_AUDIT_RETENTION_DAYS")
