@@ -142,31 +142,28 @@ def test_the_spool_is_replayed_without_new_cards(tmp_path: Path) -> None:
     writer.close()
 
 
-def test_a_full_spool_says_it_cannot_keep_until_the_database_answers(
+def test_a_full_spool_says_it_cannot_keep_and_holds_the_batch_until_the_database_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = Outage()
     sink.down.set()
     line = len(orjson.dumps(synthetic_record("f-000", AS_OF).to_row())) + 1
     spool = AuditSpool(tmp_path, max_bytes=2 * line + 10)  # two records fit, not three
-    writer = AuditWriter(
-        sink, retry_delay=0.01, max_attempts=2, linger_seconds=0, batch_size=1, spool=spool
-    )
+    writer = AuditWriter(sink, retry_delay=0.01, linger_seconds=0, batch_size=1, spool=spool)
     for r in records("f", 2):
         writer.submit(r)
     assert writer.flush(10)
     assert writer.can_keep and writer.stats.spooled == 2
     writer.submit(synthetic_record("f-overflow", AS_OF))
-    assert writer.flush(10)
-    assert not writer.can_keep and not writer.stats.can_keep
-    assert writer.stats.dropped_after_retries == 1
-    assert "audit spool unusable" in caplog.text
-    sink.down.clear()
+    wait_for(lambda: not writer.can_keep)
+    assert not writer.stats.can_keep and "audit spool unusable" in caplog.text
+    assert not writer.flush(0.3)  # held in memory, retried: not dropped
     writer.submit(synthetic_record("f-later", AS_OF))
+    sink.down.clear()
     assert writer.flush(10)
     wait_for(lambda: writer.stats.spooling_since is None)
-    assert writer.can_keep
-    assert sink.written == ["f-000", "f-001", "f-later"]
+    assert writer.can_keep and writer.stats.dropped_after_retries == 0
+    assert sink.written == ["f-000", "f-001", "f-overflow", "f-later"]  # the spool's first
     writer.close()
 
 
@@ -304,3 +301,42 @@ def test_cards_answered_while_the_audit_table_is_unusable_are_spooled_then_store
         stored = list(conn.execute(select(audit_record.c.card_uuid)).scalars())
     assert sorted(stored) == sorted(uuids)
     assert "auditSpool" not in app.test_client().get("/readyz").get_json()
+
+
+@pytest.mark.parametrize(
+    "app_config",
+    [
+        {
+            "TESTING": True,
+            "AUTH_REQUIRED": False,
+            "PUBLIC_BASE_URL": "https://cds.test",
+            "AUDIT_SPOOL_MAX_BYTES": 1,
+        }
+    ],
+)
+def test_when_nothing_can_record_a_card_the_service_answers_503_not_a_card(
+    app: Flask, hooks: HookCaller
+) -> None:
+    """The store refuses audit rows and the spool is full: the card already queued is kept in
+    memory and retried, new hook calls get 503 (never a card without its record), /readyz says
+    not ready; when the store takes rows again, cards come back."""
+    runtime = app.extensions["hfs_cds"]
+    with runtime.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_record RENAME TO audit_record_away"))
+    first = hooks.call("patient-view", recent_patient())
+    assert first.status_code == 200 and first.get_json()["cards"]
+    wait_for(lambda: not runtime.audit.can_keep)
+    refused = hooks.call("patient-view", recent_patient())
+    assert refused.status_code == 503
+    (issue,) = refused.get_json()["issue"]
+    assert issue["code"] == "transient" and "audit trail cannot be written" in issue["diagnostics"]
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["auditSpool"]["canKeep"] is False
+    with runtime.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_record_away RENAME TO audit_record"))
+    wait_for(lambda: runtime.audit.can_keep, timeout=30)
+    assert hooks.call("patient-view", recent_patient()).status_code == 200
+    assert runtime.audit.flush(10)
+    with runtime.store.engine.connect() as conn:
+        stored = list(conn.execute(select(audit_record.c.card_uuid)).scalars())
+    assert first.get_json()["cards"][0]["uuid"] in stored and len(stored) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,32 @@ def test_unknown_cards_are_refused_and_not_stored(app: Flask, client: FlaskClien
     assert response.status_code == 422
     assert response.get_json()["issue"][0]["code"] == "not-found"
     assert _rows(app, feedback) == []
+
+
+def test_feedback_on_a_card_another_replica_is_still_writing_is_stored(
+    app: Flask, client: FlaskClient, hooks: HookCaller
+) -> None:
+    """Behind a load balancer the card may come from another replica whose writer has not
+    committed it yet: the feedback waits for it (up to 1.5 s) instead of a 422 the EHR never
+    resends. Here the card's audit record is held back and lands 0.3 s after the feedback."""
+    runtime = app.extensions["hfs_cds"]
+    card = _card(hooks)
+    assert runtime.audit.flush(10)
+    with runtime.store.engine.begin() as conn:
+        (row,) = conn.execute(select(audit_record).where(audit_record.c.card_uuid == card["uuid"]))
+        conn.execute(audit_record.delete())
+    record = {k: v for k, v in row._mapping.items() if k != "id"}
+
+    def other_replica_commits() -> None:
+        with runtime.store.engine.begin() as conn:
+            conn.execute(audit_record.insert(), [record])
+
+    threading.Timer(0.3, other_replica_commits).start()
+    started = time.monotonic()
+    response = client.post(FEEDBACK, json={"feedback": [_accepted(card)]})
+    assert response.status_code == 200 and response.get_json()["stored"] == 1
+    assert 0.3 <= time.monotonic() - started < 1.6
+    assert len(_rows(app, feedback)) == 1
 
 
 def test_feedback_goes_to_the_service_that_showed_the_card(

@@ -43,6 +43,14 @@ class FeedbackNotStored(HookError):
     issue_code = "transient"
 
 
+class AuditUnavailable(HookError):
+    """Neither the database nor the local spool takes audit records: a card shown now could not
+    be recorded, so none is shown (503; the EHR may call again)."""
+
+    status = 503
+    issue_code = "transient"
+
+
 def operation_outcome(
     diagnostics: str, code: str = "processing", severity: str = "error"
 ) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from cds_service.assessment import Assessment, Status
 from cds_service.gather.prefetch import PrefetchUnavailable, resolve_prefetch
 from cds_service.hooks.cards import CardContext, build_cards
 from cds_service.hooks.errors import (
+    AuditUnavailable,
     FeedbackNotStored,
     HookError,
     InvalidHookRequest,
@@ -30,9 +32,14 @@ from cds_service.i18n import parse as parse_language
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security import ReplayCheckUnavailable
-from cds_service.security.ehr_auth import AuthenticationError
-from cds_service.store import StoreError, audit_record_from, inputs_key
-from cds_service.store.feedback import DEFAULT_POLICY, FeedbackRefused
+from cds_service.security.ehr_auth import AuthenticationError, VerifiedClient
+from cds_service.store import FeedbackResult, StoreError, audit_record_from, inputs_key
+from cds_service.store.feedback import (
+    DEFAULT_POLICY,
+    CardNotIssued,
+    FeedbackEntry,
+    FeedbackRefused,
+)
 from fhir_mappings.orders import drafts_follow_up, follow_up_ordered
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ bp = Blueprint("cds_hooks", __name__)
 
 #: WSGI environ key under which a hook call leaves its outcome for the access log line.
 OUTCOME_ENVIRON_KEY = "hfs_cds.outcome"
+#: Seconds between looks for a card another replica may still be writing (1.5 s in all).
+_UNKNOWN_CARD_WAITS = (0.1, 0.2, 0.4, 0.8)
 EXTENSION = "hfs_cds_hooks"
 
 
@@ -126,6 +135,11 @@ def call_service(service_id: str) -> Response:
     service = hooks.services.get(service_id)
     if service is None:
         raise UnknownService(f"no CDS service with id '{service_id[:64]}'")
+    if not runtime.audit.can_keep:  # every card shown has its audit record (issue 14)
+        raise AuditUnavailable(
+            "the audit trail cannot be written now (database and local spool both unavailable), "
+            "so no card is shown; retry later"
+        )
     hook_request = parse_hook_request(_json_body(), service)
     g.hook_instance = plain_token(hook_request.hook_instance) or "not-a-plain-token"
     ehr = g.ehr_client
@@ -261,14 +275,7 @@ def feedback(service_id: str) -> Response:
     # first so the card is recognised (feedback is rare; the wait is bounded and usually nil).
     caught_up = runtime.audit.flush(timeout=1.0)
     try:
-        result = runtime.store.save_feedback(
-            service_id,
-            entries,
-            received_at=runtime.clock(),  # the app's one "now" (suppression periods count from it)
-            issuer=ehr.iss if ehr else None,
-            tenant=ehr.tenant if ehr else None,
-            policy=DEFAULT_POLICY,  # only cards issued to this EHR; bounded volume (issue 15)
-        )
+        result = _save_feedback(runtime, service_id, entries, ehr)
     except FeedbackRefused as exc:  # nothing was stored; the answer says why (hooks/feedback.py)
         refused = refusal(exc, audit_caught_up=caught_up)
         log.warning("feedback refused: %s %s", refused.status, type(exc).__name__)
@@ -293,6 +300,32 @@ def feedback(service_id: str) -> Response:
         ),
         mimetype="application/json",
     )
+
+
+def _save_feedback(
+    runtime: Runtime, service_id: str, entries: list[FeedbackEntry], ehr: VerifiedClient | None
+) -> FeedbackResult:
+    """Store the feedback; a card unknown yet is looked for again for up to 1.5 s.
+
+    Behind a load balancer the card may have been answered by another replica moments ago, its
+    audit record still in that replica's writer queue (it lingers 50 ms, then commits). Refused
+    feedback stores nothing, so asking again is safe; the EHR never resends a 422.
+    """
+    for wait in (*_UNKNOWN_CARD_WAITS, None):
+        try:
+            return runtime.store.save_feedback(
+                service_id,
+                entries,
+                received_at=runtime.clock(),  # the app's one "now" (suppression counts from it)
+                issuer=ehr.iss if ehr else None,
+                tenant=ehr.tenant if ehr else None,
+                policy=DEFAULT_POLICY,  # only cards issued to this EHR; bounded volume (issue 15)
+            )
+        except CardNotIssued:
+            if wait is None:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @bp.errorhandler(HookError)

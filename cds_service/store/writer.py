@@ -324,32 +324,51 @@ class AuditWriter:
             self._spooled += len(batch)
 
     def _write_after_spool(self, batch: list[AuditRecord]) -> None:
-        """Neither the database nor the spool took ``batch``: retry both, the spool's records
-        first, ``max_attempts`` times, then drop it."""
+        """Neither the database nor the spool took ``batch``: keep it and try both, the spool's
+        records first, with back-off, until one does. Meanwhile ``can_keep`` is False and the
+        service shows no new card, so nothing else piles up; after ``close`` it gives up after
+        ``max_attempts``."""
+        assert self._spool is not None
         delay = self._retry_delay
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             self._try_replay()
             if self._spooling_since is None:
                 try:
                     self._sink.write_audit(batch)
-                except Exception as exc:
-                    log.warning("audit batch failed again: %s", _kind(exc))
+                except Exception:
+                    pass
                 else:
                     with self._lock:
                         self._written += len(batch)
                     self._can_keep = True
+                    log.warning("audit records are written again")
                     return
-            if attempt < self._max_attempts:
+            try:
+                self._spool.append(batch)
+            except SpoolError:
+                pass
+            else:
+                self._spooling_started()
                 with self._lock:
-                    self._retries += 1
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-        with self._lock:
-            self._dropped_failed += len(batch)
-        log.error(
-            "audit batch of %d record(s) dropped: neither the database nor the spool took it",
-            len(batch),
-        )
+                    self._spooled += len(batch)
+                self._can_keep = True
+                log.warning("audit spool usable again")
+                return
+            if self._closed and attempt >= self._max_attempts:
+                with self._lock:
+                    self._dropped_failed += len(batch)
+                log.error(
+                    "audit batch of %d record(s) dropped at close: neither the database nor the "
+                    "spool took it",
+                    len(batch),
+                )
+                return
+            with self._lock:
+                self._retries += 1
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
 
     def _spooling_started(self) -> None:
         with self._lock:
@@ -361,6 +380,10 @@ class AuditWriter:
     def _try_replay(self) -> None:
         """Write the spool back if the database answers; else wait longer before the next try."""
         assert self._spool is not None
+        if not self._spool.pending():  # nothing ahead of new records: the next write tells
+            with self._lock:
+                self._spooling_since = None
+            return
         try:
             written = self._spool.replay(self._sink.write_audit, self._batch_size)
         except Exception as exc:
