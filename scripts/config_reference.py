@@ -71,6 +71,22 @@ OTHER_VARIABLES: list[tuple[str, str, str]] = [
         "`CDS_TRUSTED_ISSUERS_FILE` (the service itself never reads this name)",
     ),
     (
+        "FHIR_PORT",
+        "`8090`",
+        "`make sandbox` only: the port of its local FHIR server (`PORT` is the service's)",
+    ),
+    (
+        "SANDBOX_DIR",
+        "a temporary folder, removed at the end",
+        "`make sandbox` only: where its FHIR server, database and logs live (kept when set)",
+    ),
+    ("SANDBOX_EXIT", "unset", "`make sandbox` only: `1` stops everything after the smoke run"),
+    (
+        "TOPOLOGY_PORT, TOPOLOGY_REPLICA_PORTS, TOPOLOGY_POSTGRES_PORT",
+        "`8080`, `8081,8082`, `5433`",
+        "`make topology` only: the ports of nginx, the two replicas and PostgreSQL (`0`: any free)",
+    ),
+    (
         "HFS_CDS_FHIR_TOKEN",
         "none",
         "FHIR bearer token for `hfs-cds load`, `smoke`, `fit` and `validate` (their `--token`), "
