@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -120,7 +120,7 @@ def _locale(iss: str | None) -> Locale:
         for issuer in runtime.authenticator.issuers:
             if issuer.iss == iss and issuer.language is not None:
                 return parse_language(issuer.language)
-    return parse_language(runtime.settings.language)
+    return cast(Locale, runtime.settings.language)  # normalized when the settings were read
 
 
 @bp.get("/cds-services")

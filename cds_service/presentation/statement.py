@@ -166,9 +166,17 @@ class Statement:
     headline: str | None = None
     problems: tuple[Problem, ...] = ()
 
-    @property
-    def words(self) -> Wording:
-        return wording(self.locale)
+    # -- said once, in ``locale`` (fields, not properties: renderers read them several times) ------
+    #: ``"Next review 2027-01-05 (3 months); then 6 and 12 months."``
+    schedule_text: str = ""
+    #: ``"Intermediate estimate"``: the estimate tier's label.
+    tier_text: str = ""
+    #: ``"high-risk schedule"``: the schedule tier's name.
+    schedule_label: str = ""
+    #: The schedule note in brief, for a short surface: ``"high-risk schedule: other plausible
+    #: codings reach 94%"``; None when the schedule follows the estimate.
+    schedule_basis: str | None = None
+    words: Wording = field(default_factory=wording, repr=False, compare=False)
 
     @property
     def scored(self) -> bool:
@@ -186,48 +194,17 @@ class Statement:
         """A tier's label in this statement's language (the model card's own translation)."""
         return self.words.card(self.assessment.model).tier(tier).label
 
-    @property
-    def schedule_text(self) -> str:
-        """``"Next review 2027-01-05 (3 months); then 6 and 12 months."``"""
-        w = self.words
-        if not self.reviews_ahead:
-            return w.gettext("Every review of the schedule has passed.")
-        first, *rest = self.reviews_ahead
-        if not rest:
-            return w.gettext("Next review %(review)s.") % {"review": first.text}
-        return w.gettext("Next review %(review)s; then %(months)s months.") % {
-            "review": first.text,
-            "months": w.join([f"{r.month:g}" for r in rest]),
-        }
 
-    @property
-    def tier_text(self) -> str:
-        """``"Intermediate estimate"``: the estimate tier's label."""
-        if not self.estimate_tier:
-            return ""
-        return self.words.gettext("%(tier)s estimate") % {
-            "tier": self.tier_label(self.estimate_tier)
-        }
-
-    @property
-    def schedule_label(self) -> str:
-        """``"high-risk schedule"``: the schedule tier's name."""
-        if not self.schedule_tier:
-            return ""
-        return self.words.gettext("%(tier)s-risk schedule") % {
-            "tier": self.tier_label(self.schedule_tier).lower()
-        }
-
-    @property
-    def schedule_basis(self) -> str | None:
-        """The schedule note in brief, for a short surface: ``"high-risk schedule: other
-        plausible codings reach 94%"``; None when the schedule follows the estimate."""
-        if self.schedule_note is None or self.schedule_tier is None or self.horizon is None:
-            return None
-        return self.words.gettext("%(schedule)s: other plausible codings reach %(high)s") % {
-            "schedule": self.schedule_label,
-            "high": percent(self.horizon.high),
-        }
+def _schedule_text(w: Wording, reviews: tuple[Review, ...]) -> str:
+    if not reviews:
+        return w.gettext("Every review of the schedule has passed.")
+    first, *rest = reviews
+    if not rest:
+        return w.gettext("Next review %(review)s.") % {"review": first.text}
+    return w.gettext("Next review %(review)s; then %(months)s months.") % {
+        "review": first.text,
+        "months": w.join([f"{r.month:g}" for r in rest]),
+    }
 
 
 def present(a: Assessment, locale: Locale = DEFAULT) -> Statement:
@@ -259,6 +236,8 @@ def present(a: Assessment, locale: Locale = DEFAULT) -> Statement:
         locale=locale,
         headline=headline,
         problems=problems,
+        schedule_text=_schedule_text(w, ()),
+        words=w,
     )
 
 
@@ -305,6 +284,15 @@ def _scored(a: Assessment, card: ModelCard, w: Wording, texts: CardTexts) -> Sta
     if coding_note:
         summary += w.gettext("; %(range)s under other codings") % {"range": horizon.range_text}
     estimate_texts, schedule_texts = texts.tier(estimate), texts.tier(schedule)
+    reviews = reviews_ahead(a, schedule, w)
+    tier_text = w.tier_phrases(estimate_texts.label)[0]
+    schedule_label = w.tier_phrases(schedule_texts.label)[1]
+    schedule_basis = None
+    if schedule_note is not None:
+        schedule_basis = w.gettext("%(schedule)s: other plausible codings reach %(high)s") % {
+            "schedule": schedule_label,
+            "high": percent(horizon.high),
+        }
     return Statement(
         assessment=a,
         indicator=estimate.indicator,
@@ -321,7 +309,12 @@ def _scored(a: Assessment, card: ModelCard, w: Wording, texts: CardTexts) -> Sta
         schedule_note=schedule_note,
         uncertainty_note=uncertainty_statement(w, covariance=bool(intervals)),
         advice=schedule_texts.advice,
-        reviews_ahead=reviews_ahead(a, schedule, w),
+        reviews_ahead=reviews,
+        schedule_text=_schedule_text(w, reviews),
+        tier_text=tier_text,
+        schedule_label=schedule_label,
+        schedule_basis=schedule_basis,
+        words=w,
     )
 
 

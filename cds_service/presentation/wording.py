@@ -9,6 +9,7 @@ against each locale's CLDR pattern at import), so figures stay language-neutral.
 from __future__ import annotations
 
 import gettext
+from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
 
@@ -20,29 +21,46 @@ from cds_service.model.card import CardTexts
 class Wording:
     """Messages, plurals, ranges, lists and dates in one locale."""
 
-    __slots__ = ("locale", "_t", "_to", "_sep", "_and", "_month_forms")
+    __slots__ = (
+        "locale",
+        "_t",
+        "_to",
+        "_sep",
+        "_and",
+        "_month_forms",
+        "_tier_forms",
+        "gettext",
+        "ngettext",
+    )
 
     def __init__(self, locale: Locale) -> None:
         self.locale = locale
-        t: gettext.NullTranslations = translations(locale)
+        # English is the source language: its texts are the msgids, so it needs no look-up at all
+        # (a GNUTranslations miss also evaluates the plural rule: measurable on every card).
+        t = gettext.NullTranslations() if locale == DEFAULT else translations(locale)
         self._t = t
+        #: The catalogue's own bound methods, not wrappers: about 20 look-ups per card.
+        self.gettext: Callable[[str], str] = t.gettext
+        self.ngettext: Callable[[str, str, int], str] = t.ngettext
         # i18n: between the two ends of a range of percentages, e.g. "<5% to 15%"
-        self._to = t.pgettext("range", "%(low)s to %(high)s")
+        to = t.pgettext("range", "%(low)s to %(high)s")
+        # Split once around the two ends: a range is built for every figure of every card.
+        head, _, rest = to.partition("%(low)s")
+        middle, _, tail = rest.partition("%(high)s")
+        self._to = (head, middle, tail)
         # i18n: between items of a list but the last, e.g. "3, 6 and 12"
         self._sep = t.pgettext("list", ", ")
         # i18n: before the last item of a list, e.g. "3, 6 and 12"
         self._and = t.pgettext("list", "%(items)s and %(last)s")
         self._month_forms: dict[float, str] = {}
-
-    def gettext(self, message: str) -> str:
-        return self._t.gettext(message)
-
-    def ngettext(self, singular: str, plural: str, n: int) -> str:
-        return self._t.ngettext(singular, plural, n)
+        self._tier_forms: dict[str, tuple[str, str]] = {}
 
     def range(self, low: str, high: str) -> str:
         """Two formatted ends; a range that reads the same at both ends is written once."""
-        return low if low == high else self._to % {"low": low, "high": high}
+        if low == high:
+            return low
+        head, middle, tail = self._to
+        return f"{head}{low}{middle}{high}{tail}"
 
     def join(self, items: list[str]) -> str:
         if len(items) == 1:
@@ -61,6 +79,18 @@ class Wording:
             label = self._t.ngettext("%(n)s month", "%(n)s months", n) % {"n": f"{month:g}"}
             self._month_forms[month] = label
         return label
+
+    def tier_phrases(self, label: str) -> tuple[str, str]:
+        """``("Intermediate estimate", "intermediate-risk schedule")`` for a tier label (cached:
+        a card's tiers are the same few on every call)."""
+        found = self._tier_forms.get(label)
+        if found is None:
+            found = (
+                self.gettext("%(tier)s estimate") % {"tier": label},
+                self.gettext("%(tier)s-risk schedule") % {"tier": label.lower()},
+            )
+            self._tier_forms[label] = found
+        return found
 
     def date(self, d: date) -> str:
         """ISO in English (as before); the unambiguous CLDR long form in Chinese (2027年1月2日)."""
