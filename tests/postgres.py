@@ -82,6 +82,26 @@ class PostgresServer:
         self._admin.dispose()
 
 
+class ThrowawayCluster(PostgresServer):
+    """A server :func:`throwaway_cluster` started: one a test may also stop and start again (the
+    database outage of ``tests/test_topology_outage.py``). Never the session's shared server."""
+
+    def __init__(self, admin_url: str, description: str, pg_ctl: list[str], log: Path) -> None:
+        super().__init__(admin_url, description)
+        self._pg_ctl = pg_ctl  # runuser prefix, pg_ctl, -D data; the action goes last
+        self._log = log
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``: open sessions are ended, new connections refused."""
+        self._admin.dispose()  # its pooled connection dies with the server
+        _run([*self._pg_ctl, "-m", "fast", "-w", "stop"], "pg_ctl stop", self._log)
+
+    def start(self) -> None:
+        """``pg_ctl start`` with the options it first started with; returns once it accepts."""
+        _run([*self._pg_ctl, "-l", str(self._log), "-w", "-t", "60", "start"], "pg_ctl start")
+        self._admin.dispose()
+
+
 def _initdb() -> Path:
     """Debian's newest ``initdb`` (it is not on PATH), else one on PATH."""
     candidates = sorted(
@@ -104,7 +124,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def throwaway_cluster(port: int | None = None) -> Iterator[PostgresServer]:
+def throwaway_cluster(port: int | None = None) -> Iterator[ThrowawayCluster]:
     """initdb + pg_ctl start in a temporary directory; stopped and removed on exit. It listens on
     loopback, on ``port`` when given (``make topology``), else on a free port."""
     bindir = _initdb().parent
@@ -151,9 +171,11 @@ def throwaway_cluster(port: int | None = None) -> Iterator[PostgresServer]:
             "pg_ctl start",
             log,
         )
-        server = PostgresServer(
+        server = ThrowawayCluster(
             f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
             f"throwaway cluster ({bindir.parent.name}) on 127.0.0.1:{port}",
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options],
+            log,
         )
         try:
             yield server

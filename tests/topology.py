@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -249,6 +250,19 @@ class Replica:
                 raise TopologyUnavailable(f"replica {self.name} was not ready in {timeout:.0f} s")
             time.sleep(0.05)
 
+    def readiness(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+        """``GET /readyz`` on this replica directly (one of its workers answers): the status and
+        the body (empty when it is not JSON; status 0 when there is no answer)."""
+        try:
+            answer = requests.get(f"{self.base}/readyz", timeout=timeout)
+        except requests.RequestException:
+            return 0, {}
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {}
+        return answer.status_code, body if isinstance(body, dict) else {}
+
     def terminate(self) -> None:
         """SIGTERM to gunicorn's master, as ``docker stop`` sends it: a graceful stop."""
         assert self.process is not None
@@ -401,6 +415,7 @@ class Call:
     ended: float
     status: int
     card: dict[str, Any] | None = None
+    answer: Any = None  # the decoded JSON body of a feedback answer (None: none, or not JSON)
 
 
 @dataclass
@@ -411,6 +426,9 @@ class Caller:
     signer: SigningKey
     service: str = SERVICE_IDS["patient-view"]
     timeout: float = 10.0
+    #: Each hook call about a patient of its own, so no card is ever silenced by feedback on an
+    #: earlier one (patient-view stays quiet after a clinician acted on the same inputs).
+    fresh_patients: bool = False
 
     def _post(self, path: str, body: bytes) -> tuple[int, Any]:
         url = f"{self.base}{path}"
@@ -430,7 +448,10 @@ class Caller:
 
     def hook_call(self) -> Call:
         """A patient-view call whose prefetch scores (one card)."""
-        body = json.dumps(hook_body("patient-view", recent_patient())).encode()
+        patient = f"p-{uuid.uuid4().hex[:12]}" if self.fresh_patients else "p1"
+        body = json.dumps(
+            hook_body("patient-view", recent_patient(patient=patient), patient=patient)
+        ).encode()
         started = time.monotonic()
         status, answer = self._post(f"/cds-services/{self.service}", body)
         cards = answer.get("cards") if isinstance(answer, dict) else None
@@ -446,10 +467,10 @@ class Caller:
             "outcomeTimestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         started = time.monotonic()
-        status, _ = self._post(
+        status, answer = self._post(
             f"/cds-services/{self.service}/feedback", json.dumps({"feedback": [entry]}).encode()
         )
-        return Call(started, time.monotonic(), status, card)
+        return Call(started, time.monotonic(), status, card, answer)
 
 
 @dataclass
