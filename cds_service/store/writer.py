@@ -53,6 +53,12 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_LINGER_SECONDS = 0.05
 DEFAULT_RETRY_DELAY = 0.5  # seconds, doubled after each failed attempt
 MAX_RETRY_DELAY = 8.0
+#: Longest wait between two tries of the database while records wait for it (spooled, or held
+#: because the spool is full). Short, because feedback on a card whose record is still spooled is
+#: refused as "not a card this service returned" once its bounded wait (1.5 s, hooks/views.py)
+#: runs out, and while records are held every hook call is answered 503: both end within about a
+#: second of the database's return. A failed try costs one refused connection or statement.
+MAX_REPLAY_DELAY = 1.0
 _DROP_LOG_EVERY = 1000
 
 
@@ -368,7 +374,7 @@ class AuditWriter:
             with self._lock:
                 self._retries += 1
             time.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY)
+            delay = min(delay * 2, MAX_REPLAY_DELAY)
 
     def _spooling_started(self) -> None:
         with self._lock:
@@ -389,7 +395,7 @@ class AuditWriter:
         except Exception as exc:
             with self._lock:
                 self._retries += 1
-            self._replay_delay = min(max(self._replay_delay * 2, 0.05), MAX_RETRY_DELAY)
+            self._replay_delay = min(max(self._replay_delay * 2, 0.05), MAX_REPLAY_DELAY)
             self._next_replay = time.monotonic() + self._replay_delay
             log.debug("audit database still unreachable (%s)", _kind(exc))
             return
