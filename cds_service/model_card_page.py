@@ -16,10 +16,12 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
+from cds_service.i18n import Locale, normalize
+from cds_service.i18n.jinja import template_context
 from cds_service.model import ModelCard
 from cds_service.presentation import RANGE_STATEMENT
 from cds_service.presentation.statement import uncertainty_statement as _uncertainty
@@ -55,18 +57,30 @@ def card_json(card: ModelCard) -> dict[str, Any]:
     return body
 
 
+def _locale() -> Locale:
+    """``?lang=`` (a Chinese card links with ``lang=zh-Hans``), else CDS_LANGUAGE. Not
+    Accept-Language: one URL is one representation, so shared caches need no ``Vary``."""
+    runtime: Runtime = current_app.extensions["hfs_cds"]
+    chosen = normalize((request.args.get("lang") or "")[:64])
+    return chosen if chosen is not None else cast(Locale, runtime.settings.language)
+
+
 @bp.get("/model-card")
 def page() -> Response:
     card = _card()
+    locale = _locale()
+    w = wording(locale)
     html = render_template(
         "smart/model_card.html",
         card=card,
-        uncertainty=uncertainty_statement(card),
-        range_statement=RANGE_STATEMENT,
+        texts=card.texts(locale),
+        uncertainty=_uncertainty(w, covariance=card.covariance is not None),
+        range_statement=w.gettext(RANGE_STATEMENT),
         thresholds=_thresholds(card),
         roman={grade: roman(grade) for grade in range(1, 7)},
         sentence=_sentence,
         json_url=url_for(".card_json_view"),
+        **template_context(locale),
     )
     return _static(Response(html, mimetype="text/html"), card)
 

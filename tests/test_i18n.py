@@ -7,6 +7,7 @@ reword, never renumber. The machine-readable extension must be byte-identical ac
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
@@ -39,6 +40,7 @@ FIGURE = re.compile(r"[<>]?\d+%")
 ZH_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 CJK = re.compile(r"[\u4e00-\u9fff]")
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def _figures(text: str) -> list[str]:
@@ -340,3 +342,68 @@ def test_a_trust_list_language_must_be_supported(tmp_path: Path) -> None:
         parse_trusted_issuers({"issuers": [{**entry, "language": "de"}]}, tmp_path)
     (issuer,) = parse_trusted_issuers({"issuers": [{**entry, "language": "zh-CN"}]}, tmp_path)
     assert issuer.language == "zh_Hans"
+
+
+# -- the SMART app's language ----------------------------------------------------------------------
+
+
+def _app_with_trust(tmp_path: Path, fhir_base: str, language: str | None) -> Flask:
+    """The service with a trust list whose one EHR serves FHIR at ``fhir_base`` in ``language``,
+    and CDS_LANGUAGE zh-Hans (so each rule above it has something to beat)."""
+    entry: dict[str, Any] = {
+        "iss": ZH_ISS,
+        "jwks": {"keys": [signing_key("ES384", "zh").public_jwk()]},
+        "fhir_servers": [fhir_base],
+    }
+    if language:
+        entry["language"] = language
+    path = tmp_path / "trusted-issuers.json"
+    path.write_text(json.dumps({"issuers": [entry]}))
+    return create_app({"TESTING": True, "TRUSTED_ISSUERS_FILE": str(path), "LANGUAGE": "zh-Hans"})
+
+
+@pytest.mark.parametrize(
+    ("query", "cookie", "trust", "accept", "expected"),
+    [
+        ("", None, None, "", "zh_Hans"),  # nothing said: CDS_LANGUAGE
+        ("", None, None, "en-GB,en;q=0.9", "en"),  # the browser's language beats the default
+        ("", None, "zh-Hans", "en-GB", "zh_Hans"),  # the EHR's trust-list language beats it
+        ("", "en", "zh-Hans", "zh-CN", "en"),  # the launch's locale beats the trust list
+        ("?lang=zh-Hans", "en", None, "en-GB", "zh_Hans"),  # the page's own switch beats all
+        ("?lang=xx", None, None, "en-GB", "en"),  # an unknown choice is ignored
+    ],
+)
+def test_the_app_chooses_its_language_in_order(
+    tmp_path: Path,
+    query: str,
+    cookie: str | None,
+    trust: str | None,
+    accept: str,
+    expected: str,
+) -> None:
+    from cds_service.smart import views
+
+    fhir_base = "https://ehr.example.org/fhir"
+    app = _app_with_trust(tmp_path, fhir_base, trust)
+    headers = {"Accept-Language": accept} if accept else {}
+    if cookie:
+        headers["Cookie"] = f"__Host-{views.LANG_COOKIE}={cookie}"
+    try:
+        with app.test_request_context(f"/smart/app/r/{query}", headers=headers):
+            assert views._page_locale(fhir_base + "/") == expected
+    finally:
+        app.extensions["hfs_cds"].close()
+
+
+def test_the_model_card_page_follows_its_lang_parameter(client: Any) -> None:
+    zh = client.get("/model-card?lang=zh-Hans").get_data(as_text=True)
+    en = client.get("/model-card").get_data(as_text=True)
+    assert '<html lang="zh-Hans">' in zh and "局限性" in zh and "单中心回顾性队列" in zh
+    assert '<html lang="en">' in en and not CJK.search(en)
+    # The same numbers (tier thresholds, coefficients, hours, the 63% vs 72%), however worded.
+    assert sorted(NUMBER.findall(_visible(zh))) == sorted(NUMBER.findall(_visible(en)))
+
+
+def _visible(page: str) -> str:
+    """A page's text as a reader sees it (tags dropped, entities such as &#39; decoded)."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))

@@ -8,11 +8,21 @@ app's ``frame-ancestors`` must name the EHR, exactly as in a real cross-site EHR
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+import requests
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    FrameLocator,
+    Page,
+    sync_playwright,
+)
 
 from cds_service import create_app
 from cds_service.gather.app_context import app_context_for
@@ -29,6 +39,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PATIENT = "smart-browser-1"
 TIMEOUT_MS = 20_000
+FIGURE = re.compile(r"[<>]?\d+%")
 
 
 @pytest.fixture
@@ -191,4 +202,117 @@ def _screenshot(page: Page, path: Path) -> None:
     page.eval_on_selector("#smart-app", "(el, h) => { el.height = String(h); }", content)
     height = int(page.evaluate("document.documentElement.scrollHeight"))
     page.set_viewport_size({"width": 1200, "height": height})
+    # Let the out-of-process frame paint the newly visible area (it lags the resize by a frame or
+    # two; without the wait the lower part of a long page can come out blank).
+    frame.evaluate(
+        "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+    )
+    page.wait_for_timeout(300)
     page.screenshot(path=str(path))
+
+
+#: Distinct Chinese characters the page shows; rendered with a real CJK font each has its own
+#: glyph, while without one every character is the same "tofu" box.
+CJK_PROBE = "面肌痉挛射频消融复发风险"
+
+
+def _open_risk_page(
+    chromium: Browser, shim: EhrShim, served: Any, patient: str, locale: str
+) -> tuple[BrowserContext, Page, FrameLocator]:
+    """The EHR page with the app launched in its iframe, in a browser whose language is
+    ``locale`` (Playwright sends it as ``Accept-Language``)."""
+    context = chromium.new_context(viewport={"width": 1200, "height": 900}, locale=locale)
+    page = context.new_page()
+    page.goto(shim.ehr_page(shim.new_launch(patient), served.url("/smart/launch")))
+    app = page.frame_locator("#smart-app")
+    app.locator("[data-testid=risk-table]").wait_for(timeout=TIMEOUT_MS)
+    return context, page, app
+
+
+def _figures(app: FrameLocator) -> list[tuple[str, str, str]]:
+    """(month, raw risk, displayed risk and range) of each row of the risk table."""
+    rows = app.locator("[data-testid=risk-table] tbody tr").all()
+    return [
+        (
+            row.get_attribute("data-month") or "",
+            row.get_attribute("data-risk") or "",
+            " ".join(FIGURE.findall(row.inner_text())),
+        )
+        for row in rows
+    ]
+
+
+def test_the_chinese_page_says_the_same_numbers_in_cjk_glyphs(
+    chromium: Browser, serve_smart: ServeSmart, shim: EhrShim, seed: Seed
+) -> None:
+    """A browser set to Chinese gets the page in Simplified Chinese (Accept-Language), with the
+    English page's numbers, and the Chinese text is drawn with real glyphs (CJK fonts installed by
+    ``scripts/ci-chromium.sh``), not boxes. Screenshots of both go to test-artifacts/i18n/."""
+    seed(PATIENT)
+    served = serve_smart(SMART_ALLOWED_ISSUERS=shim.fhir_base_localhost, SMART_COOKIE_SECURE=True)
+    (ARTIFACTS / "i18n").mkdir(parents=True, exist_ok=True)
+    pages: dict[str, list[tuple[str, str, str]]] = {}
+    for locale, name in (("en-US", "smart-risk-page-en.png"), ("zh-CN", "smart-risk-page-zh.png")):
+        context, page, app = _open_risk_page(chromium, shim, served, PATIENT, locale)
+        pages[locale] = _figures(app)
+        frame = page.frame(name="smart-app")
+        assert frame is not None
+        lang = frame.evaluate("document.documentElement.lang")
+        title = app.locator("#summary-title").inner_text()
+        if locale == "zh-CN":
+            assert lang == "zh-Hans" and title == "面肌痉挛复发的估计风险"
+            assert (
+                "House-Brackmann 面神经功能分级" in app.locator("[data-testid=inputs]").inner_text()
+            )
+            assert "估计为" in app.locator("[data-testid=tier]").inner_text()
+            assert (
+                app.locator("[data-testid=limitations] li").first.inner_text().startswith("单中心")
+            )
+            # Distinct characters must give distinct glyph images (tofu gives one box for all),
+            # drawn in the page's own font.
+            glyphs = frame.evaluate(
+                """([text, font]) => {
+                    const canvas = document.createElement("canvas");
+                    canvas.width = 40; canvas.height = 40;
+                    const ctx = canvas.getContext("2d");
+                    ctx.font = font;
+                    return [...text].map((ch) => {
+                        ctx.clearRect(0, 0, 40, 40);
+                        ctx.fillText(ch, 4, 32);
+                        const data = ctx.getImageData(0, 0, 40, 40).data;
+                        let inked = 0, hash = 0;
+                        for (let i = 3; i < data.length; i += 4) {
+                            if (data[i] > 0) { inked++; hash = (hash * 31 + i * data[i]) | 0; }
+                        }
+                        return [inked, hash];
+                    });
+                }""",
+                [
+                    CJK_PROBE,
+                    "28px " + app.locator("body").evaluate("el => getComputedStyle(el).fontFamily"),
+                ],
+            )
+            assert all(inked > 20 for inked, _ in glyphs), glyphs  # something was drawn
+            assert len({h for _, h in glyphs}) == len(set(CJK_PROBE)), glyphs
+        else:
+            assert lang == "en" and title == "Estimated risk that the spasm recurs"
+        _screenshot(page, ARTIFACTS / "i18n" / name)
+        context.close()
+    assert pages["zh-CN"] == pages["en-US"] and len(pages["en-US"]) == 3
+
+
+def test_the_launch_locale_chooses_the_apps_language(
+    serve_smart: ServeSmart, shim: EhrShim
+) -> None:
+    """The EHR's launch ``locale`` parameter survives the OAuth round trip in a cookie with the
+    session cookie's attributes."""
+    served = serve_smart(SMART_ALLOWED_ISSUERS=shim.fhir_base_localhost, SMART_COOKIE_SECURE=True)
+    response = requests.get(
+        served.url("/smart/launch"),
+        params={"iss": shim.fhir_base_localhost, "launch": "x", "locale": "zh-CN"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert response.status_code == 302
+    cookie = next(c for c in response.cookies if c.name == "__Host-hfs_smart_lang")
+    assert cookie.value == "zh_Hans" and cookie.secure

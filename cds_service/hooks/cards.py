@@ -17,7 +17,7 @@ from typing import Any
 from cds_service import __version__
 from cds_service.assessment import Assessment, Status
 from cds_service.gather.app_context import app_context_for
-from cds_service.i18n import DEFAULT, Locale
+from cds_service.i18n import BCP47, DEFAULT, Locale
 from cds_service.ids import new_uuid
 from cds_service.presentation import Statement, present
 from cds_service.presentation.problems import problem_texts
@@ -245,7 +245,9 @@ def _base_card(a: Assessment, st: Statement, detail: str, ctx: CardContext) -> d
         links.append(
             {
                 "label": w.gettext("Model card: assumptions and limitations"),
-                "url": ctx.model_card_url,
+                # The page in the card's language (the page's default is CDS_LANGUAGE).
+                "url": ctx.model_card_url
+                + ("" if st.locale == "en" else f"?lang={BCP47[st.locale]}"),
                 "type": "absolute",
             }
         )

@@ -99,8 +99,10 @@ def build_chart(
     markers: Sequence[tuple[float, float]],
     months_since: float | None,
     what_if: Curve | None = None,
+    today_label: str = "Today (%(months)s mo)",
 ) -> Chart:
-    """The chart for ``main`` with a marker per ``(month, risk)`` and "today" if inside the horizon."""
+    """The chart for ``main`` with a marker per ``(month, risk)`` and "today" if inside the horizon
+    (``today_label``: the reader's language, ``%(months)s`` the months since the ablation)."""
     x, y = scales(horizon)
     band = y.points(x, main.months, main.high) + y.points(x, main.months, main.low)[::-1]
     x_ticks = tuple(Tick(x(m), f"{m:g}") for m in ticks(horizon, 3 if horizon > 6 else 1))
@@ -110,10 +112,11 @@ def build_chart(
         Marker(month, risk, x(month), y(risk), percent(risk), y(risk) - 10)
         for month, risk in markers
     )
-    today_x = today_label = today_y = None
+    today_x = today_y = None
+    today: str | None = None
     if months_since is not None and 0 < months_since <= horizon:
         today_x = x(months_since)
-        today_label = f"Today ({months_since:.1f} mo)"
+        today = today_label % {"months": f"{months_since:.1f}"}
         # The label goes where the curve is not: low in the plot when the risk is high by then.
         risk_today = float(np.interp(months_since, main.months, main.risk))
         today_y = y(0) - 8 if risk_today > 0.5 else y(1) + 12
@@ -131,6 +134,6 @@ def build_chart(
         markers=placed,
         today_x=today_x,
         today_y=today_y,
-        today_label=today_label,
+        today_label=today,
         what_if_line=line_path(horizon, what_if) if what_if else None,
     )

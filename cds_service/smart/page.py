@@ -16,6 +16,7 @@ from cds_service.assessment import Assessment, Status
 from cds_service.gather.app_context import CardInputs, CardReference
 from cds_service.model import RecurrenceModel, Tier
 from cds_service.presentation import RiskFigure, Statement, percent, tier_for
+from cds_service.presentation.wording import Wording, wording
 from cds_service.smart.chart import Chart, Curve, build_chart, curve
 from fhir_mappings import Provenance, grade_from_roman, roman
 
@@ -54,36 +55,44 @@ class WhatIfInput:
 
 
 def parse_what_if(
-    model: RecurrenceModel, minutes: str | None, hb: str | None
+    model: RecurrenceModel, minutes: str | None, hb: str | None, w: Wording | None = None
 ) -> WhatIfInput | str | None:
     """Typed-in inputs, or a message saying what is wrong with them, or None when none were given."""
+    w = w or wording()
     if not minutes and not hb:
         return None
     low, high = model.card.operation_time.valid_minutes
     g_low, g_high = model.card.hb_grade.model_grades
+    bounds = {"low": f"{low:g}", "high": f"{high:g}"}
     try:
         value = float(minutes or "")
     except ValueError:
-        return f"Operation time must be a number of minutes from {low:g} to {high:g}."
+        return w.gettext("Operation time must be a number of minutes from %(low)s to %(high)s.") % (
+            bounds
+        )
     if not low <= value <= high:
-        return f"Operation time must be from {low:g} to {high:g} minutes."
+        return w.gettext("Operation time must be from %(low)s to %(high)s minutes.") % bounds
     text = (hb or "").strip()
     grade = grade_from_roman(text) or (int(text) if text.isdigit() else None)
     if grade is None or not g_low <= grade <= g_high:
-        return (
-            f"The model covers House-Brackmann grades {ROMAN[g_low]} to {ROMAN[g_high]} only "
-            "(grades IV-VI are outside it)."
-        )
+        return w.gettext(
+            "The model covers House-Brackmann grades %(low)s to %(high)s only (grades IV-VI are "
+            "outside it)."
+        ) % {"low": ROMAN[g_low], "high": ROMAN[g_high]}
     return WhatIfInput(value, grade)
 
 
-def what_if(model: RecurrenceModel, chosen: WhatIfInput) -> tuple[WhatIf, Curve]:
+def what_if(
+    model: RecurrenceModel, chosen: WhatIfInput, w: Wording | None = None
+) -> tuple[WhatIf, Curve]:
     """Risks at the report months and the tiers for typed-in inputs, with their curve."""
     card = model.card
     months = sorted({*card.report_months, card.horizon_months})
     point, low, high = model.risk_with_range(chosen.minutes, chosen.hb_grade, months)
     rows = tuple(
-        RiskFigure(float(point[i]), float(low[i]), float(high[i]), month=float(m))
+        RiskFigure(
+            float(point[i]), float(low[i]), float(high[i]), month=float(m), words=w or wording()
+        )
         for i, m in enumerate(months)
         if m in card.report_months
     )
@@ -99,7 +108,10 @@ def what_if(model: RecurrenceModel, chosen: WhatIfInput) -> tuple[WhatIf, Curve]
 
 
 def chart_for(
-    model: RecurrenceModel, a: Assessment, what_if_curve: Curve | None = None
+    model: RecurrenceModel,
+    a: Assessment,
+    what_if_curve: Curve | None = None,
+    w: Wording | None = None,
 ) -> Chart | None:
     """The chart of a scored assessment (None otherwise)."""
     if a.status is not Status.SCORED or a.operation_time is None or a.hb_grade is None:
@@ -111,11 +123,13 @@ def chart_for(
         [(p.month, p.risk) for p in a.risks],
         a.months_since_procedure,
         what_if_curve,
+        today_label=(w or wording()).gettext("Today (%(months)s mo)"),
     )
 
 
-def input_rows(a: Assessment) -> tuple[InputRow, ...]:
+def input_rows(a: Assessment, w: Wording | None = None) -> tuple[InputRow, ...]:
     """The index ablation, each model input (value, coding, source), and the diagnosis."""
+    w = w or wording()
     rows = []
     ablation = a.inputs.ablation
     if ablation:
@@ -126,9 +140,9 @@ def input_rows(a: Assessment) -> tuple[InputRow, ...]:
         )
         rows.append(
             InputRow(
-                "Ablation (time origin)",
-                f"ended {ended}",
-                f"from {ablation.ended_at_source}",
+                w.gettext("Ablation (time origin)"),
+                w.gettext("ended %(when)s") % {"when": ended},
+                w.gettext("from %(element)s") % {"element": ablation.ended_at_source},
                 ablation.provenance.reference,
                 ablation.provenance.recorded,
             )
@@ -136,27 +150,37 @@ def input_rows(a: Assessment) -> tuple[InputRow, ...]:
     ot = a.operation_time
     cut = a.model.operation_time.cut_minutes
     if ot:
-        over = "over" if ot.minutes > cut else "not over"
         coded = f", X1 = {a.x1:g}" if a.x1 is not None else ""
-        how = "start and end times" if ot.source == "performedPeriod" else "recorded duration"
+        if ot.source == "performedPeriod":
+            how = w.gettext("from the start and end times")
+        else:
+            how = w.gettext("from the recorded duration")
+        side = (
+            w.gettext("over %(cut)s min") if ot.minutes > cut else w.gettext("not over %(cut)s min")
+        ) % {"cut": f"{cut:g}"}
         rows.append(
             InputRow(
-                "Operation time",
-                f"{ot.minutes:.0f} min",
-                f"{over} {cut:g} min{coded}; from the {how}",
+                w.gettext("Operation time"),
+                w.gettext("%(minutes)s min") % {"minutes": f"{ot.minutes:.0f}"},
+                f"{side}{coded}; {how}",
                 ot.provenance.reference,
                 ot.provenance.recorded,
             )
         )
     hb = a.hb_grade
     if hb:
-        window = "" if hb.within_primary_window else " (outside the preferred 72-hour window)"
+        recorded = (
+            w.gettext("recorded %(hours)s h after the ablation")
+            if hb.within_primary_window
+            else w.gettext(
+                "recorded %(hours)s h after the ablation (outside the preferred 72-hour window)"
+            )
+        ) % {"hours": f"{hb.hours_after_procedure:.0f}"}
         rows.append(
             InputRow(
-                "House-Brackmann grade",
+                w.gettext("House-Brackmann grade"),
                 ROMAN.get(hb.grade, str(hb.grade)),
-                f"X2 = {hb.grade}; recorded {hb.hours_after_procedure:.0f} h after the "
-                f"ablation{window}",
+                f"X2 = {hb.grade}; {recorded}",
                 hb.provenance.reference,
                 hb.provenance.recorded,
             )
@@ -166,7 +190,7 @@ def input_rows(a: Assessment) -> tuple[InputRow, ...]:
         code = diagnosis.code
         rows.append(
             InputRow(
-                "Diagnosis (context, not a model input)",
+                w.gettext("Diagnosis (context, not a model input)"),
                 code.display or code.code,
                 f"{code.code} ({_system_name(code.system)})",
                 diagnosis.provenance.reference,
@@ -203,46 +227,71 @@ def card_notice(
     """
     if card is None:
         return None
-    a = st.assessment
-    changes = _input_changes(a, card, previous, updated or {})
+    a, w = st.assessment, st.words
+    changes = _input_changes(a, card, previous, updated or {}, w)
     figures = None
     if card.risk_12m is not None:
-        shown = percent(card.risk_12m)
-        horizon = f"{a.model.horizon_months:g} months"
+        fill = {
+            "shown": percent(card.risk_12m),
+            "months": f"{a.model.horizon_months:g}",
+            "page": st.horizon.text if st.horizon else "",
+        }
         if st.horizon is None:
             figures = (
-                f"The card showed {shown} by {horizon}; from the current record the risk cannot "
-                "be calculated (see below)."
+                w.gettext(
+                    "The card showed %(shown)s by %(months)s months; from the current record the risk "
+                    "cannot be calculated (see below)."
+                )
+                % fill
             )
-        elif st.horizon.text != shown:
-            figures = f"The card showed {shown} by {horizon}; this page shows {st.horizon.text}."
+        elif st.horizon.text != fill["shown"]:
+            figures = (
+                w.gettext(
+                    "The card showed %(shown)s by %(months)s months; this page shows %(page)s."
+                )
+                % fill
+            )
             if not changes:
-                changes.append("The record or the model has changed since the card was shown.")
+                changes.append(
+                    w.gettext("The record or the model has changed since the card was shown.")
+                )
         elif changes:
             figures = (
-                f"The {a.model.horizon_months:g}-month estimate is the same as on the card "
-                f"({shown})."
+                w.gettext("The %(months)s-month estimate is the same as on the card (%(shown)s).")
+                % fill
             )
     if not changes and figures is None:
         return None
-    return CardNotice(tuple(changes), figures)
+    return CardNotice(
+        tuple(changes), figures, closing=w.gettext("This page uses the current record.")
+    )
 
 
 def _input_changes(
-    a: Assessment, card: CardInputs, previous: Assessment | None, updated: Mapping[str, str]
+    a: Assessment,
+    card: CardInputs,
+    previous: Assessment | None,
+    updated: Mapping[str, str],
+    w: Wording,
 ) -> list[str]:
     """One sentence per input (procedure, operation time, HB grade) that differs from the card's."""
     ablation = a.inputs.ablation
     if ablation is None:
         return [
-            f"The card was about {card.procedure.reference}; no ablation within the model's "
-            f"{a.model.horizon_months:g} months is on record now."
+            w.gettext(
+                "The card was about %(card)s; no ablation within the model's %(months)s months is "
+                "on record now."
+            )
+            % {"card": card.procedure.reference, "months": f"{a.model.horizon_months:g}"}
         ]
     p = ablation.provenance
     if p.id != card.procedure.id:
         return [
-            f"The card that opened this app was about {card.procedure.reference}; the most recent "
-            f"ablation on record is {p.reference}, and this page is about that one."
+            w.gettext(
+                "The card that opened this app was about %(card)s; the most recent ablation on "
+                "record is %(now)s, and this page is about that one."
+            )
+            % {"card": card.procedure.reference, "now": p.reference}
         ]
     changes: list[str] = []
     said: set[str] = set()
@@ -251,15 +300,17 @@ def _input_changes(
     old_hb = _old(previous.hb_grade if previous else None, card.hb_grade)
     for changed in (
         _changed(
-            "operation time",
+            w,
+            w.gettext("operation time"),
             card.operation_time,
             ot.provenance if ot else None,
-            f"{old_ot.minutes:.0f} min" if old_ot else None,
-            f"{ot.minutes:.0f} min" if ot else None,
+            w.gettext("%(minutes)s min") % {"minutes": f"{old_ot.minutes:.0f}"} if old_ot else None,
+            w.gettext("%(minutes)s min") % {"minutes": f"{ot.minutes:.0f}"} if ot else None,
             updated,
         ),
         _changed(
-            "House-Brackmann grade",
+            w,
+            w.gettext("House-Brackmann grade"),
             card.hb_grade,
             hb.provenance if hb else None,
             roman(old_hb.grade) if old_hb else None,
@@ -274,8 +325,10 @@ def _input_changes(
     was, now = card.procedure.version, p.version
     if plain not in said and was and now and was != now:
         changes.append(
-            f"{plain} has changed since the card was shown (version {was} → {now}"
-            f"{_at(updated.get(plain))})."
+            w.gettext(
+                "%(ref)s has changed since the card was shown (version %(was)s → %(now)s%(at)s)."
+            )
+            % {"ref": plain, "was": was, "now": now, "at": _at(updated.get(plain), w)}
         )
     return changes
 
@@ -291,6 +344,7 @@ def _old(value: Any, ref: CardReference | None) -> Any:
 
 
 def _changed(
+    w: Wording,
     label: str,
     card_ref: CardReference | None,
     current: Provenance | None,
@@ -302,35 +356,53 @@ def _changed(
     if card_ref is None:
         return None  # a card from before appContext named its inputs
     if current is None or current.id is None:
-        return card_ref.plain, (
-            f"The card used the {label} in {card_ref.reference}; the current record gives "
-            "none the model can use."
-        )
+        return card_ref.plain, w.gettext(
+            "The card used the %(input)s in %(card)s; the current record gives none the model "
+            "can use."
+        ) % {"input": label, "card": card_ref.reference}
     plain = f"{current.resource_type}/{current.id}"
     if plain != card_ref.plain:
         was = f" ({old})" if old else ""
         now = f" ({new})" if new else ""
-        return plain, (
-            f"The {label} now comes from {current.reference}{now}; the card used "
-            f"{card_ref.reference}{was}."
-        )
+        return plain, w.gettext(
+            "The %(input)s now comes from %(now_ref)s%(now)s; the card used %(card)s%(was)s."
+        ) % {
+            "input": label,
+            "now_ref": current.reference,
+            "now": now,
+            "card": card_ref.reference,
+            "was": was,
+        }
     if not card_ref.version or not current.version or card_ref.version == current.version:
         return None
-    versions = f"{plain} version {card_ref.version} → {current.version}"
-    at = _at(updated.get(plain))
+    versions = w.gettext("%(ref)s version %(was)s → %(now)s") % {
+        "ref": plain,
+        "was": card_ref.version,
+        "now": current.version,
+    }
+    fill = {
+        "input": label,
+        "Input": label[0].upper() + label[1:],
+        "old": old,
+        "new": new,
+        "at": _at(updated.get(plain), w),
+        "versions": versions,
+        "ref": plain,
+    }
     if old and new and old != new:
-        return (
-            plain,
-            f"{label[0].upper()}{label[1:]} corrected from {old} to {new}{at} ({versions}).",
-        )
+        return plain, w.gettext(
+            "%(Input)s corrected from %(old)s to %(new)s%(at)s (%(versions)s)."
+        ) % fill
     if old and new:
-        return plain, (
-            f"{plain} was updated since the card{at} ({versions}); the {label} is still {new}."
-        )
-    return plain, f"The {label} on record has changed since the card ({versions}{at})."
+        return plain, w.gettext(
+            "%(ref)s was updated since the card%(at)s (%(versions)s); the %(input)s is still %(new)s."
+        ) % fill
+    return plain, w.gettext(
+        "The %(input)s on record has changed since the card (%(versions)s%(at)s)."
+    ) % fill
 
 
-def _at(last_updated: str | None) -> str:
+def _at(last_updated: str | None, w: Wording | None = None) -> str:
     """`` at 2026-05-01 14:02 UTC`` from a ``meta.lastUpdated``; nothing when unreadable."""
     if not last_updated:
         return ""
@@ -340,7 +412,9 @@ def _at(last_updated: str | None) -> str:
         return ""
     if moment.tzinfo is None:
         return ""
-    return " at " + moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (w or wording()).gettext(" at %(moment)s") % {
+        "moment": moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    }
 
 
 def display_json(st: Statement, notice: CardNotice | None) -> dict[str, Any]:
@@ -374,7 +448,7 @@ def display_json(st: Statement, notice: CardNotice | None) -> dict[str, Any]:
             out["codingNote"] = st.coding_note
         out["scheduleTier"] = {
             "id": st.schedule_tier.id,
-            "label": f"{st.schedule_tier.label.lower()}-risk schedule",
+            "label": st.schedule_label,
         }
         if st.schedule_note:
             out["scheduleNote"] = st.schedule_note
@@ -389,7 +463,7 @@ def display_json(st: Statement, notice: CardNotice | None) -> dict[str, Any]:
     return out
 
 
-def what_if_json_body(result: WhatIf) -> dict[str, Any]:
+def what_if_json_body(result: WhatIf, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The what-if answer for the page's script: raw fractions beside the display texts."""
     return {
         "inputs": {"operationMinutes": result.minutes, "houseBrackmannGrade": result.hb_grade},
@@ -405,9 +479,13 @@ def what_if_json_body(result: WhatIf) -> dict[str, Any]:
             for row in result.rows
         ],
         "estimateTier": result.estimate_tier.id,
-        "estimateTierLabel": result.estimate_tier.label,
+        "estimateTierLabel": (labels or {}).get(
+            result.estimate_tier.id, result.estimate_tier.label
+        ),
         "scheduleTier": result.schedule_tier.id,
-        "scheduleTierLabel": result.schedule_tier.label,
+        "scheduleTierLabel": (labels or {}).get(
+            result.schedule_tier.id, result.schedule_tier.label
+        ),
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from flask import (
     Blueprint,
@@ -29,8 +30,13 @@ from werkzeug.wrappers import Response
 
 from cds_service.assessment import Status
 from cds_service.gather.app_context import CardInputs, card_inputs
+from cds_service.i18n import Locale, negotiate, normalize
+from cds_service.i18n.jinja import install as install_i18n
+from cds_service.i18n.jinja import template_context
 from cds_service.presentation import RANGE_STATEMENT, Statement, present
+from cds_service.presentation.problems import problem_texts
 from cds_service.presentation.risk_assessment import risk_assessment
+from cds_service.presentation.wording import wording
 from cds_service.smart.app_state import SmartRuntime
 from cds_service.smart.chart import line_path
 from cds_service.smart.errors import Failure, SmartError
@@ -74,7 +80,15 @@ SECURE_COOKIE = "__Host-" + COOKIE
 #: A token this close to its expiry is refreshed before use.
 EXPIRY_MARGIN = timedelta(seconds=60)
 _MAX_PARAM = 2048
+#: The language the EHR launched the app in (the launch's ``locale`` parameter), for the pages that
+#: follow the OAuth round trip; not sensitive, same attributes as the session cookie.
+LANG_COOKIE = "hfs_smart_lang"
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+@bp.record_once
+def _jinja_i18n(state: Any) -> None:
+    install_i18n(state.app.jinja_env)
 
 
 def _smart() -> SmartRuntime:
@@ -142,6 +156,9 @@ def launch() -> Response:
     log.info("SMART authorization started", extra={"status": "standalone" if standalone else "ehr"})
     response = redirect(url, 302)
     _set_cookie(response, cookie)
+    launched_in = normalize((request.args.get("locale") or "")[:_MAX_PARAM])
+    if launched_in is not None:
+        _set_cookie(response, launched_in, name=LANG_COOKIE)
     return response
 
 
@@ -227,19 +244,21 @@ def callback() -> Response:
 def risk_page(ref: str) -> Response:
     smart = _smart()
     launch_context = _launch(ref)
+    locale = _page_locale(launch_context.fhir_base)
+    w = wording(locale)
     record = _read_record(launch_context)
     a = record.assessment
-    st = present(a)
+    st = present(a, locale)
     from_card = card_inputs(launch_context.app_context, launch_context.fhir_context)
     model = smart.cds.assessor.model
-    chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"))
+    chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"), w)
     what_if_error = chosen if isinstance(chosen, str) else None
     what_if_result = what_if_curve = None
     if a.status is Status.SCORED and a.operation_time and a.hb_grade:
         recorded = WhatIfInput(a.operation_time.minutes, a.hb_grade.grade)
         if not isinstance(chosen, WhatIfInput):
             chosen = recorded
-        what_if_result, what_if_curve = what_if(model, chosen)
+        what_if_result, what_if_curve = what_if(model, chosen, w)
         if chosen == recorded:
             what_if_curve = None  # the same line as the recorded one: nothing extra to draw
     html = render_template(
@@ -247,20 +266,24 @@ def risk_page(ref: str) -> Response:
         a=a,
         st=st,
         card=a.model,
+        texts=w.card(a.model),
+        problems=[problem_texts(p, w) for p in st.problems],
         banner=record.banner if launch_context.need_patient_banner else None,
-        chart=chart_for(model, a, what_if_curve),
-        inputs=input_rows(a),
+        chart=chart_for(model, a, what_if_curve, w),
+        inputs=input_rows(a, w),
         notice=_card_notice(launch_context, record, st, from_card),
         from_card=from_card,
         what_if=what_if_result,
         what_if_changed=what_if_curve is not None,
         what_if_error=what_if_error,
-        range_statement=RANGE_STATEMENT,
+        range_statement=w.gettext(RANGE_STATEMENT),
         ablation_codes=", ".join(
             code for _, code in smart.cds.assessor.value_sets.codes("ablation_procedure")
         ),
         roman=ROMAN,
         ref=ref,
+        lang_param=_lang_param(locale),
+        **template_context(locale),
     )
     return Response(html, mimetype="text/html")
 
@@ -272,7 +295,7 @@ def assessment_json(ref: str) -> Response:
     scored patient ``riskAssessment``, the FHIR R4 RiskAssessment the card offers to record."""
     launch_context = _launch(ref)
     record = _read_record(launch_context)
-    st = present(record.assessment)
+    st = present(record.assessment, _page_locale(launch_context.fhir_base))
     from_card = card_inputs(launch_context.app_context, launch_context.fhir_context)
     notice = _card_notice(launch_context, record, st, from_card)
     fhir = {"riskAssessment": risk_assessment(st, launch_context.patient_id)} if st.scored else {}
@@ -283,18 +306,51 @@ def assessment_json(ref: str) -> Response:
 def what_if_json(ref: str) -> Response:
     """Risks for typed-in inputs (no FHIR access: the model only), with the curve for the chart."""
     smart = _smart()
-    _launch(ref)
+    launch_context = _launch(ref)
+    w = wording(_page_locale(launch_context.fhir_base))
     model = smart.cds.assessor.model
-    chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"))
+    chosen = parse_what_if(model, request.args.get("minutes"), request.args.get("hb"), w)
     if not isinstance(chosen, WhatIfInput):
-        message = chosen or "Give an operation time (minutes) and a House-Brackmann grade."
+        message = chosen or w.gettext(
+            "Give an operation time (minutes) and a House-Brackmann grade."
+        )
         response = jsonify({"error": message})
         response.status_code = 400
         return response
-    result, result_curve = what_if(model, chosen)
+    result, result_curve = what_if(model, chosen, w)
+    labels = {tier_id: t.label for tier_id, t in w.card(model.card).tiers.items()}
     return jsonify(
-        {**what_if_json_body(result), "line": line_path(model.card.horizon_months, result_curve)}
+        {
+            **what_if_json_body(result, labels),
+            "line": line_path(model.card.horizon_months, result_curve),
+        }
     )
+
+
+def _page_locale(fhir_base: str | None = None) -> Locale:
+    """The page's language: ``?lang=`` (the page's own switch) > the launch's ``locale`` > the
+    trust-list language of the EHR whose FHIR server launched the app > ``Accept-Language`` >
+    CDS_LANGUAGE."""
+    cookie = ("__Host-" if _smart().settings.cookie_secure else "") + LANG_COOKIE
+    for given in (request.args.get("lang"), request.cookies.get(cookie)):
+        locale = normalize((given or "")[:64])
+        if locale is not None:
+            return locale
+    runtime = _smart().cds
+    if fhir_base and runtime.authenticator is not None:
+        for issuer in runtime.authenticator.issuers:
+            covers = any(fhir_base.startswith(b.rstrip("/")) for b in issuer.fhir_servers)
+            if covers and issuer.language is not None:
+                return cast(Locale, issuer.language)
+    default = cast(Locale, runtime.settings.language)
+    return negotiate(request.headers.get("Accept-Language"), default)
+
+
+def _lang_param(locale: Locale) -> dict[str, str]:
+    """The ``lang`` query parameter that keeps an explicitly chosen language on the page's links
+    and form (nothing when the language came from the launch, the trust list or the browser)."""
+    chosen = normalize((request.args.get("lang") or "")[:64])
+    return {"lang": chosen} if chosen == locale and chosen is not None else {}
 
 
 def _card_notice(
@@ -407,14 +463,16 @@ def _cookie() -> str | None:
     return request.cookies.get(_cookie_name())
 
 
-def _set_cookie(response: Response, value: str) -> None:
+def _set_cookie(response: Response, value: str, name: str | None = None) -> None:
     """An opaque id only; ``SameSite=None; Secure; Partitioned`` so an EHR iframe keeps it.
 
     Secure: ``__Host-`` name, ``Path=/``, no ``Domain`` (what the prefix requires). Over http
     (loopback development) the prefix is not allowed, and the cookie keeps the app's path."""
     secure = _smart().settings.cookie_secure
+    if name is not None and secure:
+        name = "__Host-" + name
     response.set_cookie(
-        _cookie_name(),
+        name or _cookie_name(),
         value,
         path="/" if secure else url_for(".launch").rsplit("/", 1)[0] or "/",
         domain=None,
@@ -500,5 +558,6 @@ def _error_page(
         to_do=to_do,
         detail=detail,
         standalone=bool(smart.settings.standalone_fhir_base and smart.settings.enabled),
+        **template_context(_page_locale()),
     )
     return Response(html, status=status, mimetype="text/html")
