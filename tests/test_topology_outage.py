@@ -133,6 +133,11 @@ def tally(calls: Sequence[Call]) -> str:
     return f"{len(calls)}/{good}/{len(calls) - good}" + (f"{dict(statuses)}" if statuses else "")
 
 
+def slowest(calls: Sequence[Call]) -> str:
+    """The longest a call of ``calls`` took, in seconds."""
+    return f"{max((c.ended - c.started for c in calls), default=0.0):.2f}"
+
+
 def diagnostics(call: Call) -> str:
     answer = call.answer if isinstance(call.answer, dict) else {}
     issues = answer.get("issue") or [{}]
@@ -187,6 +192,7 @@ def test_postgresql_stopped_for_20_seconds_under_load(
         calls_sent_answered_failed_before=tally(before),
         during=tally(outage),
         after=tally(after),
+        slowest_call_during_s=slowest(outage),
         records_expected=len(shown),
         found=len(shown & set(counts)),
         duplicated=sum(1 for n in counts.values() if n > 1),
@@ -296,6 +302,7 @@ def test_a_read_only_database_gives_503_or_cards_then_recovers(
         sessions_ended=ended,
         calls_sent_answered_failed_before=tally(before),
         read_only=tally(read_only),
+        slowest_call_read_only_s=slowest(read_only),
         until_spools_empty=tally(recovery),
         after=tally(after),
         readyz_503_after_s=f"{not_ready_s:.2f}",
@@ -414,6 +421,7 @@ def test_a_full_disk_under_sqlite_gives_503_or_cards_then_recovers(tmp_path: Pat
         filler_bytes=filled,
         calls_sent_answered_failed_before=tally(before),
         full=tally(full),
+        slowest_call_full_s=slowest(full),
         until_spool_empty=tally(recovery),
         after=tally(after),
         readyz_503_after_s=f"{not_ready_s:.2f}" if not_ready else "never",
