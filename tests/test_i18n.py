@@ -407,3 +407,14 @@ def test_the_model_card_page_follows_its_lang_parameter(client: Any) -> None:
 def _visible(page: str) -> str:
     """A page's text as a reader sees it (tags dropped, entities such as &#39; decoded)."""
     return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_every_override_reason_is_translated(assessor: Assessor) -> None:
+    from cds_service.hooks.cards import OVERRIDE_DISPLAYS
+    from cds_service.store.feedback import OVERRIDE_REASONS
+
+    assert tuple(display for _, display in OVERRIDE_REASONS) == OVERRIDE_DISPLAYS
+    a = _assess(assessor, "II", 42, 0.5)
+    en, zh = _cards(a, "en"), _cards(a, "zh-Hans")
+    assert [r["code"] for r in zh["overrideReasons"]] == [r["code"] for r in en["overrideReasons"]]
+    assert all(CJK.search(r["display"]) for r in zh["overrideReasons"])

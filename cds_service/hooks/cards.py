@@ -22,9 +22,18 @@ from cds_service.ids import new_uuid
 from cds_service.presentation import Statement, present
 from cds_service.presentation.problems import problem_texts
 from cds_service.presentation.risk_assessment import record_suggestion
+from cds_service.presentation.statement import N_
 from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
 from fhir_mappings import Provenance, roman
 
+#: The override reasons' displays (``store.feedback.OVERRIDE_REASONS``), marked for the catalogue
+#: here; the codes are language-neutral and a test checks the two lists agree.
+OVERRIDE_DISPLAYS = (
+    N_("Follow-up already planned"),
+    N_("Operation time or House-Brackmann grade on record is wrong"),
+    N_("Does not apply to this patient"),
+    N_("Different plan on clinical judgement"),
+)
 #: Reverse-domain key of the machine-readable assessment in ``card.extension``.
 EXTENSION_KEY = "org.example.hfs-cds.assessment"
 # Characters that carry inline markdown or HTML meaning; escaped in text outside code spans.
@@ -70,7 +79,7 @@ def _risk_card(a: Assessment, st: Statement, ctx: CardContext) -> dict[str, Any]
     ]
     card["selectionBehavior"] = "any"
     card["overrideReasons"] = [
-        {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display}
+        {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": st.words.gettext(display)}
         for code, display in OVERRIDE_REASONS
     ]
     return card
@@ -93,7 +102,8 @@ def _risk_detail(st: Statement) -> str:
         lines.append(f"| {ci} | " + " | ".join(r.ci_text or "" for r in st.risks) + " |")
     if st.conditional:
         lines += ["", st.conditional.sentence]
-    lines += ["", f"**{st.tier_text}.** {st.risk_sentence}"]
+    tier = w.gettext("%(tier)s.") % {"tier": st.tier_text}
+    lines += ["", f"**{tier}** {st.risk_sentence}"]
     if st.coding_note and not st.schedule_basis:
         lines.append(st.coding_note)  # with a schedule basis, the summary gives the range
     schedule = f"**{st.schedule_text}**"
