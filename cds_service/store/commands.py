@@ -141,6 +141,14 @@ def purge(settings: StoreSettings, url: str, before: datetime | None) -> int:
 @click.option(
     "--output", "-o", type=OUTPUT_FILE, show_default="stdout", help="write the report to this file"
 )
+@click.option(
+    "--lang",
+    "language",
+    envvar="CDS_LANGUAGE",
+    default="en",
+    show_default="CDS_LANGUAGE, else en",
+    help="language of the text and html report: en or zh-Hans",
+)
 @_store_command
 def report(
     settings: StoreSettings,
@@ -149,18 +157,28 @@ def report(
     until: datetime | None,
     output_format: str,
     output: Path | None,
+    language: str,
 ) -> int:
     """Cards by tier and model version, acceptance and overrides, time to feedback."""
+    from cds_service.i18n import parse as parse_language
     from cds_service.store.database import open_store
     from cds_service.store.report import build_report, render_html, render_json, render_text
 
+    try:
+        locale = parse_language(language)
+    except ValueError as exc:
+        raise CliError(f"--lang: {exc}") from None
     store = open_store(url)
     try:
-        built = build_report(store, since=since, until=until, labels=_labels())
+        # JSON is for machines: its labels stay English whatever --lang says.
+        labels = _labels("en" if output_format == "json" else locale)
+        built = build_report(store, since=since, until=until, labels=labels)
     finally:
         store.close()
-    render = {"text": render_text, "json": render_json, "html": render_html}[output_format]
-    text = render(built)
+    if output_format == "json":
+        text = render_json(built)
+    else:
+        text = (render_html if output_format == "html" else render_text)(built, locale)
     if output:
         write_text(output, text + ("" if text.endswith("\n") else "\n"))
     else:
@@ -168,7 +186,7 @@ def report(
     return 0
 
 
-def _labels() -> Any:
+def _labels(locale: Any = "en") -> Any:
     """Tier order and labels from the model card in use; display names of our override reasons."""
     from cds_service.model import load_model_card
     from cds_service.store.feedback import OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
@@ -177,7 +195,7 @@ def _labels() -> Any:
     card = load_model_card(load_settings().model_card or None)
     return ReportLabels(
         tier_order=tuple(t.id for t in card.tiers),
-        tier_labels={t.id: t.label for t in card.tiers},
+        tier_labels={t.id: card.texts(locale).tier(t).label for t in card.tiers},
         reason_displays={
             (OVERRIDE_REASON_SYSTEM, code): display for code, display in OVERRIDE_REASONS
         },

@@ -21,6 +21,7 @@ service, EHR issuer and tenant: only the feedback of the EHR that received a car
 
 from __future__ import annotations
 
+import gettext
 import json
 import math
 import statistics
@@ -33,16 +34,27 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy import and_, func, select
 
+from cds_service.i18n import BCP47, DEFAULT, Locale, translations
 from cds_service.presentation.chart import Scale, nice_max, stacked_bars
 from cds_service.store.database import SQLITE_BEGIN, Store
 from cds_service.store.schema import audit_record, feedback
+
+
+def N_(message: str) -> str:  # marks a msgid for the catalogue (cds_service.i18n)
+    return message
+
 
 NOT_SCORED = "not-scored"
 #: How a record without a software version (written before schema 4) is reported.
 UNKNOWN_SOFTWARE = "unknown"
 NO_FEEDBACK = "none"
 OUTCOMES = ("accepted", "overridden", NO_FEEDBACK)
-_OUTCOME_LABELS = {"accepted": "Accepted", "overridden": "Overridden", NO_FEEDBACK: "No feedback"}
+# Display names (catalogue msgids: N_ marks them; the renderers translate).
+_OUTCOME_LABELS = {
+    "accepted": N_("Accepted"),
+    "overridden": N_("Overridden"),
+    NO_FEEDBACK: N_("No feedback"),
+}
 _TIER_COLOURS = {"high": "#b03a2e", "intermediate": "#d68910", "low": "#1e8449"}
 _OTHER_COLOURS = ("#1f618d", "#6c3483", "#117864", "#935116", "#2e4053")
 _OUTCOME_COLOURS = {"accepted": "#2874a6", "overridden": "#884ea0", NO_FEEDBACK: "#d5d8dc"}
@@ -59,7 +71,7 @@ class ReportLabels:
 
     def category(self, key: str) -> str:
         if key == NOT_SCORED:
-            return "Not scored"
+            return N_("Not scored")
         return self.tier_labels.get(key, key)
 
 
@@ -344,48 +356,72 @@ def _same_card(a: Any, f: Any) -> Any:
 # -- text ----------------------------------------------------------------------------------------
 
 
-def render_text(report: Report) -> str:
+def render_text(report: Report, locale: Locale = DEFAULT) -> str:
     r, labels = report, report.labels
-    lines = [f"HFS-RFA recurrence CDS: cards and feedback, {_period(r)}", ""]
-    lines.append(f"Cards shown: {r.cards}")
+    t = _translator(locale)
+    _ = t.gettext
+    lines = [
+        _("HFS-RFA recurrence CDS: cards and feedback, %(period)s") % {"period": _period(r, t)}
+    ]
+    lines += ["", _("Cards shown: %(n)s") % {"n": r.cards}]
     model = None
-    for t in r.by_tier:
-        if (t.model_id, t.model_version) != model:
-            model = (t.model_id, t.model_version)
-            lines.append(f"  {t.model_id} {t.model_version}{_software(r, *model)}")
-        name = labels.category(t.tier or NOT_SCORED)
-        lines.append(f"    {name:<28} {t.cards:>7}  {_pct(t.cards, r.cards):>6}")
-    lines += ["", "Feedback (for the cards shown in the period)"]
+    for tc in r.by_tier:
+        if (tc.model_id, tc.model_version) != model:
+            model = (tc.model_id, tc.model_version)
+            lines.append(f"  {tc.model_id} {tc.model_version}{_software(r, *model)}")
+        name = _category(labels, tc.tier or NOT_SCORED, t)
+        lines.append(f"    {name:<28} {tc.cards:>7}  {_pct(tc.cards, r.cards):>6}")
+    lines += ["", _("Feedback (for the cards shown in the period)")]
     lines.append(
-        f"  Cards with feedback: {r.cards_with_feedback} of {r.cards} "
-        f"({_pct(r.cards_with_feedback, r.cards)}); the rest were ignored or not reported"
+        "  "
+        + _(
+            "Cards with feedback: %(with)s of %(cards)s (%(share)s); the rest were ignored or "
+            "not reported"
+        )
+        % {
+            "with": r.cards_with_feedback,
+            "cards": r.cards,
+            "share": _pct(r.cards_with_feedback, r.cards),
+        }
     )
-    lines.append(f"  Feedback entries: {r.feedback_entries}")
-    lines.append(f"  Accepted:   {r.accepted:>7}  {_pct(r.accepted, r.cards_with_feedback):>6}")
-    lines.append(f"  Overridden: {r.overridden:>7}  {_pct(r.overridden, r.cards_with_feedback):>6}")
+    lines.append("  " + _("Feedback entries: %(n)s") % {"n": r.feedback_entries})
+    accepted, overridden = _("Accepted:"), _("Overridden:")
+    lines.append(f"  {accepted:<11} {r.accepted:>7}  {_pct(r.accepted, r.cards_with_feedback):>6}")
+    lines.append(
+        f"  {overridden:<11} {r.overridden:>7}  {_pct(r.overridden, r.cards_with_feedback):>6}"
+    )
     if r.overridden:
-        lines.append("  Override reasons (cards):")
-        named = [(_reason_label(x), x.cards) for x in r.override_reasons]
+        lines.append("  " + _("Override reasons (cards):"))
+        named = [(_reason_label(x, t), x.cards) for x in r.override_reasons]
         if r.overrides_without_reason:
-            named.append(("(no reason given)", r.overrides_without_reason))
-        named.append(("with a comment (the text is not stored)", r.overrides_with_comment))
-        width = max(len(label) for label, _ in named)
+            named.append((_("(no reason given)"), r.overrides_without_reason))
+        named.append((_("with a comment (the text is not stored)"), r.overrides_with_comment))
+        width = max(len(label) for label, _n in named)
         lines += [f"    {label:<{width}} {n:>7}" for label, n in named]
     ttf = r.time_to_feedback
     if ttf:
         lines.append(
-            f"  Time from card to feedback: median {_duration(ttf.median_seconds)}, "
-            f"90th percentile {_duration(ttf.p90_seconds)} (n = {ttf.n})"
+            "  "
+            + _(
+                "Time from card to feedback: median %(median)s, 90th percentile %(p90)s (n = %(n)s)"
+            )
+            % {
+                "median": _duration(ttf.median_seconds, t),
+                "p90": _duration(ttf.p90_seconds, t),
+                "n": ttf.n,
+            }
         )
     lines.append(
-        "  Feedback for cards not in the audit trail (or shown to another EHR): "
-        f"{r.unknown_card_feedback}"
+        "  "
+        + _("Feedback for cards not in the audit trail (or shown to another EHR): %(n)s")
+        % {"n": r.unknown_card_feedback}
     )
     if r.weeks:
-        lines += ["", "By week (Monday, UTC)"]
+        lines += ["", _("By week (Monday, UTC)")]
         cats = r.categories
-        header = "  week        " + "".join(f"{labels.category(c)[:12]:>13}" for c in cats)
-        header += "".join(f"{_OUTCOME_LABELS[o][:12]:>13}" for o in OUTCOMES)
+        week = _("week")
+        header = "  " + f"{week:<12}" + "".join(f"{_category(labels, c, t)[:12]:>13}" for c in cats)
+        header += "".join(f"{_(_OUTCOME_LABELS[o])[:12]:>13}" for o in OUTCOMES)
         lines.append(header)
         for w in r.weeks:
             row = f"  {w.week.isoformat()}  " + "".join(f"{w.cards.get(c, 0):>13}" for c in cats)
@@ -409,9 +445,11 @@ def render_json(report: Report) -> str:
 # -- html ----------------------------------------------------------------------------------------
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, locale: Locale = DEFAULT) -> str:
     """A self-contained page: tables and an inline SVG chart, no scripts, no external assets."""
+    t = _translator(locale)
     env = Environment(
+        extensions=["jinja2.ext.i18n"],
         loader=PackageLoader("cds_service.store", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
@@ -419,29 +457,42 @@ def render_html(report: Report) -> str:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    helpers = {"pct": _pct, "duration": _duration, "reason_label": _reason_label}
+    env.install_gettext_translations(t, newstyle=True)  # type: ignore[attr-defined]
+    helpers = {
+        "pct": _pct,
+        "duration": lambda seconds: _duration(seconds, t),
+        "reason_label": lambda reason: _reason_label(reason, t),
+        "category": lambda key: _category(report.labels, key, t),
+    }
     return env.get_template("report.html").render(
         r=report,
-        period=_period(report),
+        period=_period(report, t),
         generated=_iso(report.generated_at),
-        chart=_chart(report),
+        chart=_chart(report, t),
+        lang=BCP47[locale],
         **helpers,
     )
 
 
-def _chart(report: Report) -> dict[str, Any] | None:
+def _chart(report: Report, t: gettext.NullTranslations) -> dict[str, Any] | None:
     """Two stacked-bar panels per week: cards by tier, and the outcome of those cards."""
     if not report.weeks:
         return None
     labels, weeks = report.labels, report.weeks
     tiers = {
-        c: (labels.category(c), _category_colour(c, i)) for i, c in enumerate(report.categories)
+        c: (_category(labels, c, t), _category_colour(c, i))
+        for i, c in enumerate(report.categories)
     }
-    outcomes = {o: (_OUTCOME_LABELS[o], _OUTCOME_COLOURS[o]) for o in OUTCOMES}
+    outcomes = {o: (t.gettext(_OUTCOME_LABELS[o]), _OUTCOME_COLOURS[o]) for o in OUTCOMES}
     panels = []
     for top, title, series, counts in (
-        (30, "Cards per week by tier", tiers, [w.cards for w in weeks]),
-        (270, "Outcome of the cards shown each week", outcomes, [w.outcomes for w in weeks]),
+        (30, t.gettext("Cards per week by tier"), tiers, [w.cards for w in weeks]),
+        (
+            270,
+            t.gettext("Outcome of the cards shown each week"),
+            outcomes,
+            [w.outcomes for w in weeks],
+        ),
     ):
         stacks = [[(key, max(0, c.get(key, 0))) for key in series] for c in counts]
         axis_max = nice_max(max(sum(n for _, n in stack) for stack in stacks))
@@ -502,20 +553,35 @@ def _category_colour(category: str, index: int) -> str:
     return _TIER_COLOURS.get(category, _OTHER_COLOURS[index % len(_OTHER_COLOURS)])
 
 
-def _reason_label(reason: ReasonCount) -> str:
+def _translator(locale: Locale) -> gettext.NullTranslations:
+    """English reads the msgids as they are; other languages their catalogue."""
+    return gettext.NullTranslations() if locale == DEFAULT else translations(locale)
+
+
+def _category(labels: ReportLabels, key: str, t: gettext.NullTranslations) -> str:
+    """A tier's label (the model card's own, in the labels' language) or "Not scored"."""
+    return t.gettext(labels.category(key)) if key == NOT_SCORED else labels.category(key)
+
+
+def _reason_label(reason: ReasonCount, t: gettext.NullTranslations | None = None) -> str:
     if reason.display:
-        return f"{reason.display} ({reason.code})"
+        display = t.gettext(reason.display) if t else reason.display
+        return f"{display} ({reason.code})"
     return f"{reason.code} ({reason.system})" if reason.system else reason.code
 
 
-def _period(r: Report) -> str:
+def _period(r: Report, t: gettext.NullTranslations | None = None) -> str:
+    _ = (t or gettext.NullTranslations()).gettext
     if r.since and r.until:
-        return f"cards shown from {_day(r.since)} to before {_day(r.until)}"
+        return _("cards shown from %(since)s to before %(until)s") % {
+            "since": _day(r.since),
+            "until": _day(r.until),
+        }
     if r.since:
-        return f"cards shown since {_day(r.since)}"
+        return _("cards shown since %(since)s") % {"since": _day(r.since)}
     if r.until:
-        return f"cards shown before {_day(r.until)}"
-    return "all cards on record"
+        return _("cards shown before %(until)s") % {"until": _day(r.until)}
+    return _("all cards on record")
 
 
 def _day(moment: datetime) -> str:
@@ -537,17 +603,18 @@ def _rate(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def _duration(seconds: float) -> str:
+def _duration(seconds: float, t: gettext.NullTranslations | None = None) -> str:
+    _ = (t or gettext.NullTranslations()).gettext
     s = round(seconds)
     if s < 1:
-        return "under 1 s"
+        return _("under 1 s")
     if s < 60:
-        return f"{s} s"
+        return _("%(s)s s") % {"s": s}
     if s < 3600:
         m, s = divmod(s, 60)
-        return f"{m} min {s} s" if s else f"{m} min"
+        return (_("%(m)s min %(s)s s") if s else _("%(m)s min")) % {"m": m, "s": s}
     if s < 86400:
         h, rem = divmod(s, 3600)
-        return f"{h} h {rem // 60} min"
+        return _("%(h)s h %(m)s min") % {"h": h, "m": rem // 60}
     d, rem = divmod(s, 86400)
-    return f"{d} d {rem // 3600} h"
+    return _("%(d)s d %(h)s h") % {"d": d, "h": rem // 3600}
