@@ -42,6 +42,8 @@ pytestmark = [
 OUTAGE_SECONDS = 20.0
 #: Spool bound of the read-only test: a handful of records (about 1.3 kB each), so it fills at once.
 SMALL_SPOOL_BYTES = 8 * 1024
+#: How long the read-only test gives the replicas to recover once the setting alone is undone.
+SELF_RECOVERY_SECONDS = 5.0
 #: Size of the disk-full test's tmpfs: the SQLite database, its WAL and the spool fit easily.
 TMPFS_SIZE = "24m"
 
@@ -231,15 +233,20 @@ def test_postgresql_stopped_for_20_seconds_under_load(
 # -- the database read-only -------------------------------------------------------------------------
 
 
-def set_read_only(cluster: ThrowawayCluster, database_url: str, on: bool) -> int:
-    """``default_transaction_read_only`` on (or reset) for the topology's database, and its open
-    sessions ended so that the replicas' new ones take it; the sessions ended."""
+def set_read_only(
+    cluster: ThrowawayCluster, database_url: str, on: bool, *, end_sessions: bool = True
+) -> int:
+    """``default_transaction_read_only`` on (or reset) for the topology's database (it applies to
+    sessions opened from then on), and its open sessions ended unless ``end_sessions`` is False;
+    the sessions ended."""
     name = make_url(database_url).database
     engine = create_engine(cluster.admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
             conn.execute(text(f'ALTER DATABASE "{name}" {setting}'))
+            if not end_sessions:
+                return 0
             ended = conn.execute(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -285,7 +292,13 @@ def test_a_read_only_database_gives_503_or_cards_then_recovers(
             not_ready_s = time.monotonic() - read_only_at
             time.sleep(1.0)
             undone_at = time.monotonic()
-            set_read_only(cluster, topology.database_url, False)
+            # First the setting alone: sessions opened while it was on stay read-only, and the
+            # replicas keep them in their pools. Then those sessions are ended too.
+            set_read_only(cluster, topology.database_url, False, end_sessions=False)
+            by_itself = wait_spools_empty(topology.replicas, timeout=SELF_RECOVERY_SECONDS)
+            stuck = [r.readiness() for r in topology.replicas]
+            if not by_itself:
+                set_read_only(cluster, topology.database_url, False)
             emptied = wait_spools_empty(topology.replicas)
             recovered_at = time.monotonic()
             time.sleep(2.0)
@@ -310,6 +323,10 @@ def test_a_read_only_database_gives_503_or_cards_then_recovers(
             (n, b.get("status"), b.get("auditSpool", {}).get("canKeep"))
             for n, b in not_ready.items()
         ],
+        recovered_without_ending_sessions=by_itself,
+        readyz_5s_after_reset=[
+            (status, b.get("status"), b.get("replayCheck", {}).get("store")) for status, b in stuck
+        ],
         spools_empty_after_undo_s=f"{recovered_at - undone_at:.2f}" if emptied else "never",
         records_expected=len(shown),
         found=len(shown & set(counts)),
@@ -326,13 +343,24 @@ def test_a_read_only_database_gives_503_or_cards_then_recovers(
     assert all(c.status == 200 and c.card for c in after)
     assert shown <= set(counts) and all(counts[u] == 1 for u in shown)
     assert acknowledged <= stored
+    # Known service bugs (reported; their fixes are outside the store's writer): the test shows
+    # as XFAIL naming them while they last, and passes once they are fixed.
+    bugs = []
     unknown = [c for c in load.feedback if c.status == 422 and c.card and c.card["uuid"] in shown]
     if unknown:
-        pytest.xfail(
-            f"service bug, hooks/views.py: {len(unknown)} feedback on cards the service showed "
-            "answered 422 'not a card this service returned' (the EHR never resends) while their "
-            "records were in the audit spool of a readable database; 503 'send it again' is due"
+        bugs.append(
+            f"hooks/views.py: {len(unknown)} feedback on cards the service showed answered 422 "
+            "'not a card this service returned' (the EHR never resends) while their records were "
+            "in the audit spool of a readable database; 503 'send it again' is due"
         )
+    if not by_itself:
+        bugs.append(
+            "store/database.py: read-only sessions stay in the replicas' pools after the "
+            f"database is writable again; still 503 and spooling {SELF_RECOVERY_SECONDS:.0f} s "
+            "later, until those sessions are ended"
+        )
+    if bugs:
+        pytest.xfail("service bugs: " + "; ".join(bugs))
     assert all(c.status in (200, 503) for c in load.feedback)
 
 
