@@ -273,7 +273,8 @@ def feedback(service_id: str) -> Response:
     ehr = g.ehr_client
     # Feedback can follow its card within the writer's linger time: let queued audit records land
     # first so the card is recognised (feedback is rare; the wait is bounded and usually nil).
-    caught_up = runtime.audit.flush(timeout=1.0)
+    # A record waiting in the spool (the database refused it) is not in the audit trail yet either.
+    caught_up = runtime.audit.flush(timeout=1.0) and not runtime.audit.stats.spool_bytes
     try:
         result = _save_feedback(runtime, service_id, entries, ehr)
     except FeedbackRefused as exc:  # nothing was stored; the answer says why (hooks/feedback.py)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from psycopg.errors import ReadOnlySqlTransaction
 from sqlalchemy import (
     Column,
     Connection,
@@ -38,7 +39,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import Insert
 
@@ -120,13 +121,15 @@ def open_engine(url: str | URL, *, create_directory: bool = False) -> Engine:
         )
         _configure_sqlite(engine, durable=True, busy_timeout=SQLITE_BUSY_TIMEOUT)
         return engine
-    return create_engine(
-        parsed,
-        pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
-        connect_args={"connect_timeout": 10, "application_name": "hfs-cds"},
-        **_JSON_CODEC,
+    return _renew_read_only_sessions(
+        create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"connect_timeout": 10, "application_name": "hfs-cds"},
+            **_JSON_CODEC,
+        )
     )
 
 
@@ -153,18 +156,34 @@ def open_state_engine(url: str | URL) -> Engine:
         return engine
     # No pre-ping: it would double the round trips of every replay check. A connection the server
     # dropped fails one call (503, retried by the EHR) and SQLAlchemy then renews the whole pool.
-    return create_engine(
-        parsed,
-        pool_size=5,
-        max_overflow=10,
-        connect_args={
-            # Short: while the server is unreachable one hook call in a while waits for this
-            # before the replay check falls back to memory (store/replay_fallback.py).
-            "connect_timeout": 3,
-            "application_name": "hfs-cds state",
-            "options": "-c synchronous_commit=off",
-        },
+    return _renew_read_only_sessions(
+        create_engine(
+            parsed,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={
+                # Short: while the server is unreachable one hook call in a while waits for this
+                # before the replay check falls back to memory (store/replay_fallback.py).
+                "connect_timeout": 3,
+                "application_name": "hfs-cds state",
+                "options": "-c synchronous_commit=off",
+            },
+        )
     )
+
+
+def _renew_read_only_sessions(engine: Engine) -> Engine:
+    """A PostgreSQL session that says it is read-only (the database was switched to read-only, or
+    a failover left the pool on a standby) is dropped like a broken connection: the pool opens a
+    new one, which sees the database as it is now. Kept, it would refuse every write long after
+    the database took writes again."""
+
+    @event.listens_for(engine, "handle_error")
+    def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, ReadOnlySqlTransaction):
+            context.is_disconnect = True
+
+    return engine
 
 
 def _json_text(value: Any) -> str:
