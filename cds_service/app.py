@@ -60,8 +60,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     def readyz() -> Response:
         """Readiness: this process can answer hook calls and record every card it shows.
 
-        The model card is loaded (start-up fails otherwise). With the store unreachable it is
-        still ready, "degraded": cards are audited to the local spool and tokens checked in memory
+        The model card is loaded (start-up fails otherwise). With the store unreachable, or
+        refusing audit records, it is still ready, "degraded": cards are audited to the local spool and tokens checked in memory
         (both shown here, with since when). Not ready (503) only when one of those cannot take
         more: the replay memory is full, or neither the database nor the spool takes records.
         """
@@ -92,7 +92,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
             response = jsonify({"status": "unavailable", "store": store, **body})
             response.status_code = 503
             return response
-        status = "ready" if store != "unreachable" else "degraded"
+        spooling = audit.spooling_since is not None or audit.spool_bytes > 0
+        status = "degraded" if store == "unreachable" or spooling else "ready"
         return jsonify({"status": status, "store": store, **body})
 
     @app.errorhandler(HTTPException)
