@@ -13,7 +13,7 @@ import requests
 from cds_service.assessment import Assessor
 from cds_service.presentation import present
 from tests.smart.pages import Page
-from tests.smart.served import FakeClock, Seed, ServeSmart
+from tests.smart.served import FakeClock, Seed, ServedApp, ServeSmart
 from tests.smart.shim import EhrShim
 from tests.test_smart_presentation import CASES, DAYS_PER_MONTH, TIMEOUT
 
@@ -24,7 +24,7 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 ZH_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
 
 
-def _page(served: ServeSmart, shim: EhrShim, patient: str, accept: str) -> Page:
+def _page(served: ServedApp, shim: EhrShim, patient: str, accept: str) -> Page:
     response = requests.Session().get(
         served.url("/smart/launch"),
         params={"iss": shim.fhir_base, "launch": shim.new_launch(patient)},
