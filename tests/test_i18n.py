@@ -418,3 +418,19 @@ def test_every_override_reason_is_translated(assessor: Assessor) -> None:
     en, zh = _cards(a, "en"), _cards(a, "zh-Hans")
     assert [r["code"] for r in zh["overrideReasons"]] == [r["code"] for r in en["overrideReasons"]]
     assert all(CJK.search(r["display"]) for r in zh["overrideReasons"])
+
+
+def test_a_missing_catalogue_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A broken install (no compiled zh_Hans catalogue) fails when the app is created, not on the
+    first Chinese card."""
+    import cds_service.i18n as i18n
+
+    monkeypatch.setattr(i18n, "LOCALES_DIR", tmp_path)
+    i18n.translations.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match="messages.mo"):
+            create_app({"TESTING": True, "AUTH_REQUIRED": False})
+    finally:
+        i18n.translations.cache_clear()

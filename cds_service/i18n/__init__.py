@@ -82,8 +82,9 @@ def negotiate(accept_language: str | None, default: Locale = DEFAULT) -> Locale:
 def translations(locale: Locale) -> gettext.NullTranslations:
     """The compiled catalogue of a locale, read once per process (the hot path only looks it up).
 
-    A missing catalogue is a packaging error: it raises FileNotFoundError at first use, which the
-    app does at start-up (``warm_up``), never silently English.
+    A missing catalogue is a packaging error: it raises FileNotFoundError at first use, which
+    ``create_app`` makes start-up (``warm_up``, from the SMART blueprint's registration), never
+    silently English.
     """
     if locale == DEFAULT:
         # The source language: msgids are the English texts; the catalogue gives plural rules only.

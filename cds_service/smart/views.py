@@ -30,7 +30,7 @@ from werkzeug.wrappers import Response
 
 from cds_service.assessment import Status
 from cds_service.gather.app_context import CardInputs, card_inputs
-from cds_service.i18n import Locale, negotiate, normalize
+from cds_service.i18n import Locale, negotiate, normalize, warm_up
 from cds_service.i18n.jinja import install as install_i18n
 from cds_service.i18n.jinja import template_context
 from cds_service.presentation import RANGE_STATEMENT, Statement, present
@@ -88,7 +88,10 @@ _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 @bp.record_once
 def _jinja_i18n(state: Any) -> None:
+    """At app creation (create_app always registers this blueprint): the templates' i18n, and
+    every catalogue loaded now, so a broken install stops start-up, not a patient's page."""
     install_i18n(state.app.jinja_env)
+    warm_up()
 
 
 def _smart() -> SmartRuntime:
