@@ -45,9 +45,7 @@ def template_context(locale: Locale) -> dict[str, Any]:
         return text % variables  # newstyle: "%%" for a literal percent sign, always
 
     @pass_context
-    def ngettext(
-        context: Context, singular: str, plural: str, n: int, **variables: Any
-    ) -> str:
+    def ngettext(context: Context, singular: str, plural: str, n: int, **variables: Any) -> str:
         variables.setdefault("num", n)
         text = t.ngettext(singular, plural, n)
         if context.eval_ctx.autoescape:
