@@ -25,7 +25,7 @@ from cds_service.i18n.jinja import template_context
 from cds_service.model import ModelCard
 from cds_service.presentation import RANGE_STATEMENT
 from cds_service.presentation.statement import uncertainty_statement as _uncertainty
-from cds_service.presentation.wording import wording
+from cds_service.presentation.wording import Wording, wording
 from cds_service.runtime import Runtime
 from fhir_mappings import roman
 
@@ -76,7 +76,7 @@ def page() -> Response:
         texts=card.texts(locale),
         uncertainty=_uncertainty(w, covariance=card.covariance is not None),
         range_statement=w.gettext(RANGE_STATEMENT),
-        thresholds=_thresholds(card),
+        thresholds=_thresholds(card, w),
         roman={grade: roman(grade) for grade in range(1, 7)},
         sentence=_sentence,
         json_url=url_for(".card_json_view"),
@@ -112,18 +112,21 @@ def headers(response: Response) -> Response:
     return response
 
 
-def _thresholds(card: ModelCard) -> dict[str, str]:
+def _thresholds(card: ModelCard, w: Wording) -> dict[str, str]:
     """Each tier's band of 12-month point estimates in words: "30% to under 70%"."""
     out: dict[str, str] = {}
     upper: float | None = None
     for tier in card.tiers:  # highest threshold first
-        low = f"{tier.min_risk_12m * 100:g}%"
+        fill = {
+            "low": f"{tier.min_risk_12m * 100:g}%",
+            "high": f"{upper * 100:g}%" if upper is not None else "",
+        }
         if upper is None:
-            out[tier.id] = f"{low} or more"
+            out[tier.id] = w.gettext("%(low)s or more") % fill
         elif tier.min_risk_12m <= 0:
-            out[tier.id] = f"under {upper * 100:g}%"
+            out[tier.id] = w.gettext("under %(high)s") % fill
         else:
-            out[tier.id] = f"{low} to under {upper * 100:g}%"
+            out[tier.id] = w.gettext("%(low)s to under %(high)s") % fill
         upper = tier.min_risk_12m
     return out
 

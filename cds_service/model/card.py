@@ -97,13 +97,15 @@ class TierTexts:
 class CardTexts:
     """The texts of a model card a person reads, in one language (``translations`` in the JSON).
 
-    A site translates its own card without code: ``"translations": {"zh-Hans": {"caveat": …,
-    "citation": {"label": …}, "tiers": {"<id>": {"label": …, "advice": …, "risk_sentence": …}},
+    A site translates its own card without code: ``"translations": {"zh-Hans": {"title": …,
+    "population": …, "caveat": …, "citation": {"label": …}, "tiers": {"<id>": {"label": …,
+    "advice": …, "risk_sentence": …}},
     "assumptions": […], "limitations": […]}}``, the arrays in the order of the English ones. A key
     left out reads English (and is named in a start-up warning).
     """
 
     title: str
+    population: str
     caveat: str
     citation_label: str
     tiers: Mapping[str, TierTexts]  # by tier id
@@ -311,6 +313,7 @@ def parse_model_card(data: Any, sha256: str = "") -> ModelCard:
 def _english_texts(card: ModelCard) -> CardTexts:
     return CardTexts(
         title=card.title,
+        population=card.population,
         caveat=card.caveat,
         citation_label=card.citation.label or card.citation.text,
         tiers={t.id: TierTexts(t.label, t.advice, t.risk_sentence) for t in card.tiers},
@@ -375,6 +378,7 @@ def _translated(en: CardTexts, t: _Reader, gaps: list[str]) -> CardTexts:
     citation = t.obj("citation") if "citation" in t.data else None
     return CardTexts(
         title=text(t, "title", en.title, "title"),
+        population=text(t, "population", en.population, "population"),
         caveat=text(t, "caveat", en.caveat, "caveat"),
         citation_label=text(citation, "label", en.citation_label, "citation.label"),
         tiers=tiers,
