@@ -61,9 +61,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         """Readiness: this process can answer hook calls and record every card it shows.
 
         The model card is loaded (start-up fails otherwise). With the store unreachable, or
-        refusing audit records, it is still ready, "degraded": cards are audited to the local spool and tokens checked in memory
-        (both shown here, with since when). Not ready (503) only when one of those cannot take
-        more: the replay memory is full, or neither the database nor the spool takes records.
+        refusing audit records, it is still ready, "degraded": cards are audited to the local
+        spool and tokens checked in memory (both shown here, with since when). Not ready (503)
+        only when one of those cannot take more: the replay memory is full, or neither the
+        database nor the spool takes records.
         """
         card = runtime.assessor.card
         now = time.time()

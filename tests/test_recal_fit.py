@@ -22,6 +22,7 @@ from flask import Flask
 
 from cds_service import create_app
 from cds_service.assessment import Assessor, Status
+from cds_service.i18n import parse
 from cds_service.model import ModelCard, RecurrenceModel, load_model_card, parse_model_card
 from cds_service.recalibration import (
     Cohort,
@@ -166,6 +167,21 @@ def test_the_card_loads_unchanged_and_records_the_fit(
         "horizon_months",
     ):
         assert data[key] == PUBLISHED_JSON[key]
+
+
+def test_texts_the_refit_rewrote_read_english_in_every_language_never_the_old_translation(
+    baseline_card: Path,
+) -> None:
+    """The caveat, assumptions and limitations change with a refit; the published card's Chinese
+    versions would describe the published fit, so the local card shows the English ones there and
+    names them as untranslated; the texts the refit left alone keep their translation."""
+    card = load_model_card(baseline_card)
+    english, chinese = card.texts(parse("en")), card.texts(parse("zh-Hans"))
+    assert chinese.caveat == english.caveat and english.caveat.startswith("Recalibrated on")
+    assert chinese.assumptions == english.assumptions
+    assert chinese.limitations == english.limitations
+    assert {"caveat", "assumptions", "limitations"} <= set(card.untranslated[parse("zh-Hans")])
+    assert chinese.title != english.title  # still translated
 
 
 def test_full_refit_writes_estimates_standard_errors_and_the_lr_test(

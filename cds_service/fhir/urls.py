@@ -42,6 +42,7 @@ class UrlRefused(ValueError):
 
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x21-\x7e]")  # spaces, controls, DEL, non-ASCII
 
+
 @dataclass(frozen=True, slots=True)
 class _Parts:
     scheme: str

@@ -244,6 +244,13 @@ def build_card(
         )
         for text in data["limitations"]
     ]
+    # The texts rewritten above exist in English only: a translation of the published card's
+    # versions would now say something else, so it goes (English is shown in its place, and the
+    # service names the untranslated texts at start-up).
+    for texts in (data.get("translations") or {}).values():
+        if isinstance(texts, dict):
+            for key in ("caveat", "assumptions", "limitations"):
+                texts.pop(key, None)
     return data
 
 
