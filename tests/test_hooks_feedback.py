@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,25 @@ def test_feedback_on_a_card_another_replica_is_still_writing_is_stored(
     assert response.status_code == 200 and response.get_json()["stored"] == 1
     assert 0.3 <= time.monotonic() - started < 1.6
     assert len(_rows(app, feedback)) == 1
+
+
+def test_an_unknown_card_acted_on_minutes_ago_is_send_it_again_not_gone_for_good(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Its record may still wait in another replica's spool (a database fault): 503, nothing
+    stored, and the EHR may resend; the same card acted on an hour ago is refused for good."""
+    now = datetime.now(UTC)
+
+    def post(minutes_ago: int) -> Any:
+        at = (now - timedelta(minutes=minutes_ago)).isoformat()
+        entry = {"card": "made-up-or-not-yet", "outcome": "overridden", "outcomeTimestamp": at}
+        return client.post(FEEDBACK, json={"feedback": [entry]})
+
+    recent, old = post(2), post(60)
+    assert recent.status_code == 503 and recent.headers["Retry-After"] == "5"
+    assert recent.get_json()["issue"][0]["code"] == "transient"
+    assert old.status_code == 422 and old.get_json()["issue"][0]["code"] == "not-found"
+    assert _rows(app, feedback) == []
 
 
 def test_feedback_goes_to_the_service_that_showed_the_card(

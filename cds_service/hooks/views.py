@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import orjson
@@ -49,6 +49,9 @@ bp = Blueprint("cds_hooks", __name__)
 OUTCOME_ENVIRON_KEY = "hfs_cds.outcome"
 #: Seconds between looks for a card another replica may still be writing (1.5 s in all).
 _UNKNOWN_CARD_WAITS = (0.1, 0.2, 0.4, 0.8)
+#: Feedback this recent on a card not in the audit trail is "not there yet" (503), older "not ours"
+#: (422): another replica's record may wait that long in its spool after a database fault.
+_RECENT_OUTCOME = timedelta(minutes=15)
 EXTENSION = "hfs_cds_hooks"
 
 
@@ -278,6 +281,11 @@ def feedback(service_id: str) -> Response:
     try:
         result = _save_feedback(runtime, service_id, entries, ehr)
     except FeedbackRefused as exc:  # nothing was stored; the answer says why (hooks/feedback.py)
+        if isinstance(exc, CardNotIssued) and _recent(entries[exc.index], runtime.clock()):
+            # A card acted on minutes ago may have been answered by another replica whose record
+            # still waits (its queue, or its spool until the database takes writes again): say
+            # "send it again", not a 422 that loses the feedback for good.
+            caught_up = False
         refused = refusal(exc, audit_caught_up=caught_up)
         log.warning("feedback refused: %s %s", refused.status, type(exc).__name__)
         response = outcome_response(refused.status, refused.diagnostics, refused.issue_code)
@@ -301,6 +309,10 @@ def feedback(service_id: str) -> Response:
         ),
         mimetype="application/json",
     )
+
+
+def _recent(entry: FeedbackEntry, now: datetime) -> bool:
+    return entry.outcome_at >= now - _RECENT_OUTCOME
 
 
 def _save_feedback(
