@@ -39,7 +39,7 @@ from cds_service.presentation.risk_assessment import risk_assessment
 from cds_service.presentation.wording import wording
 from cds_service.smart.app_state import SmartRuntime
 from cds_service.smart.chart import line_path
-from cds_service.smart.errors import Failure, SmartError
+from cds_service.smart.errors import HTTP_TO_DO, Failure, SmartError
 from cds_service.smart.oauth import TokenResponse, missing_access, new_pkce, new_state
 from cds_service.smart.page import (
     ROMAN,
@@ -527,7 +527,7 @@ def http_error(error: HTTPException) -> Response:
         status,
         error.name,
         error.description or error.name,
-        "Open the app again from the patient's chart in the EHR.",
+        HTTP_TO_DO,
         None,
     )
 
@@ -553,14 +553,18 @@ def _error_page(
         response = jsonify(body)
         response.status_code = status
         return response
+    # The texts are English msgids (errors.py): the page shows them in its language, the JSON
+    # above stays English for the integration engineers; ``detail`` is technical and stays as is.
+    locale = _page_locale()
+    gettext = wording(locale).gettext
     html = render_template(
         "smart/error.html",
         code=code,
-        title=title,
-        happened=happened,
-        to_do=to_do,
+        title=gettext(title),
+        happened=gettext(happened),
+        to_do=gettext(to_do),
         detail=detail,
         standalone=bool(smart.settings.standalone_fhir_base and smart.settings.enabled),
-        **template_context(_page_locale()),
+        **template_context(locale),
     )
     return Response(html, status=status, mimetype="text/html")
