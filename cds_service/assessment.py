@@ -42,6 +42,14 @@ class Status(StrEnum):
     NOT_APPLICABLE = "not-applicable"  # no ablation in the model's horizon: nothing to say
 
 
+class NotApplicable(StrEnum):
+    """Why an assessment is not applicable: a code, worded per language by the presentation layer
+    (the figures it needs are on the assessment: ``as_of``, ``months_since_procedure``)."""
+
+    NO_ABLATION = "no-ablation"  # none on record (as of ``as_of`` when one was recorded later)
+    BEYOND_HORIZON = "beyond-horizon"  # the last one ended more than the horizon ago
+
+
 @dataclass(frozen=True, slots=True)
 class RiskPoint:
     """Risk of recurrence by ``month`` after the ablation, with the scenario range."""
@@ -79,7 +87,30 @@ class Assessment:
     schedule_tier: Tier | None = None
     x1: float | None = None  # the coded covariates actually scored
     x2: float | None = None
-    not_applicable_because: str | None = None
+    not_applicable: NotApplicable | None = None
+
+    @property
+    def not_applicable_as_of(self) -> bool:
+        """Whether "no ablation" holds only as of ``as_of`` (one is recorded after it)."""
+        return self.not_applicable is NotApplicable.NO_ABLATION and bool(
+            self.inputs.ablations_after_as_of
+        )
+
+    @property
+    def not_applicable_because(self) -> str | None:
+        """The reason in English, for the JSON (``notApplicableBecause``) and logs; people read it
+        worded in their language (:func:`cds_service.presentation.present`)."""
+        if self.not_applicable is NotApplicable.NO_ABLATION:
+            because = "no ablation on record"
+            if self.not_applicable_as_of:
+                because += f" as of {moment(self.as_of)}"
+            return because
+        if self.not_applicable is NotApplicable.BEYOND_HORIZON:
+            return (
+                f"the last ablation ended {self.months_since_procedure or 0.0:.1f} months ago, "
+                f"beyond the model's {self.model.horizon_months:g}-month horizon"
+            )
+        return None
 
     @property
     def problems(self) -> tuple[Problem, ...]:
@@ -218,20 +249,15 @@ class Assessor:
         if inputs.ablation is None:
             if any(p.reason is not Reason.NO_ABLATION for p in inputs.exclusions):
                 return result(Status.NOT_SCORED)  # e.g. an ablation not yet completed
-            because = "no ablation on record"
-            if inputs.ablations_after_as_of:  # assessed as of a date before the ablation
-                because += f" as of {_moment(now)}"
-            return result(Status.NOT_APPLICABLE, not_applicable_because=because)
+            # As of a date before a recorded ablation, the reason says "as of" (not_applicable_as_of).
+            return result(Status.NOT_APPLICABLE, not_applicable=NotApplicable.NO_ABLATION)
         elapsed_days = (now - inputs.ablation.ended_at).total_seconds() / 86400.0
         months_since = max(0.0, elapsed_days / self.card.days_per_month)
         if months_since > self.card.horizon_months:
             return result(
                 Status.NOT_APPLICABLE,
                 months_since_procedure=months_since,
-                not_applicable_because=(
-                    f"the last ablation ended {months_since:.1f} months ago, beyond the model's "
-                    f"{self.card.horizon_months:g}-month horizon"
-                ),
+                not_applicable=NotApplicable.BEYOND_HORIZON,
             )
         if not inputs.scorable:
             x1, x2 = self._coded(inputs)
@@ -277,7 +303,7 @@ class Assessor:
         )
 
 
-def _moment(when: datetime) -> str:
+def moment(when: datetime) -> str:
     """A date when the moment is midnight (``--at 2026-04-30``), else the minute with its offset."""
     if when.time() == datetime.min.time():
         return when.date().isoformat()

@@ -10,10 +10,10 @@ formats a risk or chooses a tier, so they cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal
 
-from cds_service.assessment import Assessment, Status
+from cds_service.assessment import Assessment, NotApplicable, Status, moment
 from cds_service.i18n import DEFAULT, Locale
 from cds_service.model import ModelCard, RecurrenceModel, Tier
 from cds_service.model.card import CardTexts
@@ -221,8 +221,7 @@ def present(a: Assessment, locale: Locale = DEFAULT) -> Statement:
         else ""
     )
     if a.status is Status.NOT_APPLICABLE:
-        # i18n: the assessment's own reason (English data) is shown as it is
-        headline = a.not_applicable_because or w.gettext("no ablation on record")
+        headline = _not_applicable(a, w)
     summary = w.gettext("HFS recurrence risk after RFA not calculated: %(reason)s") % {
         "reason": headline
     }
@@ -239,6 +238,31 @@ def present(a: Assessment, locale: Locale = DEFAULT) -> Statement:
         schedule_text=_schedule_text(w, ()),
         words=w,
     )
+
+
+def _not_applicable(a: Assessment, w: Wording) -> str:
+    """Why there is nothing to assess, in ``w``'s language (the English reads exactly as the
+    assessment's ``not_applicable_because``, which the JSON carries)."""
+    if a.not_applicable is NotApplicable.BEYOND_HORIZON:
+        return w.gettext(
+            "the last ablation ended %(months)s months ago, beyond the model's "
+            "%(horizon)s-month horizon"
+        ) % {
+            "months": f"{a.months_since_procedure or 0.0:.1f}",
+            "horizon": f"{a.model.horizon_months:g}",
+        }
+    if a.not_applicable_as_of:
+        # i18n: %(moment)s is a date, or a date and time with its UTC offset (ISO 8601)
+        return w.gettext("no ablation on record as of %(moment)s") % {"moment": _moment(w, a.as_of)}
+    return w.gettext("no ablation on record")
+
+
+def _moment(w: Wording, when: datetime) -> str:
+    """A date as the locale writes it when the moment is midnight (``--at 2026-04-30``), else the
+    minute with its offset in ISO 8601 (English: exactly :func:`cds_service.assessment.moment`)."""
+    if when.time() == datetime.min.time():
+        return w.date(when.date())
+    return moment(when)
 
 
 def _scored(a: Assessment, card: ModelCard, w: Wording, texts: CardTexts) -> Statement:
