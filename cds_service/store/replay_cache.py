@@ -29,6 +29,8 @@ answers again. Only when that memory is full too does the check raise
 from __future__ import annotations
 
 import hashlib
+import os
+import sqlite3
 import threading
 from typing import Final
 
@@ -94,6 +96,9 @@ class ReplayCache:
         self._live = select(_T.pair).where(
             _T.pair == bindparam("pair"), _T.until > bindparam("now")
         )
+        # SQLite: the insert on a connection each thread keeps (see _SqliteInserter); PostgreSQL:
+        # the Core statement on a pooled connection.
+        self._sqlite = _SqliteInserter(state) if state.backend == "sqlite" else None
         self._lock = threading.Lock()
         self._estimate = 0  # live pairs at the last count + those this process inserted since
         self._counted_at: float | None = None
@@ -124,15 +129,21 @@ class ReplayCache:
                 if self._is_live(pair, now):
                     raise _replayed(iss, jti)  # a replay is still named as one
                 raise AuthenticationError(REPLAY_CACHE_FULL)
+            if self._sqlite is not None:
+                inserted = self._sqlite.insert(pair, until)
+            else:
+                with self._state.connect() as conn:
+                    stmt = conn.execute(self._insert, {"pair": pair, "until": until})
+                    inserted = stmt.rowcount == 1
+            if inserted:
+                with self._lock:
+                    self._estimate += 1
+                return
+            # The pair is stored: live (a replay), or expired and not purged yet.
             with self._state.connect() as conn:
-                if conn.execute(self._insert, {"pair": pair, "until": until}).rowcount == 1:
-                    with self._lock:
-                        self._estimate += 1
-                    return
-                # The pair is stored: live (a replay), or expired and not purged yet.
                 params = {"key": pair, "new_until": until, "now": now}
                 taken = conn.execute(self._retake, params).rowcount == 1
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             # Not a 401: the token may be valid. Remember it here until the database is back.
             fallback.failed(exc)
             return self._in_memory(pair, until, now, iss, jti)
@@ -197,3 +208,43 @@ def _pair(iss: str, jti: str) -> bytes:
 
 
 __all__ = ["FALLBACK_FULL", "REPLAY_CACHE_FULL", "ReplayCache"]
+
+
+class _SqliteInserter:
+    """The replay check's insert on the embedded SQLite file, on a connection each thread keeps.
+
+    Every authenticated hook call pays for this statement. Through SQLAlchemy's execution path it
+    cost about 135 us in process, against about 40 us for SQLite's own work, and the benchmark's S3
+    (hook + RS384 JWT) fell from 0.28 to 0.18 of the static endpoint; on the DBAPI connection it
+    keeps, a thread pays only SQLite's part. The connection comes from the state's pool (so it has
+    the pool's set-up: WAL, busy timeout, autocommit) and goes back when its thread ends; a forked
+    child opens its own. PostgreSQL keeps the Core statement (a network round trip dominates).
+    """
+
+    _SQL = "INSERT INTO replay_seen (pair, until) VALUES (?, ?) ON CONFLICT (pair) DO NOTHING"
+
+    def __init__(self, state: StateDatabase) -> None:
+        self._state = state
+        self._local = threading.local()
+        self._inherited: list[object] = []
+
+    def insert(self, pair: bytes, until: float) -> bool:
+        """Whether the pair was new (inserted); raises ``sqlite3.Error`` on a database error."""
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            if connection is not None:  # the parent's, copied by a fork: never used nor closed
+                self._inherited.append(connection)
+            connection = local.connection = self._state.engine.raw_connection()
+            local.pid = os.getpid()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._SQL, (pair, until))
+                return bool(cursor.rowcount == 1)
+            finally:
+                cursor.close()
+        except sqlite3.Error:
+            local.connection = None  # a broken connection is not kept
+            connection.invalidate()
+            raise
