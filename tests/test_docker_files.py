@@ -143,7 +143,7 @@ def test_the_image_sets_no_trust_or_development_defaults() -> None:
     ):
         assert name not in env
     assert "dev_keys" not in text and "curl" not in text.replace("no curl", "")
-    # Several workers are safe: they share the replay cache and SMART sessions (shared_state).
+    # Several workers are safe: they share the replay cache and SMART sessions (both in the store's database).
     assert env["WEB_CONCURRENCY"] == "2" and env["GUNICORN_THREADS"] == "4"
 
 
