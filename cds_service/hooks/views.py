@@ -28,7 +28,6 @@ from cds_service.hooks.relevance import is_relevant
 from cds_service.hooks.request import parse_hook_request
 from cds_service.hooks.services import HookServices
 from cds_service.i18n import Locale
-from cds_service.i18n import parse as parse_language
 from cds_service.logging_setup import plain_token
 from cds_service.runtime import Runtime
 from cds_service.security import ReplayCheckUnavailable
@@ -116,14 +115,11 @@ def _model_card_url() -> str | None:
     return url if url.startswith("https://") or _runtime().settings.dev_mode else None
 
 
-def _locale(iss: str | None) -> Locale:
-    """The calling EHR's language from its trust-list entry, else CDS_LANGUAGE (issue 18)."""
-    runtime = _runtime()
-    if iss is not None and runtime.authenticator is not None:
-        for issuer in runtime.authenticator.issuers:
-            if issuer.iss == iss and issuer.language is not None:
-                return parse_language(issuer.language)
-    return cast(Locale, runtime.settings.language)  # normalized when the settings were read
+def _locale(ehr: VerifiedClient | None) -> Locale:
+    """The calling EHR's language from its trust-list entry, else CDS_LANGUAGE (issue 18); both
+    were normalized to locale names when they were read at start-up."""
+    language = ehr.language if ehr is not None and ehr.language else _runtime().settings.language
+    return cast(Locale, language)
 
 
 @bp.get("/cds-services")
@@ -205,7 +201,7 @@ def call_service(service_id: str) -> Response:
                 )
                 or drafts_follow_up(context.get("draftOrders"), follow_up_codes),
                 model_card_url=_model_card_url(),
-                locale=_locale(ehr.iss if ehr else None),
+                locale=_locale(ehr),
             ),
         )
     )

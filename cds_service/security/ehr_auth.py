@@ -61,6 +61,7 @@ class VerifiedClient:
     jti: str
     kid: str
     fhir_servers: tuple[str, ...]
+    language: str | None = None  # the trust list's locale name for this EHR (issue 18)
 
 
 def replay_ttl_needed(
@@ -332,7 +333,12 @@ class EhrAuthenticator:
         now = self._clock()
         self._replay.check_and_remember(issuer.iss, jti, expires_at=exp + self._leeway, now=now)
         return VerifiedClient(
-            iss=issuer.iss, tenant=tenant, jti=jti, kid=kid, fhir_servers=issuer.fhir_servers
+            iss=issuer.iss,
+            tenant=tenant,
+            jti=jti,
+            kid=kid,
+            fhir_servers=issuer.fhir_servers,
+            language=issuer.language,
         )
 
 
