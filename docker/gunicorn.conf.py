@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from gunicorn.glogging import Logger
 
 from cds_service.logging_setup import JsonFormatter, skip_unused_record_fields
 
@@ -72,6 +73,42 @@ class AccessJsonFormatter(logging.Formatter):
             line.update({("assessment" if k == "status" else k): v for k, v in outcome.items()})
         kept = {k: v for k, v in line.items() if v not in (None, "-")}
         return orjson.dumps(kept, default=str).decode()
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, with only the atoms :class:`AccessJsonFormatter` writes.
+
+    gunicorn's own ``atoms()`` builds some 30 entries per request, every request and response
+    header and every WSGI environ key among them, then wraps them in a case-insensitive mapping:
+    7% of a hook call's worker time in the benchmark (S2), for a line that keeps eight of them.
+    """
+
+    def atoms(
+        self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: Any
+    ) -> dict[str, Any]:
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        request_id = next((v for k, v in resp.headers if k.lower() == "x-request-id"), None)
+        return {
+            "h": environ.get("REMOTE_ADDR"),
+            "m": environ.get("REQUEST_METHOD"),
+            "U": environ.get("PATH_INFO"),
+            "s": status,
+            "B": getattr(resp, "sent", None),
+            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
+            "{x-request-id}o": request_id,
+            "{hfs_cds.outcome}e": environ.get("hfs_cds.outcome"),
+        }
+
+    def access(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: Any) -> None:
+        # Always on here (accesslog is set below); gunicorn < 27 has no access_log_enabled to ask.
+        try:  # the mapping goes to AccessJsonFormatter as the record's args, as gunicorn's does
+            self.access_log.info(
+                self.cfg.access_log_format, self.atoms(resp, req, environ, request_time)
+            )
+        except Exception:
+            self.exception("access log line not written")
 
 
 def _number(value: Any) -> Any:
@@ -143,6 +180,7 @@ _level = _refuse_bad_configuration()
 skip_unused_record_fields()
 loglevel = _level.lower()
 accesslog = "-"
+logger_class = AccessLogger
 access_log_format = "%(m)s %(U)s %(s)s"  # message text only; AccessJsonFormatter writes the line
 logconfig_dict: dict[str, Any] = {
     "version": 1,

@@ -172,6 +172,8 @@ def test_a_hook_call_through_gunicorn_gets_the_card(served: Served) -> None:
     assert access["service"] == "hfs-rfa-recurrence-patient-view"
     assert access["status"] == 200 and access["assessment"] == "scored" and access["cards"] == 1
     assert access["hook_instance"] == body["hookInstance"]
+    assert access["method"] == "POST" and access["remote"] == "127.0.0.1"
+    assert access["bytes"] == len(response.content) and access["duration_ms"] >= 0
 
 
 def _access_line_of(served: Served, request_id: str) -> dict[str, Any]:
