@@ -23,6 +23,7 @@ from cds_service.recalibration.metrics import (
     smoothed_calibration,
     uno_c,
 )
+from cds_service.recalibration.notes import Note
 from cds_service.recalibration.validate import ValidationOptions, validate
 
 PUBLISHED, _ = read_card_json(None)
@@ -69,7 +70,9 @@ def test_median_follow_up_by_reverse_kaplan_meier_by_hand_and_as_lifelines() -> 
     # Most patients followed to the end: the median is not reached, and says so.
     never = follow_up_time([1.0, 2.0, 9.0, 9.0], [0, 1, 1, 1])
     assert math.isnan(never.median.value)
-    assert never.median.note == "not reached: more than half were still followed at 9.00 months"
+    assert (
+        str(never.median.note) == "not reached: more than half were still followed at 9.00 months"
+    )
 
 
 def test_evaluation_horizon_falls_back_to_the_latest_time_with_enough_at_risk() -> None:
@@ -78,7 +81,7 @@ def test_evaluation_horizon_falls_back_to_the_latest_time_with_enough_at_risk() 
     assert (at_model.months, at_model.rule, at_model.at_risk) == (12.0, "model-horizon", 2)
     short = evaluation_horizon(t, 12.0, min_at_risk=3)  # the 3rd longest follow-up
     assert (short.months, short.rule, short.at_risk) == (6.0, "latest-with-min-at-risk", 3)
-    assert short.reason == (
+    assert str(short.reason) == (
         "only 0 patient(s) followed to the model's 12-month horizon (fewer than 3), so the latest "
         "time with at least 3 still followed (3 at risk)"
     )
@@ -112,20 +115,21 @@ def test_an_estimate_whose_interval_is_undefined_says_so() -> None:
     all_recurred = kaplan_meier(np.linspace(0.5, 5.0, 26), np.ones(26))
     risk = all_recurred.risk(6.0)  # past the last recurrence: still 100%
     assert (risk.value, risk.has_interval) == (1.0, False)
-    assert risk.note == "interval undefined: every patient at risk recurred (26 at start)"
-    assert kaplan_meier([2.0, 3.0], [1, 0]).risk(1.0).note == (
+    assert str(risk.note) == "interval undefined: every patient at risk recurred (26 at start)"
+    assert str(kaplan_meier([2.0, 3.0], [1, 0]).risk(1.0).note) == (
         "interval undefined: no recurrence by then"
     )
     stopped = kaplan_meier([2.0, 3.0], [1, 0]).risk(4.0)
     assert math.isnan(stopped.value)
-    assert stopped.note == "not observed: follow-up ends at 3.00 months"
+    assert str(stopped.note) == "not observed: follow-up ends at 3.00 months"
     with pytest.raises(ValueError, match="an undefined estimate needs a note saying why"):
         Estimate(math.nan)
-    assert Estimate(math.nan, note="why").as_json() == {
+    why = Note.of("no-patient")  # JSON says a note in English
+    assert Estimate(math.nan, note=why).as_json() == {
         "estimate": None,
         "ci95": None,
         "interval": None,
-        "note": "why",
+        "note": "no patient",
     }
 
 
@@ -139,7 +143,7 @@ def test_the_smoother_with_a_huge_bandwidth_is_the_overall_kaplan_meier() -> Non
     np.testing.assert_allclose(curve.observed, overall, atol=1e-9)
     assert curve.ici == pytest.approx(float(np.mean(np.abs(overall - p))), abs=1e-9)
     flat = smoothed_calibration(np.full(5, 0.3), t[:5], e[:5], horizon=9.0)
-    assert flat.note == "not drawn: every patient has the same predicted risk"
+    assert str(flat.note) == "not drawn: every patient has the same predicted risk"
 
 
 def test_bootstrap_is_reproducible_with_a_seed() -> None:

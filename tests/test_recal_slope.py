@@ -192,7 +192,7 @@ def test_optimism_is_not_applied_on_other_data(short_site: Cohort) -> None:
     other = simulate_cohort(PUBLISHED, 80, seed=99)
     v = validate(card, other, options=ValidationOptions(replicates=5))
     assert not v.optimism
-    assert v.optimism_note == (
+    assert str(v.optimism_note) == (
         "not applied: this cohort is not the one the card was fitted on (input checksum differs), "
         "so its performance is not apparent"
     )

@@ -210,7 +210,7 @@ def build_card(
             }
         )
     if rec.warnings:
-        fit["warnings"] = list(rec.warnings)
+        fit["warnings"] = [str(w) for w in rec.warnings]  # English, as the card's other texts
     data["fit"] = fit
     site = cohort.location or cohort.source
     data["caveat"] = (

@@ -34,6 +34,7 @@ rows with unusable values are left out with the reason.
 from __future__ import annotations
 
 import csv
+import gettext
 import io
 import math
 from collections import Counter
@@ -48,6 +49,7 @@ from numpy.typing import ArrayLike
 from cds_service.assessment import Assessor
 from cds_service.model import ModelCard
 from cds_service.model.engine import FloatArray
+from cds_service.presentation.statement import NOT_SCORED_FALLBACK, NOT_SCORED_HEADLINES
 from cds_service.recalibration.definitions import (
     CSV_DEFINITIONS,
     SIMULATED_DEFINITIONS,
@@ -56,6 +58,7 @@ from cds_service.recalibration.definitions import (
     follow_up_rules,
 )
 from cds_service.recalibration.errors import CohortError
+from cds_service.recalibration.notes import ENGLISH, N_, Note
 from cds_service.recalibration.sources import (
     SourceData,
     SourceKind,
@@ -86,6 +89,16 @@ MAPPING_EXCLUSION = "not-scorable"
 _NOT_AN_ENCOUNTER = frozenset({"planned", "cancelled", "entered-in-error"})
 _FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
 _OUTCOME_REASONS = frozenset({Reason.RECURRENCE_RECORDED, Reason.LATER_TREATMENT})
+#: Why a patient is left out, by reason, for a reader of another language than English (msgids;
+#: the mapping's reasons have theirs in :mod:`cds_service.presentation.statement`). The English
+#: message follows in brackets: it names the resources and fields, the same in every language.
+_LEFT_OUT_HEADLINES: dict[str, str] = {
+    NO_FOLLOW_UP: N_("no follow-up after the ablation"),
+    OUTSIDE_WINDOW: N_("the ablation is outside the requested dates"),
+    INVALID_ROW: N_("the row cannot be read"),
+    MAPPING_EXCLUSION: N_("not scorable"),
+    **{reason.value: text for reason, text in NOT_SCORED_HEADLINES.items()},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +135,7 @@ class Cohort:
     sha256: str = ""
     #: Patients in the source with no ablation Procedure at all (not candidates, only counted).
     not_candidates: int = 0
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[Note, ...] = field(default=())
     #: Outcome and censoring rules the rows were built with (None: the source kind's default).
     rules: Definitions | None = None
 
@@ -175,19 +188,35 @@ class Cohort:
     def exclusion_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(e.reason for e in self.excluded).items()))
 
-    def report(self) -> str:
-        """Every patient left out, one line each, after a one-line summary."""
+    def report(self, words: gettext.NullTranslations = ENGLISH) -> str:
+        """Every patient left out, one line each, after a one-line summary, in the language of
+        ``words`` (:func:`.notes.catalogue`)."""
+        _ = words.gettext
+        summary = _(
+            "cohort: %(patients)s patients, %(recurrences)s recurrences; %(left_out)s left out"
+        )
         lines = [
-            f"cohort: {len(self.rows)} patients, {self.n_events} recurrences; "
-            f"{len(self.excluded)} left out"
+            summary
+            % {
+                "patients": len(self.rows),
+                "recurrences": self.n_events,
+                "left_out": len(self.excluded),
+            }
             + (
-                f"; {self.not_candidates} without an ablation (not candidates)"
+                _("; %(n)s without an ablation (not candidates)") % {"n": self.not_candidates}
                 if self.not_candidates
                 else ""
             )
         ]
-        lines += [f"  left out {e.patient}: [{e.reason}] {e.message}" for e in self.excluded]
-        lines += [f"  note: {n}" for n in self.notes]
+        for e in self.excluded:
+            message = e.message
+            if words is not ENGLISH:
+                headline = _LEFT_OUT_HEADLINES.get(e.reason, NOT_SCORED_FALLBACK)
+                # i18n: a reason a patient is left out, then the English detail (ids, fields)
+                message = _("%(reason)s (%(detail)s)") % {"reason": _(headline), "detail": message}
+            line = _("left out %(patient)s: [%(code)s] %(message)s")
+            lines.append("  " + line % {"patient": e.patient, "code": e.reason, "message": message})
+        lines += ["  " + _("note: %(note)s") % {"note": n.say(words)} for n in self.notes]
         return "\n".join(lines)
 
     def to_csv(self) -> str:

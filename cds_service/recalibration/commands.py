@@ -4,6 +4,10 @@ The cohort comes from one source; ``--cohort`` picks the reader from the value (
 URL is a FHIR server, a directory a Bulk Data export, anything else a CSV file). FHIR cohorts are
 censored at the last HFS-specific assessment; the follow-up value set is the ``hfs_follow_up`` key
 of the value-set file. Patients left out of the cohort are listed on standard error.
+
+``--lang`` (default ``CDS_LANGUAGE``, else ``en``) chooses the language of what a person reads:
+the text and HTML reports, the cohort summary and the fit's summary. JSON reports and the card
+written by ``fit`` do not depend on it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from cds_service.cli_support import (
     OUTPUT_FILE,
     TOKEN,
     Choice,
+    CliError,
     IsoDate,
     IsoMoment,
     WholeNumber,
@@ -33,6 +38,8 @@ from cds_service.cli_support import (
     write_text,
 )
 from cds_service.config import load_settings
+from cds_service.i18n import Locale
+from cds_service.i18n import parse as parse_language
 from cds_service.model import ModelCard, load_model_card
 from cds_service.recalibration.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from cds_service.recalibration.card_writer import build_card, read_card_json, write_card
@@ -40,6 +47,7 @@ from cds_service.recalibration.cohort import Cohort, cohort_from_csv, cohort_fro
 from cds_service.recalibration.definitions import follow_up_rules
 from cds_service.recalibration.errors import RecalibrationError
 from cds_service.recalibration.fit import FIT_MODES, FitMode, FitOptions, recalibrate
+from cds_service.recalibration.notes import Note, catalogue, fit_mode, say
 from cds_service.recalibration.report import report_json
 from cds_service.recalibration.sources import fetch_fhir_resources, read_ndjson_dir
 from cds_service.recalibration.validate import ValidationOptions, render_html, render_text, validate
@@ -67,6 +75,24 @@ _sources = options(
     click.option("--since", type=IsoDate(), help=f"{FHIR} on or after this date"),
     click.option("--until", type=IsoDate(), help=f"{FHIR} on or before this date"),
 )
+
+
+_lang = click.option(
+    "--lang",
+    "language",
+    envvar="CDS_LANGUAGE",
+    default="en",
+    show_default="CDS_LANGUAGE, else en",
+    help="language of what a person reads (text and html reports, summaries): en or zh-Hans",
+)
+
+
+def _locale(language: str) -> Locale:
+    """``--lang`` as a locale; an unsupported language is a one-line error (exit status 2)."""
+    try:
+        return parse_language(language)
+    except ValueError as exc:
+        raise CliError(f"--lang: {exc}") from None
 
 
 def _one_of(*names: str) -> Callable[[Command], Command]:
@@ -107,6 +133,7 @@ def _one_of(*names: str) -> Callable[[Command], Command]:
 @click.option("--min-events", type=int, default=FitOptions().min_events, help="refuse below")
 @click.option("--save-cohort", type=OUTPUT_FILE, help="also write the cohort table as CSV")
 @click.option("--card-version", show_default="derived", help="version of the new card")
+@_lang
 @_one_of("--fhir", "--ndjson", "--csv")
 def fit(
     mode: FitMode,
@@ -117,6 +144,7 @@ def fit(
     min_events: int,
     save_cohort: Path | None,
     card_version: str | None,
+    language: str,
     **source: Any,
 ) -> int:
     """Recalibrate the model card on local patients and write a new card.
@@ -125,9 +153,11 @@ def fit(
     and one calibration slope on the published linear predictor (--mode slope), or both
     coefficients too (--mode full). Writes a model card the service loads with
     CDS_MODEL_CARD=CARD.json."""
+    words = catalogue(_locale(language))
+    _ = words.gettext
     card, source_json = read_card_json(model)
     cohort = load_cohort(card, value_sets(), **source)
-    print(cohort.report(), file=sys.stderr)
+    print(cohort.report(words), file=sys.stderr)
     if save_cohort:
         write_text(save_cohort, cohort.to_csv())
     options = FitOptions(
@@ -139,27 +169,47 @@ def fit(
     data = build_card(rec, source_json, version=card_version)
     new = write_card(data, out)
     for warning in rec.warnings:
-        print(f"hfs-cds: warning: {warning}", file=sys.stderr)
+        print("hfs-cds: " + _("warning: %(text)s") % {"text": warning.say(words)}, file=sys.stderr)
     s = {k.month: k.survival for k in new.baseline_knots}
     h = new.horizon_months
+    summary = _(
+        "wrote %(out)s: %(card)s (%(mode)s fit on %(n)s patients, %(events)s recurrences within "
+        "%(horizon)g months; %(knots)s knots; reference patient recurrence by %(horizon)g months "
+        "%(risk).1f%%)"
+    )
     print(
-        f"wrote {out}: {new.id} {new.version} ({mode} fit on {rec.n} patients, "
-        f"{rec.events} recurrences within {h:g} months; {len(new.baseline_knots)} knots; "
-        f"reference patient recurrence by {h:g} months {1 - s[max(s)]:.1%})"
+        summary
+        % {
+            "out": out,
+            "card": f"{new.id} {new.version}",
+            "mode": say(fit_mode(mode), words),
+            "n": rec.n,
+            "events": rec.events,
+            "horizon": h,
+            "knots": len(new.baseline_knots),
+            "risk": (1 - s[max(s)]) * 100,
+        }
     )
     if rec.cox is not None:
         cox = rec.cox
         for j, name in enumerate(cox.names_):
             lo, hi = cox.confidence_intervals_[j]
+            line = _("%(name)s: %(value)+.3f (SE %(se).3f, 95%% CI %(low)+.3f to %(high)+.3f)")
             print(
-                f"  {name}: {cox.params_[j]:+.3f} (SE {cox.standard_errors_[j]:.3f}, "
-                f"95% CI {lo:+.3f} to {hi:+.3f})"
+                "  "
+                + line
+                % {
+                    "name": _(name),
+                    "value": cox.params_[j],
+                    "se": cox.standard_errors_[j],
+                    "low": lo,
+                    "high": hi,
+                }
             )
         lr = cox.log_likelihood_ratio_test_
-        print(
-            f"  LR test: chi2 {lr.statistic:.2f} on {lr.degrees_of_freedom} df, p = {lr.p_value:.3g}"
-        )
-    print(f"use it: CDS_MODEL_CARD={out}")
+        line = _("LR test: chi2 %(chi2).2f on %(df)s df, p = %(p).3g")
+        print("  " + line % {"chi2": lr.statistic, "df": lr.degrees_of_freedom, "p": lr.p_value})
+    print(_("use it: CDS_MODEL_CARD=%(out)s") % {"out": out})
     return 0
 
 
@@ -194,6 +244,7 @@ def fit(
     help="patients that must still be followed at the evaluation horizon",
 )
 @click.option("--groups", type=WholeNumber(1), default=3, help="risk groups")
+@_lang
 @_one_of("--cohort", "--fhir", "--ndjson", "--csv")
 def validate_command(
     model: Path,
@@ -205,6 +256,7 @@ def validate_command(
     seed: int,
     min_at_risk: int,
     groups: int,
+    language: str,
     **source: Any,
 ) -> int:
     """C-index and calibration of model cards on a cohort, with intervals.
@@ -212,7 +264,10 @@ def validate_command(
     At a named evaluation horizon: Harrell's and Uno's C, calibration slope, observed/expected
     and calibration by risk group (Kaplan-Meier observed vs predicted), with seeded bootstrap
     intervals and, for a refit validated on its own cohort, Harrell's optimism correction; for
-    --model and, side by side, --compare. Text, JSON or HTML."""
+    --model and, side by side, --compare. Text, JSON or HTML (JSON does not depend on --lang)."""
+    locale = _locale(language)
+    words = catalogue(locale)
+    _ = words.gettext
     card = load_model_card(model)
     published = load_model_card(None)
     if compare is not None:
@@ -220,38 +275,53 @@ def validate_command(
     else:
         other = published if published.sha256 != card.sha256 else None
     cohort = load_cohort(card, value_sets(), **source)
-    print(cohort.report(), file=sys.stderr)
+    print(cohort.report(words), file=sys.stderr)
     options = ValidationOptions(
         replicates=bootstrap, seed=seed, min_at_risk=min_at_risk, groups=groups
     )
     started = time.perf_counter()
     cards = [c for c in (other, card) if c is not None]  # the one to compare with first
     results = [validate(c, cohort, _label(c, published), options) for c in cards]
+    done = _(
+        "validated %(cards)s card(s) on %(patients)s patients in %(seconds).1f s (bootstrap "
+        "%(replicates)s resamples, seed %(seed)s)"
+    )
+    seconds = time.perf_counter() - started
     print(
-        f"validated {len(results)} card(s) on {len(cohort)} patients in "
-        f"{time.perf_counter() - started:.1f} s (bootstrap {bootstrap} resamples, seed {seed})",
+        done
+        % {
+            "cards": len(results),
+            "patients": len(cohort),
+            "seconds": seconds,
+            "replicates": bootstrap,
+            "seed": seed,
+        },
         file=sys.stderr,
     )
-    if output_format == "json":
+    if output_format == "json":  # JSON is for machines: the same whatever --lang says
         report = json.dumps(report_json(results, cohort), indent=2, allow_nan=False) + "\n"
     elif output_format == "html":
-        report = render_html(results, cohort)
+        report = render_html(results, cohort, locale=locale)
     else:
-        report = render_text(results, cohort) + "\n"
+        report = render_text(results, cohort, words) + "\n"
     if out:
         write_text(out, report)
-        print(f"wrote {out}", file=sys.stderr)
+        print(_("wrote %(path)s") % {"path": out}, file=sys.stderr)
     else:
         sys.stdout.write(report)
     if html:
-        write_text(html, render_html(results, cohort))
-        print(f"wrote {html}", file=sys.stderr if output_format != "text" else sys.stdout)
+        write_text(html, render_html(results, cohort, locale=locale))
+        print(
+            _("wrote %(path)s") % {"path": html},
+            file=sys.stderr if output_format != "text" else sys.stdout,
+        )
     return 0
 
 
-def _label(card: ModelCard, published: ModelCard) -> str:
+def _label(card: ModelCard, published: ModelCard) -> Note:
+    """``fei-2022-hfs-rfa-recurrence 1.1.0 (published)``, its kind said in the reader's language."""
     kind = "published" if card.sha256 == published.sha256 else str(card.fit.get("mode", "card"))
-    return f"{card.id} {card.version} ({kind})"
+    return Note.of("card-label", card=f"{card.id} {card.version}", kind=fit_mode(kind))
 
 
 def load_cohort(

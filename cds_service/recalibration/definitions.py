@@ -17,37 +17,43 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.recalibration.errors import SourceError
+from cds_service.recalibration.notes import N_
 from fhir_mappings import ValueSets
 from fhir_mappings.types import Code
 from fhir_mappings.valuesets import CodeSet
 
 FOLLOW_UP_KEY = "hfs_follow_up"
 
-OUTCOME_FHIR = (
+# The definitions are msgids too: cards and JSON keep them in English, the text and HTML reports
+# say them in their reader's language.
+
+OUTCOME_FHIR = N_(
     "Recurrence (composite): the earliest after the index ablation of a recorded recurrence "
     "(Condition or Observation in the recurrence value set), a later treatment such as "
     "microvascular decompression, or a repeat ablation; time from the end of the index ablation."
 )
-CENSORING_FHIR = (
+CENSORING_FHIR = N_(
     "Censored at the last HFS-specific assessment after the ablation: a final House-Brackmann "
     "grade, an Observation in the HFS follow-up value set, or an Encounter whose type, service "
     "type or reason is in that value set or is a hemifacial spasm diagnosis. Other contacts "
     "(unrelated visits, labs, procedures) do not extend follow-up."
 )
-OUTCOME_CSV = (
+OUTCOME_CSV = N_(
     "As supplied in the CSV's event column (1 = recurrence); the site defines it and should use "
     "the composite: recurrence record, microvascular decompression or repeat ablation."
 )
-CENSORING_CSV = (
+CENSORING_CSV = N_(
     "As supplied in the CSV's time_months column for event = 0; the site should censor at the "
     "last HFS-specific assessment, not at any contact."
 )
-OUTCOME_SIMULATED = "Simulated recurrence times drawn from a model card (synthetic data)."
-CENSORING_SIMULATED = (
+OUTCOME_SIMULATED = N_("Simulated recurrence times drawn from a model card (synthetic data).")
+CENSORING_SIMULATED = N_(
     "Simulated: the earliest of exponential loss to follow-up, the end of the study and the "
     "as-of date (synthetic data)."
 )
-HORIZON_CENSORING = "Follow-up beyond the evaluation horizon is censored there (administrative)."
+HORIZON_CENSORING = N_(
+    "Follow-up beyond the evaluation horizon is censored there (administrative)."
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,12 +44,14 @@ from cds_service.model.engine import FloatArray
 from cds_service.recalibration.cohort import Cohort
 from cds_service.recalibration.coxph import CoxPH, breslow
 from cds_service.recalibration.errors import CohortError
+from cds_service.recalibration.notes import N_, Note
 
 FitMode = Literal["baseline", "slope", "full"]
 FIT_MODES: tuple[FitMode, ...] = ("baseline", "slope", "full")
 
-COVARIATE_NAMES = ("operation time over the cut (X1)", "House-Brackmann grade (X2)")
-SLOPE_NAME = "source card linear predictor"
+# Coefficient names: English in the card (msgids: ``hfs-cds fit --lang`` prints them translated).
+COVARIATE_NAMES = (N_("operation time over the cut (X1)"), N_("House-Brackmann grade (X2)"))
+SLOPE_NAME = N_("source card linear predictor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class Recalibration:
     at_risk_at_horizon: int  # patients followed recurrence-free to the horizon
     knots_thinned: bool
     extrapolated_after_months: float | None
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[Note, ...] = field(default=())  # the card keeps them in English
 
     @property
     def source_params(self) -> tuple[float, float]:
@@ -152,7 +154,7 @@ def recalibrate(
     times, cumhaz = breslow(x, t, e, params, at=reference)
     max_follow = float(t.max())
     at_risk = int((raw_t >= horizon).sum())
-    warnings: list[str] = []
+    warnings: list[Note] = []
     extrapolated_after: float | None = None
     if max_follow < horizon:
         if not opts.allow_short_follow_up:
@@ -163,15 +165,9 @@ def recalibrate(
                 "(--allow-short-follow-up; recorded in the card)"
             )
         extrapolated_after = max_follow
-        warnings.append(
-            f"follow-up ends at {max_follow:.2f} months: the baseline is extended to "
-            f"{horizon:g} months at a constant hazard"
-        )
+        warnings.append(Note.of("baseline-extended", months=max_follow, horizon=horizon))
     elif at_risk < 10:
-        warnings.append(
-            f"only {at_risk} patient(s) followed recurrence-free to {horizon:g} months: the "
-            "baseline near the horizon is imprecise"
-        )
+        warnings.append(Note.of("few-at-horizon", at_risk=at_risk, horizon=horizon))
     knots, thinned = _knots(times, cumhaz, horizon, max_follow, opts.max_knots)
     return Recalibration(
         mode=mode,

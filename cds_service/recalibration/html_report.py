@@ -7,10 +7,16 @@ mean predicted per risk group, 95% CIs, the smoothed calibration curve) and Kapl
 risk group with the predicted curves dashed. Chart geometry is computed here as plain shapes; the
 template draws them (``templates/_svg.html``). Autoescaping is on; no scripts or external assets,
 so the file can be mailed or archived as is.
+
+Languages: the page is said in one locale (``lang``): the template's texts through Jinja's i18n
+extension with that locale's callables in the render context (:mod:`cds_service.i18n.jinja`, as
+the SMART pages), the report's notes and definitions through :func:`.report.report_json` given the
+locale's catalogue, and the charts' labels here. The numbers are the same in every language.
 """
 
 from __future__ import annotations
 
+import gettext
 import math
 from collections.abc import Sequence
 from functools import cache
@@ -18,9 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from cds_service.i18n import DEFAULT, Locale
+from cds_service.i18n.jinja import install, template_context
 from cds_service.presentation.chart import Scale, polyline, steps, ticks
 from cds_service.recalibration.cohort import Cohort
-from cds_service.recalibration.report import METRIC_LABELS, PERCENT_METRICS, report_json
+from cds_service.recalibration.notes import ENGLISH, N_, catalogue, fit_mode, say
+from cds_service.recalibration.report import (
+    METRIC_LABELS,
+    PERCENT_METRICS,
+    report_json,
+    say_estimate,
+)
 
 if TYPE_CHECKING:
     from cds_service.recalibration.validate import Validation
@@ -40,52 +54,56 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["estimate"] = format_estimate
+    install(env)  # English until a render passes its locale's callables (template_context)
     env.filters["pct"] = _pct
     env.filters["num"] = _number
     return env
 
 
+TITLE = N_("Model card validation")
+
+
 def render_html(
-    validations: Sequence[Validation], cohort: Cohort, title: str = "Model card validation"
+    validations: Sequence[Validation],
+    cohort: Cohort,
+    title: str | None = None,
+    locale: Locale = DEFAULT,
 ) -> str:
-    """A self-contained HTML report: one column per card, side by side."""
-    report = report_json(validations, cohort)
+    """A self-contained HTML report in ``locale``: one column per card, side by side."""
+    words = catalogue(locale)
+    report = report_json(validations, cohort, words)  # the JSON's figures, its texts in words
     models = [
         {
             "data": data,
-            "calibration_chart": calibration_chart(v),
-            "km_chart": km_chart(v),
+            "fit_mode": say(fit_mode(data["card"]["fit_mode"] or "?"), words),
+            "calibration_chart": calibration_chart(v, words),
+            "km_chart": km_chart(v, words),
         }
         for v, data in zip(validations, report["models"], strict=True)
     ]
     template = environment().get_template("validation_report.html")
     return template.render(
-        title=title,
+        title=title or words.gettext(TITLE),
         report=report,
         models=models,
-        metric_labels=METRIC_LABELS,
+        metric_labels={k: words.gettext(label) for k, label in METRIC_LABELS.items()},
         percent_metrics=PERCENT_METRICS,
+        estimate=lambda entry, percent=False: format_estimate(entry, percent, words),
+        **template_context(locale),
     )
 
 
 # -- filters ------------------------------------------------------------------------------------------
 
 
-def format_estimate(entry: dict[str, Any] | None, percent: bool = False) -> str:
+def format_estimate(
+    entry: dict[str, Any] | None, percent: bool = False, words: gettext.NullTranslations = ENGLISH
+) -> str:
     """A JSON estimate ``{"estimate", "ci95", "note"}`` as text (never a bare "n/a")."""
     if entry is None:
-        return "not computed"
+        return words.gettext("not computed")
     value, ci, note = entry.get("estimate"), entry.get("ci95"), entry.get("note")
-    if value is None:
-        return f"not estimable ({note})" if note else "not estimable"
-    text = _pct(value) if percent else _number(value)
-    if ci is not None:
-        low, high = (_pct(x) if percent else _number(x) for x in ci)
-        text += f" (95% CI {low} to {high})"
-    elif note:
-        text += f" ({note})"
-    return text
+    return say_estimate(value, ci, note, percent, words, note_with_interval=False)
 
 
 def _pct(value: float | None) -> str:
@@ -156,11 +174,12 @@ def _polyline(
     }
 
 
-def calibration_chart(v: Validation) -> dict[str, Any]:
+def calibration_chart(v: Validation, words: gettext.NullTranslations = ENGLISH) -> dict[str, Any]:
     """Observed vs predicted per risk group and month, the diagonal and the smoothed curve."""
+    _ = words.gettext
     sx = Scale((0.0, 1.0), (PAD, PAD + SIZE), clamp=True)
     shapes = _axes(
-        sx, [(p, f"{p:.0%}") for p in ticks(1.0, 0.2)], "predicted risk", "observed risk"
+        sx, [(p, f"{p:.0%}") for p in ticks(1.0, 0.2)], _("predicted risk"), _("observed risk")
     )
     shapes.append(_line(sx(0), _RISK(0), sx(1), _RISK(1), "#999", "4 3"))
     if v.curve.predicted.size:
@@ -174,24 +193,34 @@ def calibration_chart(v: Validation) -> dict[str, Any]:
             x = sx(c.predicted)
             if not math.isnan(c.observed_low):
                 shapes.append(_line(x, _RISK(c.observed_low), x, _RISK(c.observed_high), colour))
-            title = f"group {c.group}, {month:.4g} months: predicted {c.predicted:.1%}, "
-            title += f"observed {c.observed:.1%}"
+            title = _(
+                "group %(group)s, %(month).4g months: predicted %(predicted).1f%%, "
+                "observed %(observed).1f%%"
+            ) % {
+                "group": c.group,
+                "month": month,
+                "predicted": c.predicted * 100,
+                "observed": c.observed * 100,
+            }
             shapes.append(_circle(x, _RISK(c.observed), colour, title))
         shapes.append(_circle(PAD + 10, PAD + 10 + 15 * k, colour))
-        shapes.append(_text(PAD + 20, PAD + 14 + 15 * k, f"{month:.4g} months"))
+        label = _("%(months).4g months") % {"months": month}
+        shapes.append(_text(PAD + 20, PAD + 14 + 15 * k, label))
     if v.curve.predicted.size:
         y = PAD + 10 + 15 * len(v.months)
         shapes.append(_line(PAD + 4, y, PAD + 16, y, "#555", width=1.5))
-        shapes.append(_text(PAD + 20, y + 4, f"smoothed, {v.horizon.months:.4g} months"))
-    return {"title": "Calibration plot", "size": SIZE + 2 * PAD, "shapes": shapes}
+        label = _("smoothed, %(months).4g months") % {"months": v.horizon.months}
+        shapes.append(_text(PAD + 20, y + 4, label))
+    return {"title": _("Calibration plot"), "size": SIZE + 2 * PAD, "shapes": shapes}
 
 
-def km_chart(v: Validation) -> dict[str, Any]:
+def km_chart(v: Validation, words: gettext.NullTranslations = ENGLISH) -> dict[str, Any]:
     """Kaplan-Meier recurrence per risk group (solid) and mean predicted risk (dashed)."""
+    _ = words.gettext
     horizon = v.card.horizon_months
     sx = Scale((0.0, horizon), (PAD, PAD + SIZE), clamp=True)
     quarters = [(m, f"{m:g}") for m in ticks(horizon, horizon / 4)]
-    shapes = _axes(sx, quarters, "months after the ablation", "recurrence")
+    shapes = _axes(sx, quarters, _("months after the ablation"), _("recurrence"))
     tau = v.horizon.months
     if tau < horizon:
         shapes.append(_line(sx(tau), PAD, sx(tau), PAD + SIZE, "#999", "2 2"))
@@ -205,5 +234,5 @@ def km_chart(v: Validation) -> dict[str, Any]:
         shapes.append(_polyline(predicted, colour, "5 3", 1.5))
         y = PAD + 10 + 15 * (g - 1)
         shapes.append(_line(PAD + 8, y, PAD + 24, y, colour, width=2))
-        shapes.append(_text(PAD + 28, y + 4, f"group {g}"))
-    return {"title": "Kaplan-Meier curves", "size": SIZE + 2 * PAD, "shapes": shapes}
+        shapes.append(_text(PAD + 28, y + 4, _("group %(group)s") % {"group": g}))
+    return {"title": _("Kaplan-Meier curves"), "size": SIZE + 2 * PAD, "shapes": shapes}

@@ -4,11 +4,13 @@ C, follow-up by reverse Kaplan-Meier, the evaluation horizon, risk groups that n
 predictions, and smoothed calibration.
 
 Every point estimate is an :class:`Estimate`: a value, a 95% interval and, whenever the value or
-its interval is undefined, a note that says why (a report never prints a bare "n/a").
+its interval is undefined, a note that says why (a report never prints a bare "n/a"). Notes are
+codes with parameters (:class:`.notes.Note`), worded in the reader's language by the renderers.
 """
 
 from __future__ import annotations
 
+import gettext
 import math
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from cds_service.model.engine import FloatArray
 from cds_service.recalibration.errors import CohortError
+from cds_service.recalibration.notes import ENGLISH, N_, Note
 
 Z95 = 1.959963984540054
 
@@ -29,7 +32,7 @@ class Estimate:
     low: float = math.nan
     high: float = math.nan
     interval: str = ""  # how the interval was made ("log-log Greenwood", "bootstrap percentile")
-    note: str = ""
+    note: Note | None = None
 
     def __post_init__(self) -> None:
         if math.isnan(self.value) and not self.note:
@@ -39,15 +42,18 @@ class Estimate:
     def has_interval(self) -> bool:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
-    def as_json(self, digits: int = 6) -> dict[str, object]:
-        """``{"estimate", "ci95", "interval", "note"}``; null where undefined (strict JSON)."""
+    def as_json(
+        self, digits: int = 6, words: gettext.NullTranslations = ENGLISH
+    ) -> dict[str, object]:
+        """``{"estimate", "ci95", "interval", "note"}``; null where undefined (strict JSON). The
+        note is English (JSON is for machines) unless the HTML page asks for its reader's words."""
         return {
             "estimate": None if math.isnan(self.value) else round(self.value, digits),
             "ci95": [round(self.low, digits), round(self.high, digits)]
             if self.has_interval
             else None,
             "interval": self.interval or None,
-            "note": self.note or None,
+            "note": self.note.say(words) if self.note else None,
         }
 
 
@@ -81,19 +87,15 @@ class KaplanMeier:
     def risk(self, t: float) -> Estimate:
         """Cumulative incidence ``1 - S(t)`` with its log-log interval, or why there is none."""
         n = int(self.at_risk[0]) if self.at_risk.size else 0
-        all_recurred = Estimate(
-            1.0, note=f"interval undefined: every patient at risk recurred ({n} at start)"
-        )
+        all_recurred = Estimate(1.0, note=Note.of("km-all-recurred", at_start=n))
         if self.survival.size > 0 and self.survival[-1] <= 0.0 and t >= self.times[-1]:
             return all_recurred
         if t > self.last_time:
-            return Estimate(
-                math.nan, note=f"not observed: follow-up ends at {self.last_time:.2f} months"
-            )
+            return Estimate(math.nan, note=Note.of("km-not-observed", months=self.last_time))
         s, s_lo, s_hi = self.at(t)
         i = int(np.searchsorted(self.times, t, side="right"))
         if i == 0:
-            return Estimate(0.0, note="interval undefined: no recurrence by then")
+            return Estimate(0.0, note=Note.of("km-none-yet"))
         if s <= 0.0:
             return all_recurred
         return Estimate(1.0 - s, 1.0 - s_hi, 1.0 - s_lo, "log-log Greenwood")
@@ -204,12 +206,9 @@ def follow_up_time(time: ArrayLike, event: ArrayLike) -> FollowUp:
     median = reverse.quantile_time(0.5)
     longest = float(t.max())
     estimate = (
-        Estimate(median, note="descriptive: no interval")
+        Estimate(median, note=Note.of("follow-up-descriptive"))
         if not math.isnan(median)
-        else Estimate(
-            math.nan,
-            note=f"not reached: more than half were still followed at {longest:.2f} months",
-        )
+        else Estimate(math.nan, note=Note.of("follow-up-not-reached", months=longest))
     )
     return FollowUp(estimate, reverse.quantile_time(0.25), reverse.quantile_time(0.75), longest)
 
@@ -229,17 +228,21 @@ class Horizon:
         return "model-horizon" if self.months == self.model_months else "latest-with-min-at-risk"
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> Note:
         """Why this horizon (without the number of months, which the report shows first)."""
         if self.rule == "model-horizon":
-            return (
-                f"the model's {self.model_months:g}-month horizon ({self.at_risk} patients "
-                f"followed that long; at least {self.min_at_risk} required)"
+            return Note.of(
+                "horizon-model",
+                model_months=self.model_months,
+                at_risk=self.at_risk,
+                min_at_risk=self.min_at_risk,
             )
-        return (
-            f"only {self.at_risk_at_model_horizon} patient(s) followed to the model's "
-            f"{self.model_months:g}-month horizon (fewer than {self.min_at_risk}), so the latest "
-            f"time with at least {self.min_at_risk} still followed ({self.at_risk} at risk)"
+        return Note.of(
+            "horizon-latest",
+            at_model=self.at_risk_at_model_horizon,
+            model_months=self.model_months,
+            min_at_risk=self.min_at_risk,
+            at_risk=self.at_risk,
         )
 
 
@@ -301,10 +304,10 @@ class CalibrationCurve:
     observed: FloatArray
     bandwidth: float  # on the complementary log-log scale of predicted risk
     ici: float
-    note: str = ""
+    note: Note | None = None
 
 
-SMOOTHER = (
+SMOOTHER = N_(
     "Beran's kernel-weighted Kaplan-Meier at the horizon: for each predicted risk p, the "
     "Kaplan-Meier estimate with every patient weighted by a Gaussian kernel in the distance "
     "between cloglog(p) and cloglog(their predicted risk); bandwidth by Silverman's rule "
@@ -329,9 +332,7 @@ def smoothed_calibration(
     sd = float(z.std())
     if sd == 0.0:
         empty = np.zeros(0)
-        return CalibrationCurve(
-            empty, empty, math.nan, math.nan, "not drawn: every patient has the same predicted risk"
-        )
+        return CalibrationCurve(empty, empty, math.nan, math.nan, Note.of("curve-flat"))
     h = bandwidth or 1.06 * sd * z.size ** (-0.2)
     grid = np.linspace(float(z.min()), float(z.max()), points)
     observed = _beran_risk(np.concatenate((grid, z)), z, t, e, horizon, h)

@@ -3,10 +3,15 @@
 :func:`report_json` is the one description of a report; the text and HTML renderers show the same
 figures. Every number is given with its 95% interval or a note saying why it has none; JSON has
 ``null`` where a value is undefined (strict JSON, no NaN).
+
+Languages: JSON is for machines and keeps its English texts whatever the reader's language; the
+text report (and the HTML page, :mod:`.html_report`) say every label and note in the language of
+the catalogue they are given (:func:`.notes.catalogue`), with the same numbers.
 """
 
 from __future__ import annotations
 
+import gettext
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,30 +22,43 @@ from cds_service import __version__
 from cds_service.recalibration.cohort import Cohort
 from cds_service.recalibration.definitions import HORIZON_CENSORING
 from cds_service.recalibration.metrics import SMOOTHER, Estimate, describe, follow_up_time
+from cds_service.recalibration.notes import ENGLISH, N_, fit_mode, say
 
 if TYPE_CHECKING:
     from cds_service.recalibration.validate import Validation
 
 SCHEMA = "hfs-cds.validation-report/1"
 _ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
+#: The statistics in report order, with their names (msgids).
 METRIC_LABELS = {
-    "harrell_c": "Harrell's C-index",
-    "uno_c": "Uno's C (truncated at the horizon)",
-    "calibration_slope": "Calibration slope",
-    "observed_expected": "Observed / expected",
-    "observed_risk": "Observed risk (Kaplan-Meier)",
-    "predicted_risk": "Mean predicted risk",
+    "harrell_c": N_("Harrell's C-index"),
+    "uno_c": N_("Uno's C (truncated at the horizon)"),
+    "calibration_slope": N_("Calibration slope"),
+    "observed_expected": N_("Observed / expected"),
+    "observed_risk": N_("Observed risk (Kaplan-Meier)"),
+    "predicted_risk": N_("Mean predicted risk"),
 }
+FOLLOW_UP_METHOD = N_("reverse Kaplan-Meier (recurrences treated as censored)")
+TIME_ORIGIN = N_("End of the index ablation; months = days / 30.4375.")
 PERCENT_METRICS = frozenset({"observed_risk", "predicted_risk"})
 
 
 # -- JSON ---------------------------------------------------------------------------------------------
 
 
-def report_json(validations: Sequence[Validation], cohort: Cohort) -> dict[str, Any]:
-    """The whole report as a JSON-ready dict (see README "Validation report fields")."""
+def report_json(
+    validations: Sequence[Validation],
+    cohort: Cohort,
+    words: gettext.NullTranslations = ENGLISH,
+) -> dict[str, Any]:
+    """The whole report as a JSON-ready dict (see README "Validation report fields").
+
+    Its texts are English, as the JSON report prints them; the HTML page passes its reader's
+    catalogue as ``words`` to get the same dict with every text in that language.
+    """
+    _ = words.gettext
     first = validations[0] if validations else None
-    settings: dict[str, Any] = {"interval_level": 0.95, "smoother": SMOOTHER}
+    settings: dict[str, Any] = {"interval_level": 0.95, "smoother": _(SMOOTHER)}
     if first is not None:
         settings |= {
             "bootstrap_replicates": first.bootstrap["replicates"],
@@ -52,13 +70,17 @@ def report_json(validations: Sequence[Validation], cohort: Cohort) -> dict[str, 
         "schema": SCHEMA,
         "generated_by": f"hfs-cds {__version__}",
         "settings": settings,
-        "cohort": cohort_json(cohort, first),
-        "models": [model_json(v) for v in validations],
+        "cohort": cohort_json(cohort, first, words),
+        "models": [model_json(v, words) for v in validations],
     }
 
 
-def cohort_json(cohort: Cohort, v: Validation | None) -> dict[str, Any]:
+def cohort_json(
+    cohort: Cohort, v: Validation | None, words: gettext.NullTranslations = ENGLISH
+) -> dict[str, Any]:
+    _ = words.gettext
     follow = follow_up_time(cohort.time_months, cohort.event)
+    definitions = cohort.definitions.as_json()
     return {
         "source": cohort.source,
         "location": cohort.location,
@@ -69,16 +91,18 @@ def cohort_json(cohort: Cohort, v: Validation | None) -> dict[str, Any]:
         "left_out_by_reason": cohort.exclusion_counts(),
         "without_ablation": cohort.not_candidates,
         "follow_up": {
-            "method": "reverse Kaplan-Meier (recurrences treated as censored)",
-            "median_months": follow.median.as_json(4),
+            "method": _(FOLLOW_UP_METHOD),
+            "median_months": follow.median.as_json(4, words),
             "q1_months": _num(follow.q1),
             "q3_months": _num(follow.q3),
             "longest_months": _num(follow.longest),
         },
         "definitions": {
-            **cohort.definitions.as_json(),
-            "administrative_censoring": HORIZON_CENSORING,
-            "time_origin": "End of the index ablation; months = days / 30.4375.",
+            **definitions,
+            "outcome": _(definitions["outcome"]),
+            "censoring": _(definitions["censoring"]),
+            "administrative_censoring": _(HORIZON_CENSORING),
+            "time_origin": _(TIME_ORIGIN),
         },
         "predictors": predictors_json(cohort, v),
     }
@@ -102,11 +126,11 @@ def predictors_json(cohort: Cohort, v: Validation | None) -> dict[str, Any]:
     return out
 
 
-def model_json(v: Validation) -> dict[str, Any]:
+def model_json(v: Validation, words: gettext.NullTranslations = ENGLISH) -> dict[str, Any]:
     h = v.horizon
     metrics: dict[str, Any] = {}
     for name, estimate in v.metrics.items():
-        entry: dict[str, Any] = estimate.as_json()
+        entry: dict[str, Any] = estimate.as_json(words=words)
         if name in v.optimism:
             entry["optimism"] = _num(v.optimism[name])
             entry["corrected"] = _num(v.corrected(name))
@@ -119,7 +143,7 @@ def model_json(v: Validation) -> dict[str, Any]:
     )
     months = v.months
     return {
-        "label": v.label,
+        "label": say(v.label, words),
         "card": {
             "id": v.card.id,
             "version": v.card.version,
@@ -130,14 +154,14 @@ def model_json(v: Validation) -> dict[str, Any]:
             "months": _num(h.months),
             "model_horizon_months": h.model_months,
             "rule": h.rule,
-            "reason": h.reason,
+            "reason": h.reason.say(words),
             "at_risk": h.at_risk,
             "at_risk_at_model_horizon": h.at_risk_at_model_horizon,
             "min_at_risk": h.min_at_risk,
         },
         "recurrences_by_horizon": v.events,
         "metrics": metrics,
-        "optimism": {"applied": bool(v.optimism), "note": v.optimism_note},
+        "optimism": {"applied": bool(v.optimism), "note": v.optimism_note.say(words)},
         "bootstrap": v.bootstrap,
         "predicted_risk_at_horizon": {k: _num(x) for k, x in describe(v.predicted_risk).items()},
         "risk_groups": [
@@ -151,7 +175,7 @@ def model_json(v: Validation) -> dict[str, Any]:
                     {
                         "month": _num(m),
                         "predicted": _num(v.at(s.group, m).predicted),
-                        "observed": v.at(s.group, m).observed_estimate.as_json(),
+                        "observed": v.at(s.group, m).observed_estimate.as_json(words=words),
                         "recurrences": v.at(s.group, m).events,
                     }
                     for m in months
@@ -159,18 +183,18 @@ def model_json(v: Validation) -> dict[str, Any]:
             }
             for s in v.group_summary
         ],
-        "not_reported": [{"month": m, "reason": reason} for m, reason in v.not_reported],
+        "not_reported": [{"month": m, "reason": reason.say(words)} for m, reason in v.not_reported],
         "calibration_curve": {
             "method": "beran-kernel-kaplan-meier",
             "bandwidth_cloglog": _num(v.curve.bandwidth),
             "ici": _num(v.curve.ici),
-            "note": v.curve.note or None,
+            "note": v.curve.note.say(words) if v.curve.note else None,
             "points": [
                 {"predicted": _num(p), "observed": _num(o)}
                 for p, o in zip(v.curve.predicted, v.curve.observed, strict=True)
             ],
         },
-        "notes": list(v.notes),
+        "notes": [n.say(words) for n in v.notes],
     }
 
 
@@ -182,67 +206,146 @@ def _num(value: float, digits: int = 6) -> float | None:
 # -- text ---------------------------------------------------------------------------------------------
 
 
-def fmt(estimate: Estimate, percent: bool = False) -> str:
+def number(x: float, percent: bool = False) -> str:
+    """``0.71``, or ``15.3%`` for a risk: the same in English and Chinese (CLDR: ``#,##0.###``
+    and ``#,##0%`` with the same symbols), so a number reads alike in every report language."""
+    return f"{x * 100:.1f}%" if percent else f"{x:.2f}"
+
+
+def say_estimate(
+    value: float | None,
+    ci: Sequence[float] | None,
+    note: str | None,
+    percent: bool,
+    words: gettext.NullTranslations,
+    note_with_interval: bool = True,
+) -> str:
     """``0.71 (95% CI 0.64 to 0.78)``, or the value and why it has no interval, or why none."""
-
-    def one(x: float) -> str:
-        return f"{x * 100:.1f}%" if percent else f"{x:.2f}"
-
-    if math.isnan(estimate.value):
-        return f"not estimable ({estimate.note})"
-    text = one(estimate.value)
-    if estimate.has_interval:
-        text += f" (95% CI {one(estimate.low)} to {one(estimate.high)})"
-        if estimate.note:
-            text += f" [{estimate.note}]"
-    elif estimate.note:
-        text += f" ({estimate.note})"
+    _ = words.gettext
+    if value is None:
+        return _("not estimable (%(note)s)") % {"note": note} if note else _("not estimable")
+    text = number(value, percent)
+    if ci is not None:
+        low, high = (number(x, percent) for x in ci)
+        if note and note_with_interval:
+            template = _("%(value)s (95%% CI %(low)s to %(high)s) [%(note)s]")
+        else:
+            template = _("%(value)s (95%% CI %(low)s to %(high)s)")
+        return template % {"value": text, "low": low, "high": high, "note": note}
+    if note:
+        return _("%(value)s (%(note)s)") % {"value": text, "note": note}
     return text
 
 
-def render_text(validations: Sequence[Validation], cohort: Cohort | None = None) -> str:
+def fmt(
+    estimate: Estimate, percent: bool = False, words: gettext.NullTranslations = ENGLISH
+) -> str:
+    """An estimate as text (:func:`say_estimate`), its note in the language of ``words``."""
+    value = None if math.isnan(estimate.value) else estimate.value
+    ci = (estimate.low, estimate.high) if estimate.has_interval else None
+    note = estimate.note.say(words) if estimate.note else None
+    return say_estimate(value, ci, note, percent, words)
+
+
+def render_text(
+    validations: Sequence[Validation],
+    cohort: Cohort | None = None,
+    words: gettext.NullTranslations = ENGLISH,
+) -> str:
+    """The report as plain text in the language of ``words`` (:func:`.notes.catalogue`)."""
+    _ = words.gettext
     lines: list[str] = []
     if cohort is not None:
         follow = follow_up_time(cohort.time_months, cohort.event)
+        median = follow.median
         lines += [
-            f"cohort: {len(cohort)} patients, {cohort.n_events} recurrences; median follow-up "
-            + (
-                f"{follow.median.value:.2f} months"
-                if not math.isnan(follow.median.value)
-                else follow.median.note
+            _(
+                "cohort: %(patients)s patients, %(recurrences)s recurrences; median follow-up "
+                "%(median)s (reverse Kaplan-Meier)"
             )
-            + " (reverse Kaplan-Meier)",
-            f"  outcome: {cohort.definitions.outcome}",
-            f"  censoring: {cohort.definitions.censoring}",
+            % {
+                "patients": len(cohort),
+                "recurrences": cohort.n_events,
+                "median": _("%(months).2f months") % {"months": median.value}
+                if not math.isnan(median.value)
+                else (median.note.say(words) if median.note else ""),
+            },
+            "  " + _("outcome: %(text)s") % {"text": _(cohort.definitions.outcome)},
+            "  " + _("censoring: %(text)s") % {"text": _(cohort.definitions.censoring)},
         ]
     for v in validations:
         h = v.horizon
         lines.append(
-            f"{v.label}  (fit: {v.card.fit.get('mode', '?')}, sha256 {v.card.sha256[:12]})"
+            _("%(label)s  (fit: %(mode)s, sha256 %(sha256)s)")
+            % {
+                "label": say(v.label, words),
+                "mode": say(fit_mode(str(v.card.fit.get("mode", "?"))), words),
+                "sha256": v.card.sha256[:12],
+            }
         )
-        lines.append(f"  evaluation horizon: {h.months:.2f} months ({h.reason})")
-        lines.append(f"  recurrences by {h.months:.4g} months: {v.events} of {v.n}")
+        at = {"months": h.months}
+        lines.append(
+            "  "
+            + _("evaluation horizon: %(months).2f months (%(reason)s)")
+            % {**at, "reason": h.reason.say(words)}
+        )
+        lines.append(
+            "  "
+            + _("recurrences by %(months).4g months: %(events)s of %(n)s")
+            % {**at, "events": v.events, "n": v.n}
+        )
         for name, label in METRIC_LABELS.items():
-            line = f"  {label} at {h.months:.4g} months: {fmt(v.metrics[name], name in PERCENT_METRICS)}"
+            value = fmt(v.metrics[name], name in PERCENT_METRICS, words)
+            line = _("%(label)s at %(months).4g months: %(value)s") % {
+                **at,
+                "label": _(label),
+                "value": value,
+            }
             if name in v.optimism:
-                line += f"; optimism {v.optimism[name]:+.3f}, corrected {v.corrected(name):.2f}"
+                line += _("; optimism %(optimism)+.3f, corrected %(corrected).2f") % {
+                    "optimism": v.optimism[name],
+                    "corrected": v.corrected(name),
+                }
             if name == "calibration_slope" and not math.isnan(v.slope_ci[0]):
-                line += f"; Wald 95% CI {v.slope_ci[0]:.2f} to {v.slope_ci[1]:.2f}"
-            lines.append(line)
-        lines.append(f"  optimism: {v.optimism_note}")
+                line += _("; Wald 95%% CI %(low).2f to %(high).2f") % {
+                    "low": v.slope_ci[0],
+                    "high": v.slope_ci[1],
+                }
+            lines.append("  " + line)
+        lines.append("  " + _("optimism: %(note)s") % {"note": v.optimism_note.say(words)})
         for c in v.calibration:
             lines.append(
-                f"  group {c.group} by {c.month:>5.4g} months (n={c.n}, {c.events} recurrences): "
-                f"predicted {c.predicted * 100:.1f}%, observed {fmt(c.observed_estimate, True)}"
+                "  "
+                + _(
+                    "group %(group)s by %(month)5.4g months (n=%(n)s, %(events)s recurrences): "
+                    "predicted %(predicted).1f%%, observed %(observed)s"
+                )
+                % {
+                    "group": c.group,
+                    "month": c.month,
+                    "n": c.n,
+                    "events": c.events,
+                    "predicted": c.predicted * 100,
+                    "observed": fmt(c.observed_estimate, True, words),
+                }
             )
         for month, reason in v.not_reported:
-            lines.append(f"  {month:g} months: {reason}")
+            lines.append(
+                "  "
+                + _("%(month)g months: %(reason)s") % {"month": month, "reason": reason.say(words)}
+            )
         if v.curve.note:
-            lines.append(f"  smoothed calibration: {v.curve.note}")
+            lines.append(
+                "  " + _("smoothed calibration: %(note)s") % {"note": v.curve.note.say(words)}
+            )
         else:
             lines.append(
-                f"  smoothed calibration at {h.months:.4g} months: integrated calibration index "
-                f"{v.curve.ici * 100:.1f} percentage points"
+                "  "
+                + _(
+                    "smoothed calibration at %(months).4g months: integrated calibration index "
+                    "%(ici).1f percentage points"
+                )
+                % {**at, "ici": v.curve.ici * 100}
             )
-        lines += [f"  note: {n}" for n in v.notes]
+        lines += ["  " + _("note: %(note)s") % {"note": n.say(words)} for n in v.notes]
     return "\n".join(lines)

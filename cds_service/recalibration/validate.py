@@ -46,6 +46,7 @@ from cds_service.recalibration.metrics import (
     smoothed_calibration,
     uno_c,
 )
+from cds_service.recalibration.notes import Note, fit_mode
 
 #: The statistics with bootstrap intervals, in report order.
 METRICS = ("harrell_c", "uno_c", "calibration_slope", "observed_expected", "predicted_risk")
@@ -78,7 +79,7 @@ class GroupCalibration:
     observed: float  # NaN when undefined (``note`` says why)
     observed_low: float  # NaN when the interval is undefined (``note`` says why)
     observed_high: float
-    note: str = ""
+    note: Note | None = None
 
     @property
     def observed_estimate(self) -> Estimate:
@@ -106,7 +107,7 @@ class Validation:
     """Everything the report shows for one card on one cohort."""
 
     card: ModelCard
-    label: str
+    label: Note | str  # a card label note (commands._label), or the caller's own text
     n: int
     events: int  # recurrences by the evaluation horizon
     horizon: Horizon
@@ -117,18 +118,18 @@ class Validation:
     predicted_horizon: float
     metrics: dict[str, Estimate]  # METRICS plus "observed_risk"
     optimism: dict[str, float]  # per OPTIMISM_METRICS, when applied
-    optimism_note: str
+    optimism_note: Note
     bootstrap: dict[str, Any]  # replicates, seed, failed per statistic, seconds
     calibration: tuple[GroupCalibration, ...]
     group_summary: tuple[GroupSummary, ...]
-    not_reported: tuple[tuple[float, str], ...]  # report months beyond the horizon, and why
+    not_reported: tuple[tuple[float, Note], ...]  # report months beyond the horizon, and why
     groups: NDArray[np.intp]  # risk group of each patient (1 = lowest)
     km: tuple[KaplanMeier, ...]  # one per group
     curve_months: FloatArray
     predicted_curves: FloatArray  # (group, month): mean predicted risk
     curve: CalibrationCurve
     predicted_risk: FloatArray  # each patient's predicted risk at the horizon
-    notes: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
 
     @property
     def observed_expected(self) -> float:
@@ -186,7 +187,7 @@ def performance(
 def validate(
     card: ModelCard,
     cohort: Cohort,
-    label: str | None = None,
+    label: Note | str | None = None,
     options: ValidationOptions | None = None,
 ) -> Validation:
     """Discrimination and calibration of ``card`` on ``cohort`` at the evaluation horizon."""
@@ -211,22 +212,24 @@ def validate(
     except ValueError as exc:
         raise CohortError(f"{card.label} cannot score this cohort: {exc}") from exc
     risk_tau = model.predict_risk(minutes, grades, tau)
-    notes: list[str] = []
+    notes: list[Note] = []
 
     # Groups by distinct predicted risk; calibration at report months up to the horizon.
     groups = risk_groups(lp, opts.groups)
     n_groups = int(groups.max())
     if n_groups < opts.groups:
-        notes.append(
-            f"{n_groups} risk group(s), not {opts.groups}: only {n_groups} distinct predicted "
-            "risk(s) in the cohort, and tied patients are never split"
-        )
+        notes.append(Note.of("fewer-groups", found=n_groups, wanted=opts.groups))
     months = sorted({float(m) for m in card.report_months if m <= tau} | {tau})
     not_reported = tuple(
         (
             float(m),
-            f"not reported: only {int((raw_t >= m).sum())} patient(s) followed to {m:g} months "
-            f"(fewer than {opts.min_at_risk}); see the {tau:.2f}-month horizon instead",
+            Note.of(
+                "month-not-reported",
+                followed=int((raw_t >= m).sum()),
+                month=float(m),
+                min_at_risk=opts.min_at_risk,
+                horizon=tau,
+            ),
         )
         for m in card.report_months
         if m > tau
@@ -273,7 +276,7 @@ def validate(
         low, high = wald.confidence_intervals_[0]
         slope_ci = (float(low), float(high))
     except RecalibrationError as exc:
-        notes.append(f"calibration slope not estimable: {exc}")
+        notes.append(Note.of("slope-not-estimable", error=str(exc)))
     metrics, bootstrap_info = _estimates(apparent, opts, lp, risk_tau, t, e, tau)
     metrics["observed_risk"] = kaplan_meier(t, e).risk(tau)
     optimism, optimism_note = _optimism(card, cohort, opts, tau, t, e)
@@ -326,20 +329,18 @@ def _estimates(
     """Apparent values with bootstrap percentile intervals (or the reason there are none)."""
     out: dict[str, Estimate] = {}
     undefined = {
-        "harrell_c": "no usable pair (no recurrence before a longer follow-up)",
-        "uno_c": "no usable pair (no recurrence before a longer follow-up)",
-        "calibration_slope": "not estimable on this cohort (see notes)",
-        "observed_expected": "no predicted risk",
-        "predicted_risk": "no patient",
+        "harrell_c": Note.of("no-usable-pair"),
+        "uno_c": Note.of("no-usable-pair"),
+        "calibration_slope": Note.of("slope-undefined"),
+        "observed_expected": Note.of("no-predicted-risk"),
+        "predicted_risk": Note.of("no-patient"),
     }
     if opts.replicates < 1:
         for k in METRICS:
             value = apparent[k]
             out[k] = Estimate(
                 value,
-                note="bootstrap off (--bootstrap 0): no interval"
-                if not math.isnan(value)
-                else undefined[k],
+                note=Note.of("bootstrap-off") if not math.isnan(value) else undefined[k],
             )
         return out, {"replicates": 0, "seed": opts.seed, "failed": {}, "seconds": 0.0}
     boot = Bootstrap(opts.replicates, opts.seed).fit(
@@ -351,14 +352,19 @@ def _estimates(
             out[k] = Estimate(math.nan, note=undefined[k])
             continue
         failed = boot.failed_.get(k, 0)
-        note = f"{failed} of {opts.replicates} resamples undefined, left out" if failed else ""
+        note = (
+            Note.of("resamples-undefined", failed=failed, replicates=opts.replicates)
+            if failed
+            else None
+        )
         if k in boot.intervals_:
             lo, hi = boot.intervals_[k]
             out[k] = Estimate(
                 value, lo, hi, f"bootstrap percentile, {opts.replicates} resamples", note
             )
         else:
-            out[k] = Estimate(value, note=f"interval undefined: {note or 'too few resamples'}")
+            why = note or Note.of("too-few-resamples")
+            out[k] = Estimate(value, note=Note.of("interval-undefined", why=why))
     return out, {
         "replicates": opts.replicates,
         "seed": opts.seed,
@@ -377,23 +383,19 @@ def _optimism(
     tau: float,
     t: FloatArray,
     e: FloatArray,
-) -> tuple[dict[str, float], str]:
+) -> tuple[dict[str, float], Note]:
     mode = str(card.fit.get("mode", ""))
     fitted_on = str((card.fit.get("input") or {}).get("sha256", ""))
     same_data = bool(cohort.sha256) and fitted_on == cohort.sha256
     wanted = opts.optimism if opts.optimism is not None else same_data
     if mode not in ("slope", "full"):
-        return {}, (
-            "not applicable: the card's coefficients were not fitted on local data "
-            f"(fit mode {mode or 'unknown'})"
-        )
+        if not mode:
+            return {}, Note.of("optimism-not-applicable-unknown")
+        return {}, Note.of("optimism-not-applicable", mode=fit_mode(mode))
     if not wanted:
-        return {}, (
-            "not applied: this cohort is not the one the card was fitted on (input checksum "
-            "differs), so its performance is not apparent"
-        )
+        return {}, Note.of("optimism-other-cohort")
     if opts.replicates < 1:
-        return {}, "not computed: bootstrap off (--bootstrap 0)"
+        return {}, Note.of("optimism-bootstrap-off")
     base = _source_card(card)
     x = cohort.covariates(card)
     ref = np.array([card.reference_x1, card.reference_x2])
@@ -420,9 +422,14 @@ def _optimism(
     )
     optimism = {k: v for k, v in result.optimism_.items() if k in OPTIMISM_METRICS}
     note = (
-        f"Harrell's bootstrap optimism correction: the {mode} fit repeated on each of "
-        f"{opts.replicates} resamples"
-        + (f" ({result.refit_failures_} refits failed, left out)" if result.refit_failures_ else "")
+        Note.of(
+            "optimism-applied-failures",
+            mode=fit_mode(mode),
+            replicates=opts.replicates,
+            failures=result.refit_failures_,
+        )
+        if result.refit_failures_
+        else Note.of("optimism-applied", mode=fit_mode(mode), replicates=opts.replicates)
     )
     return {
         **optimism,
