@@ -376,12 +376,19 @@ def _json_body() -> Any:
         request.mimetype == "application/json" or request.mimetype.endswith("+json")
     ):
         raise UnsupportedMediaType("the request body must be application/json")
-    raw = request.get_data(cache=False)
-    # A body without Content-Length (chunked) is cut at the limit without a word (werkzeug's
-    # LimitedStream stops there): one more byte from the server's stream tells a body of exactly
-    # the limit from a longer one, which is refused as one with a length would be.
-    if request.content_length is None:
-        limit = request.max_content_length
+    length, limit = request.content_length, request.max_content_length
+    if length is not None:
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        # The declared length, read straight from the server's stream: werkzeug's get_data wraps
+        # it in a LimitedStream read in chunks, 4% of a hook call's worker time (S2, py-spy). A
+        # body shorter than it declared is cut JSON, refused below.
+        raw = request.environ["wsgi.input"].read(length)
+    else:
+        raw = request.get_data(cache=False)
+        # A body without Content-Length (chunked) is cut at the limit without a word (werkzeug's
+        # LimitedStream stops there): one more byte from the server's stream tells a body of
+        # exactly the limit from a longer one, which is refused as one with a length would be.
         if limit is not None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
             raise RequestEntityTooLarge()
     try:
