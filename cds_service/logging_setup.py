@@ -30,7 +30,7 @@ def plain_token(value: str | None) -> str | None:
 
 def request_id_from(header: str | None) -> str:
     """The caller's X-Request-ID when it is a plain token, else a new one (no log injection)."""
-    return plain_token(header) or new_uuid().hex
+    return plain_token(header) or new_uuid().replace("-", "")
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,8 +10,10 @@ from cds_service.ids import new_uuid
 
 def test_ids_are_version_4_uuids_and_unique() -> None:
     """More ids than one read of randomness serves, so the buffer refill is exercised."""
-    ids = [new_uuid() for _ in range(2000)]
+    texts = [new_uuid() for _ in range(2000)]
+    ids = [uuid.UUID(t) for t in texts]
     assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert texts == [str(i) for i in ids]  # the canonical form: lower-case hex, 8-4-4-4-12
     assert len(set(ids)) == len(ids)
 
 
@@ -22,12 +24,12 @@ def test_a_forked_worker_never_repeats_the_parents_next_ids() -> None:
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         os.close(read)
-        os.write(write, b"".join(new_uuid().bytes for _ in range(10)))
+        os.write(write, b"".join(uuid.UUID(new_uuid()).bytes for _ in range(10)))
         os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         data = pipe.read()
     os.waitpid(child, 0)
     child_ids = {data[i : i + 16] for i in range(0, len(data), 16)}
-    parent_ids = {new_uuid().bytes for _ in range(10)}
+    parent_ids = {uuid.UUID(new_uuid()).bytes for _ in range(10)}
     assert len(child_ids) == 10 and not child_ids & parent_ids
