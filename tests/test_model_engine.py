@@ -231,3 +231,37 @@ def test_patient_risks_refuses_what_it_cannot_score(
 ) -> None:
     with pytest.raises(ValueError):
         model.patient_risks(minutes, grade, months, since)  # type: ignore[arg-type]
+
+
+class _PlainFloats:
+    """The numpy functions the engine's formula uses, on plain floats (the reference evaluation)."""
+
+    exp = staticmethod(math.exp)
+    expm1 = staticmethod(math.expm1)
+    minimum = staticmethod(min)
+    where = staticmethod(lambda condition, if_true, if_false: if_true if condition else if_false)
+
+
+@pytest.mark.parametrize("since", [None, 0.0, 0.5, 3.3, 11.0])
+@pytest.mark.parametrize("grade", [1, 2, 3])
+@pytest.mark.parametrize("minutes", [5.0, 20.0, 30.0, 30.5, 33.0, 42.0, 179.9])
+def test_one_patient_path_is_the_engine_formula_to_the_last_bit(
+    model: RecurrenceModel, minutes: float, grade: int, since: float | None
+) -> None:
+    # patient_risks shares work across codings and months for speed (issue 12): its numbers must
+    # stay exactly those of the one definition evaluated coding by coding, month by month.
+    from cds_service.model import engine
+
+    months = [1.0, 3.0, 4.5, 6.0, 12.0]
+    cumhaz = [model._cumhaz_at(t) for t in months]
+    if since is not None:
+        cumhaz.append(cumhaz[-1] - model._cumhaz_at(since))
+    rows = []
+    for coding in model._codings:
+        lp = engine._relative_log_hazard(_PlainFloats, model.card, minutes, float(grade), coding)
+        rows.append([engine._absolute_risk(_PlainFloats, lp, h) for h in cumhaz])
+    scenarios = list(zip(*rows[1:], strict=True))
+    point, low, high = model.patient_risks(minutes, grade, months, since)
+    assert point == rows[0]
+    assert low == [min(column) for column in scenarios]
+    assert high == [max(column) for column in scenarios]
