@@ -12,10 +12,13 @@ import gettext
 from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
+from typing import TypeVar
 
 from cds_service.i18n import DEFAULT, Locale, translations
 from cds_service.model import ModelCard
 from cds_service.model.card import CardTexts
+
+T = TypeVar("T")
 
 
 class Wording:
@@ -106,3 +109,27 @@ class Wording:
 @lru_cache(maxsize=8)
 def wording(locale: Locale = DEFAULT) -> Wording:
     return Wording(locale)
+
+
+def per_card(build: Callable[[Wording, ModelCard], T]) -> Callable[[Wording, ModelCard], T]:
+    """``build(words, card)`` once per language and model card, then looked up.
+
+    For the texts that depend on the configuration only (translated templates, tier phrases, the
+    card's caveat and labels): the hot path would otherwise look up and format them on every card.
+    Never for anything a patient's inputs decide. Keyed by the card's identity (a ``ModelCard``
+    holds dicts, so it is not hashable), which the entry keeps alive so the id cannot be reused;
+    a service holds one or two cards, tests parse many, so the table is small and bounded.
+    """
+    memo: dict[tuple[str, int], tuple[ModelCard, T]] = {}
+
+    def lookup(words: Wording, card: ModelCard) -> T:
+        found = memo.get((words.locale, id(card)))
+        if found is not None and found[0] is card:
+            return found[1]
+        if len(memo) >= 16:
+            memo.clear()
+        value = build(words, card)
+        memo[(words.locale, id(card))] = (card, value)
+        return value
+
+    return lookup
