@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from .collect import ResourceInput, collect_resources
 from .diagnosis import diagnosis
 from .hb_grade import hb_grade
-from .json_access import coding_pairs
 from .operation_time import operation_time
 from .procedure import review_procedures
-from .records import Record, latest_versions, make_record, resource_type
+from .records import Record, code_pairs, latest_versions, resource_type, typed_record
 from .recurrence import recurrences
 from .references import referenced
 from .resource_dates import dated_after
@@ -148,15 +147,13 @@ def _patient_records(
     for resource in dicts:
         # Skip early and silently what no rule reads (a chart's labs, other procedures): in a
         # busy record that is most resources, and the request path should not pay for them.
-        if resource.get("resourceType") not in CLINICAL_TYPES:
+        rtype = resource.get("resourceType")
+        if rtype not in CLINICAL_TYPES:
             untyped += resource_type(resource) is None
             continue
-        codes = tuple(coding_pairs(resource.get("code")))
-        if relevant.isdisjoint(codes):
-            continue
-        record = make_record(resource, codes)
-        if record is not None:  # always, for these types; the check keeps the type narrow
-            records.append(record)
+        codes = code_pairs(resource)
+        if not relevant.isdisjoint(codes):
+            records.append(typed_record(resource, rtype, codes))
     if untyped:
         notes.append(f"{untyped} JSON object(s) set aside: no valid resourceType")
     records, duplicates = latest_versions(records)

@@ -109,7 +109,9 @@ def foreign_subject(resource: Resource, patient_id: str | None, home: HomeServer
     target = referenced(subject)  # parsed once: the patient id, then its server
     if target is None or target[0] != "Patient":
         return "subject is not a Patient reference"
-    if not home.owns_text(_reference_text(subject) or ""):
+    # referenced() read a non-empty string there; a relative reference is always the home one.
+    text: str = subject["reference"]
+    if text.startswith(("http://", "https://")) and not home.owns_text(text):
         return "subject is a patient on another FHIR server"
     return None if target[1] == patient_id else "subject is another patient"
 
