@@ -25,6 +25,7 @@ from fhir_mappings import (
     ValueSets,
     map_patient,
 )
+from fhir_mappings.frozen import fast_init
 
 #: Below this many months since the ablation the conditional risk equals the plain risk for all
 #: practical purposes, so it is not reported (about two weeks).
@@ -50,6 +51,7 @@ class NotApplicable(StrEnum):
     BEYOND_HORIZON = "beyond-horizon"  # the last one ended more than the horizon ago
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RiskPoint:
     """Risk of recurrence by ``month`` after the ablation, with the scenario range."""
@@ -60,6 +62,7 @@ class RiskPoint:
     high: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConditionalRisk:
     """Risk of recurring by ``to_month`` for a patient still recurrence-free at ``from_month``."""
@@ -71,6 +74,7 @@ class ConditionalRisk:
     high: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Assessment:
     status: Status

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from .fhir_time import FhirTime, time_key
 from .formatting import ROMAN, number, roman
+from .frozen import fast_init
 from .json_access import coding_pairs, token
 from .procedure import IndexAblation
 from .records import FINAL_STATUSES, Record
@@ -18,6 +19,7 @@ from .valuesets import ValueSets
 PRELIMINARY_STATUSES = frozenset({"registered", "preliminary"})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class _Grade:
     """A grade Observation placed in time relative to the end of the index ablation."""

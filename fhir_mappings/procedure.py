@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .fhir_time import FhirTime, time_key
+from .frozen import fast_init
 from .records import Record
 from .resource_dates import EndSource, procedure_end, procedure_period
 from .types import AblationProcedure, Code, Problem, Reason
@@ -16,6 +17,7 @@ from .valuesets import ValueSets
 VOID_STATUSES = frozenset({"entered-in-error", "not-done"})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class IndexAblation:
     """The most recent completed ablation and the span its end can mean (for time windows)."""
@@ -30,6 +32,7 @@ class IndexAblation:
         return self.end.earliest
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ProcedureReview:
     index: IndexAblation | None
@@ -37,6 +40,7 @@ class ProcedureReview:
     ignored: tuple[str, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class _Dated:
     record: Record

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .fhir_time import parse_fhir_time
+from .frozen import fast_init
 from .json_access import get_dict, get_str
 from .references import FHIR_ID
 from .types import Provenance, Resource
@@ -24,6 +25,7 @@ KNOWN_STATUSES = frozenset(
 )  # fmt: skip
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """One resource with its identity read once (an invalid FHIR id counts as absent)."""

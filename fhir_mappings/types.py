@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from .frozen import fast_init
+
 #: A FHIR resource as parsed JSON.
 Resource = dict[str, Any]
 
@@ -47,6 +49,7 @@ class Code:
     display: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Provenance:
     """Where a value came from: resource type, id and version, and the date that mattered."""
@@ -65,6 +68,7 @@ class Provenance:
         return f"{ref}/_history/{self.version}" if self.version else ref
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Problem:
     """An input that could not be derived, or a fact that rules scoring out."""
@@ -75,6 +79,7 @@ class Problem:
     provenance: Provenance | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AblationProcedure:
     """The index procedure: the most recent completed facial-nerve RFA."""
@@ -90,6 +95,7 @@ class AblationProcedure:
     ] = "performedPeriod.end"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OperationTime:
     """Model input X1 before coding: how long the ablation took."""
@@ -99,6 +105,7 @@ class OperationTime:
     provenance: Provenance
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HouseBrackmannGrade:
     """Model input X2: the first accepted post-ablation House-Brackmann grade (1-6)."""
@@ -109,6 +116,7 @@ class HouseBrackmannGrade:
     provenance: Provenance
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
     """Hemifacial spasm on record (context for the card, not a model input)."""
@@ -128,6 +136,7 @@ class MappingParameters:
     max_model_hb_grade: int = 3
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PatientInputs:
     """Everything the mapping found for one patient."""
