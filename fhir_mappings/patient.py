@@ -12,7 +12,7 @@ from .operation_time import operation_time
 from .procedure import review_procedures
 from .records import Record, code_pairs, latest_versions, resource_type, typed_record
 from .recurrence import recurrences
-from .references import referenced
+from .references import FHIR_ID, referenced
 from .resource_dates import dated_after
 from .shapes import Kind, kind_of, unreadable
 from .subjects import HomeServer, foreign_subject, home_server, infer_from_json
@@ -159,7 +159,15 @@ def _patient_records(
     records, duplicates = latest_versions(records)
     notes += duplicates
     by_type: dict[str, list[Record]] = {t: [] for t in CLINICAL_TYPES}
-    for record in sorted(records, key=lambda r: r.order):
+    # Nearly every subject reads "Patient/<patient_id>", which foreign_subject() would parse to
+    # exactly this patient on the home server: compared as text, 16 -> 12 us for the typical
+    # patient (issue 12). Only for a valid FHIR id: "Patient/a/b" is no Patient reference.
+    own = f"Patient/{patient_id}" if patient_id and FHIR_ID.fullmatch(patient_id) else None
+    for record in sorted(records, key=_order):
+        subject = record.resource.get("subject")
+        if own is not None and isinstance(subject, dict) and subject.get("reference") == own:
+            by_type[record.type].append(record)
+            continue
         why = foreign_subject(record.resource, patient_id, home)
         if (
             why == "no subject"
@@ -172,6 +180,10 @@ def _patient_records(
         else:
             notes.append(f"{record.label}: {why}")
     return by_type, notes
+
+
+def _order(record: Record) -> str:
+    return record.order
 
 
 def _dstu2_patient(record: Record) -> tuple[str, str] | None:
