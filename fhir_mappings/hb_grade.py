@@ -65,16 +65,21 @@ def hb_grade(
         grade = _Grade(record, time, low, high)
         (accepted if status in FINAL_STATUSES else preliminary).append(grade)
 
+    # The fallback window is read only when the primary one is empty; one grade needs no min().
     primary = [g for g in accepted if g.within(params.hb_primary_window_hours)]
-    fallback = [g for g in accepted if g.within(params.hb_fallback_window_hours)]
     if primary:
-        return _read(min(primary, key=_Grade.key), index, params, value_sets, primary=True), notes
+        return _read(_earliest(primary), index, params, value_sets, primary=True), notes
+    fallback = [g for g in accepted if g.within(params.hb_fallback_window_hours)]
     if fallback:
-        return _read(min(fallback, key=_Grade.key), index, params, value_sets, primary=False), notes
+        return _read(_earliest(fallback), index, params, value_sets, primary=False), notes
     pending = [g for g in preliminary if g.within(params.hb_fallback_window_hours)]
     if pending:
         return _preliminary_only(pending, index, params), notes
     return _none_in_window(accepted, index, params, value_sets), notes
+
+
+def _earliest(grades: list[_Grade]) -> _Grade:
+    return grades[0] if len(grades) == 1 else min(grades, key=_Grade.key)
 
 
 def _read(

@@ -60,7 +60,7 @@ def review_procedures(
     unfinished: list[Record] = []
     ignored: list[str] = []
     for record in procedures:
-        code = value_sets.ablation_procedure.match(record.resource.get("code"))
+        code = value_sets.ablation_procedure.first(record.codes)
         if code is None:
             continue
         if record.status == "completed":
@@ -133,8 +133,8 @@ def _later_treatments(
     problems: list[Problem] = []
     notes: list[str] = []
     for record in procedures:
-        code = value_sets.later_treatment_procedure.match(record.resource.get("code"))
-        if code is None or value_sets.ablation_procedure.match(record.resource.get("code")):
+        code = value_sets.later_treatment_procedure.first(record.codes)
+        if code is None or value_sets.ablation_procedure.has_any(record.codes):
             continue  # an ablation code wins: that record is an ablation, handled above
         if record.status != "completed":
             notes.append(f"{record.label}: later treatment with status {record.shown_status}")
