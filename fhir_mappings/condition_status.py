@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .json_access import get_str, iter_dicts
 from .types import Resource
 
 CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -13,14 +12,17 @@ VOID_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 
 def status_codes(resource: Resource, element: str, system: str) -> set[str]:
     """Codes of ``element`` (a CodeableConcept) in ``system`` or with no system."""
+    # Written out (no iter_dicts/get_str): every Condition the rules read goes through here
+    # two or three times per assessment (issue 12).
+    codes: set[str] = set()
     concept = resource.get(element)
-    if not isinstance(concept, dict):
-        return set()
-    codes = set()
-    for coding in iter_dicts(concept, "coding"):
-        code = get_str(coding, "code")
-        if code is not None and coding.get("system", system) == system:
-            codes.add(code)
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if isinstance(codings, list):
+        for coding in codings:
+            if isinstance(coding, dict):
+                code = coding.get("code")
+                if isinstance(code, str) and code and coding.get("system", system) == system:
+                    codes.add(code)
     return codes
 
 

@@ -21,9 +21,9 @@ def diagnosis(
     for record in conditions:
         code = value_sets.hemifacial_spasm_condition.first(record.codes)
         if code is not None and voided(record.resource) is None:
-            found.append((time_key(condition_recorded(record.resource, reference)), record, code))
+            recorded = condition_recorded(record.resource, reference)  # read once, kept
+            found.append((time_key(recorded), record, code, recorded))
     if not found:
         return None
-    _, record, code = max(found, key=lambda f: (f[0], f[1].order))
-    recorded = condition_recorded(record.resource, reference)
+    _, record, code, recorded = max(found, key=lambda f: (f[0], f[1].order))
     return Diagnosis(code, record.provenance(recorded.text if recorded else None))

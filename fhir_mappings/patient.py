@@ -72,10 +72,11 @@ def map_patient(
     review = review_procedures(procedures, value_sets, patient)
     ignored += review.ignored
     exclusions = list(review.exclusions)
-    if any(kind is Kind.ABLATION for kind, _ in unreadable_records):
-        # "No ablation found" would be false: one was found and could not be read.
-        exclusions = [p for p in exclusions if p.reason is not Reason.NO_ABLATION]
-    exclusions += [problem for _, problem in unreadable_records]
+    if unreadable_records:  # rare: the typical patient skips both comprehensions
+        if any(kind is Kind.ABLATION for kind, _ in unreadable_records):
+            # "No ablation found" would be false: one was found and could not be read.
+            exclusions = [p for p in exclusions if p.reason is not Reason.NO_ABLATION]
+        exclusions += [problem for _, problem in unreadable_records]
     index = review.index
     op_time = hb = None
     if index is not None:

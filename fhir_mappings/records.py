@@ -120,7 +120,15 @@ def canonical_json(resource: Resource) -> str:
 
 
 def latest_versions(records: Iterable[Record]) -> tuple[list[Record], list[str]]:
-    """Keep one copy of each resource: the latest version when the same id arrives twice."""
+    """Keep one copy of each resource: the latest version when the same id arrives twice.
+
+    The order of the result is not defined (the caller sorts by :attr:`Record.order`)."""
+    records = list(records)
+    if len({(r.type, r.id) if r.id is not None else r.order for r in records}) == len(records):
+        # Every resource once (almost every request): nothing to choose; 1.4 -> 0.6 us (issue 12).
+        # Kept in input order, where the loop below puts id-less records first: the caller's
+        # stable sort by order gives the same list, as an id-less order ("~...") ties no id.
+        return records, []
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     kept: list[Record] = []
     notes: list[str] = []
