@@ -54,11 +54,15 @@ def collect_resources(items: object) -> tuple[list[Resource], list[str]]:
     counts = {"not-object": 0, "unconvertible": 0}
 
     def visit(item: object, depth: int) -> None:
-        try:
-            item = to_json(item)
-        except Exception:  # see resources_from_bundle
-            counts["unconvertible"] += 1
-            return
+        # A dict is already JSON (to_json returns it as is): no model_dump lookup, which fails
+        # with an exception inside getattr for every plain resource (assess(heavy) 385 -> 359 us,
+        # 520 resources; issue 12).
+        if not isinstance(item, dict):
+            try:
+                item = to_json(item)
+            except Exception:  # see resources_from_bundle
+                counts["unconvertible"] += 1
+                return
         if not isinstance(item, dict):
             counts["not-object"] += 1
         elif item.get("resourceType") == "Bundle" and depth < _MAX_BUNDLE_DEPTH:
