@@ -113,10 +113,10 @@ def _basis(st: Statement) -> list[dict[str, Any]]:
     """The input resources with their versions: the ablation, then the operation time's source
     (the same Procedure, or a duration Observation), then the HB grade; each once."""
     a = st.assessment
-    assert a.inputs.ablation is not None and a.operation_time and a.hb_grade
-    ot, hb = a.operation_time, a.hb_grade
+    ablation, ot, hb = a.inputs.ablation, a.operation_time, a.hb_grade
+    assert ablation is not None and ot and hb
     entries = [
-        (a.inputs.ablation.provenance, "Index radiofrequency ablation"),
+        (ablation.provenance, "Index radiofrequency ablation"),
         (ot.provenance, f"Operation time {ot.minutes:.0f} min"),
         (
             hb.provenance,
@@ -154,7 +154,10 @@ def _prediction(
         "outcome": _outcome(),
         "probabilityDecimal": _probability(r.risk),
         # UCUM "mo" is the mean Julian month, 30.4375 days: the published card's days_per_month.
-        "whenRange": {"low": _months(0), "high": _months(r.month)},
+        "whenRange": {
+            "low": {"value": 0, "unit": "mo", "system": UCUM, "code": "mo"},
+            "high": _months(r.month),
+        },
         "rationale": rationale + ".",
     }
 
@@ -164,7 +167,11 @@ def _probability(risk: float) -> float:
     1.0, which an EHR would show as "100%" (clinical-presentation.md §1)."""
     value = round(risk, 4)
     if 0.0 < risk < 1.0:
-        value = min(max(value, 0.0001), 0.9999)
+        # Comparisons, not min(max()): the same value at a third of the cost (3 per card).
+        if value < 0.0001:
+            return 0.0001
+        if value > 0.9999:
+            return 0.9999
     return value
 
 
