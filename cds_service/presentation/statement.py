@@ -341,7 +341,6 @@ class _Said:
     benchmark's patient, issue 12); :func:`_said` keeps them per language and card."""
 
     __slots__ = (
-        "texts",
         "caveat",
         "months",
         "tiers",
@@ -358,7 +357,6 @@ class _Said:
 
     def __init__(self, w: Wording, card: ModelCard) -> None:
         texts = w.card(card)
-        self.texts = texts
         self.caveat = texts.caveat
         self.months = f"{card.horizon_months:g}"
         self.uncertainty = (
