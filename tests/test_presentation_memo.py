@@ -23,7 +23,6 @@ from cds_service.model import parse_model_card
 from cds_service.model.card import DEFAULT_MODEL_CARD
 from cds_service.presentation import ConditionalFigure, Review, RiskFigure, present
 from cds_service.presentation.risk_assessment import risk_assessment
-from cds_service.presentation.wording import around
 from fhir_mappings import load_value_sets
 from tests import fhir_builders as fb
 from tests.hook_calls import iso
@@ -130,23 +129,3 @@ def test_every_card_is_built_of_fresh_dicts(assessor: Assessor, locale: Locale) 
     (second,) = build_cards(a, ctx)
     assert json.dumps(second["overrideReasons"]) == expected
     assert "edited" not in json.dumps(second) and '"value": 99' not in json.dumps(second)
-
-
-@pytest.mark.parametrize(
-    "template",
-    [
-        "%(risk)s by %(months)s months",
-        "%(months)s个月内为%(risk)s（%(risk)s）",  # the field twice
-        "risk %(risk)s, 100%% sure by %(months)s",  # a literal percent sign
-    ],
-)
-def test_a_template_cut_around_its_field_reads_as_the_template(template: str) -> None:
-    parts = around(template, {"months": "12"}, "risk")
-    assert parts is not None
-    for risk in ("61%", "<5%", ">95%"):
-        assert risk.join(parts) == template % {"risk": risk, "months": "12"}
-
-
-def test_a_field_formatted_otherwise_is_left_to_the_caller() -> None:
-    """A translation that pads the field (``%(risk)6s``) cannot be cut: None, so it is formatted."""
-    assert around("%(risk)6s by %(months)s", {"months": "12"}, "risk") is None
