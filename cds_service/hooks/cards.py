@@ -91,7 +91,7 @@ class _Said:
         "review_label",
         "review_description",
         "tables",
-        "orders",
+        "series",
         "cut",
     )
 
@@ -128,14 +128,12 @@ class _Said:
         )
         #: The risk table's header rows for the card's report months (every scored card's).
         self.tables = {model.report_months: _table_head(self, w, model.report_months)}
-        #: The follow-up order's label, note and description by (schedule, reviews ahead): for
-        #: each tier's reviews from any one onwards, as the reviews still ahead are.
-        self.orders: dict[tuple[str, tuple[float, ...]], tuple[str, str, str]] = {}
-        for t in model.tiers:
-            schedule = w.tier_phrases(w.card(model).tier(t).label)[1]
-            for i in range(len(t.follow_up_months)):
-                months = t.follow_up_months[i:]
-                self.orders[schedule, months] = _order_texts(self, w, model, schedule, months)
+        #: "1, 3, 6, 12" for each tier's reviews from any one onwards (the reviews still ahead).
+        self.series = {
+            t.follow_up_months[i:]: w.series([f"{m:g}" for m in t.follow_up_months[i:]])
+            for t in model.tiers
+            for i in range(len(t.follow_up_months))
+        }
         self.cut = f"{model.operation_time.cut_minutes:g}"
 
 
@@ -201,23 +199,6 @@ def _table_head(said: _Said, w: Wording, months: tuple[float, ...]) -> tuple[str
     return f"| {said.by} | {header} |", "|---" * (len(months) + 1) + "|"
 
 
-def _order_texts(
-    said: _Said, w: Wording, model: ModelCard, schedule: str, months: tuple[float, ...]
-) -> tuple[str, str, str]:
-    """The follow-up suggestion's label, its ServiceRequest's note and its action's description."""
-    fill = {
-        "months": w.series([f"{m:g}" for m in months]),
-        "schedule": schedule,
-        "model": model.id,
-        "version": model.version,
-    }
-    return (
-        (said.review_label % fill)[:80],
-        said.review_note % fill,
-        said.review_description % fill,
-    )
-
-
 def _input_lines(st: Statement, said: _Said) -> list[str]:
     """One line per input with the resource it came from."""
     a = st.assessment
@@ -254,9 +235,12 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext, said: _Said) -> dict[
         return None
     model = a.model
     months = tuple([r.month for r in reviews])
-    label, note, description = said.orders.get((st.schedule_label, months)) or _order_texts(
-        said, w, model, st.schedule_label, months
-    )
+    fill = {
+        "months": said.series.get(months) or w.series([f"{m:g}" for m in months]),
+        "schedule": st.schedule_label,
+        "model": model.id,
+        "version": model.version,
+    }
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
@@ -274,20 +258,20 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext, said: _Said) -> dict[
         "subject": {"reference": f"Patient/{ctx.patient_id}"},
         "occurrenceTiming": {"event": [r.on.isoformat() for r in reviews]},
         "reasonReference": [{"reference": _plain_ref(a.inputs.ablation.provenance)}],
-        "note": [{"text": note}],
+        "note": [{"text": said.review_note % fill}],
     }
     if ctx.encounter_id:
         resource["encounter"] = {"reference": f"Encounter/{ctx.encounter_id}"}
     if ctx.user_id and ctx.user_id.split("/", 1)[0] in ("Practitioner", "PractitionerRole"):
         resource["requester"] = {"reference": ctx.user_id}
     return {
-        "label": label,
+        "label": (said.review_label % fill)[:80],
         "uuid": new_uuid(),
         "isRecommended": model.tiers_approved,
         "actions": [
             {
                 "type": "create",
-                "description": description,
+                "description": said.review_description % fill,
                 "resource": resource,
             }
         ],

@@ -21,7 +21,7 @@ from cds_service.i18n import DEFAULT
 from cds_service.ids import new_uuid
 from cds_service.model import ModelCard
 from cds_service.presentation.statement import N_, RiskFigure, Statement
-from cds_service.presentation.wording import Wording, around, per_card, wording
+from cds_service.presentation.wording import wording
 from fhir_mappings import Provenance, roman
 
 MODEL_CARD_SYSTEM = "https://hfs-cds.example.org/fhir/CodeSystem/model-card"
@@ -48,7 +48,7 @@ def risk_assessment(statement: Statement, patient_id: str | None) -> dict[str, A
         "status": "final",
         "method": {
             "coding": [{"system": MODEL_CARD_SYSTEM, "code": card.id, "display": card.title}],
-            "text": _said(wording(DEFAULT), card).method,
+            "text": _method_text(card),
         },
         "code": {"text": "Risk of hemifacial spasm recurrence after radiofrequency ablation"},
         "subject": {"reference": f"Patient/{subject}"},
@@ -64,15 +64,12 @@ def risk_assessment(statement: Statement, patient_id: str | None) -> dict[str, A
     ended = ablation.ended_at.isoformat()
     # In English whatever the card's language; the figures' ranges and the notes are said in
     # English directly (saying the whole statement again made a Chinese card 96 -> 79 us).
-    if statement.locale == DEFAULT:
-        resource["prediction"] = [
-            _prediction(r, r.range_text, r.ci_text, ended) for r in statement.risks
-        ]
-    else:
-        en = wording(DEFAULT)
-        resource["prediction"] = [
-            _prediction(r, r.range_in(en), r.ci_in(en), ended) for r in statement.risks
-        ]
+    english = statement.locale == DEFAULT
+    en = wording(DEFAULT)
+    resource["prediction"] = [
+        _prediction(r, r.range_text if english else r.range_in(en), r.ci_in(en), ended)
+        for r in statement.risks
+    ]
     resource["note"] = [{"text": text} for text in statement.notes_in_english() if text]
     return resource
 
@@ -81,56 +78,35 @@ def record_suggestion(statement: Statement, patient_id: str | None) -> dict[str,
     """The CDS Hooks suggestion that files the RiskAssessment; never recommended (a record, not
     an action the model should push)."""
     resource = risk_assessment(statement, patient_id)
-    horizon = statement.horizon
-    assert horizon is not None
+    assert statement.horizon is not None
     card, w = statement.assessment.model, statement.words
-    said = _said(w, card)
-    parts = said.description if horizon.month == card.horizon_months else None
     return {
-        "label": said.label,
+        "label": w.gettext(SUGGESTION_LABEL),
         "uuid": new_uuid(),
         "isRecommended": False,
         "actions": [
             {
                 "type": "create",
-                "description": (
-                    horizon.text.join(parts)
-                    if parts is not None
-                    else said.template
-                    % {
-                        "risk": horizon.text,
-                        "months": f"{horizon.month:g}",
-                        "model": card.id,
-                        "version": card.version,
-                    }
-                ),
+                "description": w.gettext(
+                    "Create a RiskAssessment: hemifacial spasm recurrence %(risk)s by "
+                    "%(months)s months (model %(model)s %(version)s)"
+                )
+                % {
+                    "risk": statement.horizon.text,
+                    "months": f"{statement.horizon.month:g}",
+                    "model": card.id,
+                    "version": card.version,
+                },
                 "resource": resource,
             }
         ],
     }
 
 
-class _Said:
-    """The suggestion's label and description template in one language, and the method text,
-    for one model card (configuration only; ~1 us of a 28 us record_suggestion per call)."""
-
-    __slots__ = ("label", "template", "description", "method")
-
-    def __init__(self, w: Wording, card: ModelCard) -> None:
-        self.label = w.gettext(SUGGESTION_LABEL)
-        self.template = w.gettext(
-            "Create a RiskAssessment: hemifacial spasm recurrence %(risk)s by "
-            "%(months)s months (model %(model)s %(version)s)"
-        )
-        # Around the risk for the statement's horizon (the card's).
-        fill = {"months": f"{card.horizon_months:g}", "model": card.id, "version": card.version}
-        self.description = around(self.template, fill, "risk")
-        # "<id> <version> (sha256 <12 hex>)": the exact card that scored.
-        sha = f" (sha256 {card.sha256[:12]})" if card.sha256 else ""
-        self.method = f"{card.id} {card.version}{sha}"
-
-
-_said = per_card(_Said)
+def _method_text(card: ModelCard) -> str:
+    """``"<id> <version> (sha256 <12 hex>)"``: the exact card that scored."""
+    sha = f" (sha256 {card.sha256[:12]})" if card.sha256 else ""
+    return f"{card.id} {card.version}{sha}"
 
 
 def _basis(st: Statement) -> list[dict[str, Any]]:

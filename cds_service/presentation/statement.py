@@ -20,7 +20,7 @@ from cds_service.model import ModelCard, RecurrenceModel, Tier
 from cds_service.model.card import CardTexts
 from cds_service.model.uncertainty import risk_interval
 from cds_service.presentation.numbers import percent
-from cds_service.presentation.wording import Wording, around, per_card, wording
+from cds_service.presentation.wording import Wording, per_card, wording
 from fhir_mappings import Problem, Reason
 from fhir_mappings.frozen import fast_init
 
@@ -307,19 +307,12 @@ class _TierWords:
         "risk_sentence",
         "offsets",
         "then",
-        "summary",
     )
 
-    def __init__(
-        self, w: Wording, card: ModelCard, tier: Tier, texts: CardTexts, summary: str
-    ) -> None:
+    def __init__(self, w: Wording, card: ModelCard, tier: Tier, texts: CardTexts) -> None:
         said = texts.tier(tier)
         self.tier = tier
         self.label_lower = said.label.lower()
-        #: The summary of a patient in this estimate tier, around the risk (or None: format it).
-        self.summary = around(
-            summary, {"months": f"{card.horizon_months:g}", "tier": self.label_lower}, "risk"
-        )
         self.tier_text, self.schedule_label = w.tier_phrases(said.label)
         self.advice, self.risk_sentence = said.advice, said.risk_sentence
         #: Each review's distance from the end of the ablation (the same for every patient).
@@ -359,6 +352,7 @@ class _Said:
         texts = w.card(card)
         self.caveat = texts.caveat
         self.months = f"{card.horizon_months:g}"
+        self.tiers = {t.id: _TierWords(w, card, t, texts) for t in card.tiers}
         self.uncertainty = (
             uncertainty_statement(w, covariance=False),
             uncertainty_statement(w, covariance=True),
@@ -367,7 +361,6 @@ class _Said:
             "Hemifacial spasm recurrence after RFA: %(risk)s by %(months)s months (%(tier)s "
             "estimate)"
         )
-        self.tiers = {t.id: _TierWords(w, card, t, texts, self.summary) for t in card.tiers}
         self.other_codings = w.gettext("; %(range)s under other codings")
         self.coding_note = w.gettext(
             "Coding-sensitive: %(range)s by %(months)s months, depending on how the study coded "
@@ -461,13 +454,11 @@ def _scored(a: Assessment, card: ModelCard, w: Wording, said: _Said) -> Statemen
     intervals = _intervals(a, card)
     if intervals:
         risks = tuple(
-            [
-                _risk_figure(p.risk, p.low, p.high, p.month, intervals[i], w)
-                for i, p in enumerate(a.risks)
-            ]
+            _risk_figure(p.risk, p.low, p.high, p.month, intervals[i], w)
+            for i, p in enumerate(a.risks)
         )
     else:
-        risks = tuple([_risk_figure(p.risk, p.low, p.high, p.month, None, w) for p in a.risks])
+        risks = tuple(_risk_figure(p.risk, p.low, p.high, p.month, None, w) for p in a.risks)
     horizon_month = card.horizon_months
     for horizon in risks:
         if horizon.month == horizon_month:
@@ -492,13 +483,11 @@ def _scored(a: Assessment, card: ModelCard, w: Wording, said: _Said) -> Statemen
             "high": high,
         }
     conditional = _conditional_figure(a.conditional, w) if a.conditional else None
-    parts = estimate_words.summary
-    summary = (
-        horizon.text.join(parts)
-        if parts is not None
-        else said.summary
-        % {"risk": horizon.text, "months": said.months, "tier": estimate_words.label_lower}
-    )
+    summary = said.summary % {
+        "risk": horizon.text,
+        "months": said.months,
+        "tier": estimate_words.label_lower,
+    }
     if coding_note:
         summary += said.other_codings % {"range": horizon.range_text}
     reviews, then = _ahead(a, schedule_words, w)

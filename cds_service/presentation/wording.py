@@ -111,19 +111,6 @@ def wording(locale: Locale = DEFAULT) -> Wording:
     return Wording(locale)
 
 
-_SLOT = "\x00"
-
-
-def around(template: str, fill: dict[str, str], slot: str) -> tuple[str, ...] | None:
-    """``template`` filled with ``fill``, cut where ``%(slot)s`` goes: ``text.join(parts)`` reads
-    exactly as ``template % {**fill, slot: text}``, at a tenth of the cost (0.40 -> 0.04 us; for
-    a template whose other fields are all configuration). None when the translation formats the
-    slot otherwise than as a plain ``%(slot)s`` (checked with a probe), so the caller formats."""
-    parts = tuple((template % {**fill, slot: _SLOT}).split(_SLOT))
-    probe = "<probe 12%>"
-    return parts if probe.join(parts) == template % {**fill, slot: probe} else None
-
-
 def per_card(build: Callable[[Wording, ModelCard], T]) -> Callable[[Wording, ModelCard], T]:
     """``build(words, card)`` once per language and model card, then looked up.
 
