@@ -9,12 +9,11 @@ formats a risk or chooses a tier, so they cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from cds_service.assessment import Assessment, ConditionalRisk, NotApplicable, Status, moment
+from cds_service.assessment import Assessment, NotApplicable, Status, moment
 from cds_service.i18n import DEFAULT, Locale
 from cds_service.model import ModelCard, RecurrenceModel, Tier
 from cds_service.model.card import CardTexts
@@ -143,82 +142,6 @@ class Review:
             "date": self.words.date(self.on),
             "months": self.words.months(self.month),
         }
-
-
-def _slot_setters(cls: type, *names: str) -> tuple[Callable[[object, object], None], ...]:
-    """The slots' own setters, in ``names`` order (which must name every field of ``cls``).
-
-    For the constructors :func:`present` uses: a frozen dataclass's ``__init__`` goes through
-    ``object.__setattr__`` once per field, which was half the 1.8 us a figure cost (issue 12
-    benchmark). They build the very objects the public constructors build (a test compares them).
-    """
-    if set(names) != {f.name for f in fields(cls)}:
-        raise TypeError(f"{cls.__name__}: the fast constructor must set every field")
-    return tuple(getattr(cls, name).__set__ for name in names)
-
-
-_RISK_FIGURE = _slot_setters(
-    RiskFigure, "risk", "low", "high", "month", "ci", "words", "text", "range_text"
-)
-_CONDITIONAL_FIGURE = _slot_setters(
-    ConditionalFigure,
-    "risk",
-    "low",
-    "high",
-    "from_month",
-    "to_month",
-    "words",
-    "text",
-    "range_text",
-)
-_REVIEW = _slot_setters(Review, "month", "on", "words")
-
-
-def _risk_figure(
-    risk: float, low: float, high: float, month: float, ci: tuple[float, float] | None, w: Wording
-) -> RiskFigure:
-    """``RiskFigure(risk, low, high, month=month, ci=ci, words=w)``, 1.8 -> 1.1 us."""
-    set_risk, set_low, set_high, set_month, set_ci, set_words, set_text, set_range = _RISK_FIGURE
-    figure = _new(RiskFigure)
-    set_risk(figure, risk)
-    set_low(figure, low)
-    set_high(figure, high)
-    set_month(figure, month)
-    set_ci(figure, ci)
-    set_words(figure, w)
-    set_text(figure, percent(risk))
-    set_range(figure, w.range(percent(low), percent(high)))
-    return figure
-
-
-def _conditional_figure(c: ConditionalRisk, w: Wording) -> ConditionalFigure:
-    """``ConditionalFigure(c.risk, c.low, c.high, from_month=…, to_month=…, words=w)``."""
-    set_risk, set_low, set_high, set_from, set_to, set_words, set_text, set_range = (
-        _CONDITIONAL_FIGURE
-    )
-    figure = _new(ConditionalFigure)
-    set_risk(figure, c.risk)
-    set_low(figure, c.low)
-    set_high(figure, c.high)
-    set_from(figure, c.from_month)
-    set_to(figure, c.to_month)
-    set_words(figure, w)
-    set_text(figure, percent(c.risk))
-    set_range(figure, w.range(percent(c.low), percent(c.high)))
-    return figure
-
-
-def _review(month: float, on: date, w: Wording) -> Review:
-    """``Review(month, on, words=w)``."""
-    set_month, set_on, set_words = _REVIEW
-    review = _new(Review)
-    set_month(review, month)
-    set_on(review, on)
-    set_words(review, w)
-    return review
-
-
-_new = object.__new__
 
 
 @fast_init  # stores through the slots: 25 fields, 3.2 -> 1.9 us per statement (issue 12 benchmark)
@@ -452,13 +375,12 @@ def _moment(w: Wording, when: datetime) -> str:
 def _scored(a: Assessment, card: ModelCard, w: Wording, said: _Said) -> Statement:
     assert a.operation_time is not None and a.hb_grade is not None
     intervals = _intervals(a, card)
-    if intervals:
-        risks = tuple(
-            _risk_figure(p.risk, p.low, p.high, p.month, intervals[i], w)
-            for i, p in enumerate(a.risks)
+    risks = tuple(
+        RiskFigure(
+            p.risk, p.low, p.high, month=p.month, ci=intervals[i] if intervals else None, words=w
         )
-    else:
-        risks = tuple(_risk_figure(p.risk, p.low, p.high, p.month, None, w) for p in a.risks)
+        for i, p in enumerate(a.risks)
+    )
     horizon_month = card.horizon_months
     for horizon in risks:
         if horizon.month == horizon_month:
@@ -482,7 +404,12 @@ def _scored(a: Assessment, card: ModelCard, w: Wording, said: _Said) -> Statemen
             "schedule": schedule_words.schedule_label,
             "high": high,
         }
-    conditional = _conditional_figure(a.conditional, w) if a.conditional else None
+    conditional = None
+    if a.conditional:
+        c = a.conditional
+        conditional = ConditionalFigure(
+            c.risk, c.low, c.high, from_month=c.from_month, to_month=c.to_month, words=w
+        )
     summary = said.summary % {
         "risk": horizon.text,
         "months": said.months,
@@ -545,7 +472,7 @@ def _ahead(a: Assessment, tier: _TierWords, w: Wording) -> tuple[tuple[Review, .
     for month, offset in zip(months, tier.offsets, strict=True):
         moment = end + offset
         if moment > as_of:
-            out.append(_review(month, moment.date(), w))
+            out.append(Review(month, moment.date(), words=w))
         elif out:
             suffix = False  # months out of order: the list is not one of the precomputed ones
     if len(out) < 2:
