@@ -15,12 +15,20 @@ from typing import Literal
 import click
 
 from cds_service.assessment import Assessment, Status
-from cds_service.cli_support import INPUT_FILE, Choice, CliError, IsoMoment, assessor, read_json
+from cds_service.cli_support import (
+    INPUT_FILE,
+    Choice,
+    CliError,
+    IsoMoment,
+    assessor,
+    language_option,
+    locale_of,
+    read_json,
+)
 from cds_service.config import ConfigError, load_settings
 from cds_service.examples.command import examples
 from cds_service.i18n import DEFAULT as DEFAULT_LOCALE
 from cds_service.i18n import Locale
-from cds_service.i18n import parse as parse_language
 from cds_service.model import ModelCardError
 from cds_service.presentation import present
 from cds_service.presentation.problems import problem_texts
@@ -137,24 +145,14 @@ def dev_token(url: str | None, alg: Literal["ES384", "RS384"]) -> int:
     "RiskAssessment, for a scored patient only",
 )
 @click.option("--json", "output_format", flag_value="json", help="the same as --format json")
-@click.option(
-    "--lang",
-    "language",
-    envvar="CDS_LANGUAGE",
-    default="en",
-    show_default="CDS_LANGUAGE, else en",
-    help="language of the text report: en or zh-Hans (json and fhir do not depend on it)",
-)
+@language_option("the text report (json and fhir do not depend on it)")
 def score(
     bundle: Path, patient: str | None, at: datetime | None, output_format: str, language: str
 ) -> int:
     """Assess one patient from a FHIR Bundle JSON file.
 
     A file with several patients (``hfs-cds synth`` writes one) needs --patient."""
-    try:
-        locale = parse_language(language)
-    except ValueError as exc:
-        raise CliError(f"--lang: {exc}") from None
+    locale = locale_of(language)
     resources = _resources(bundle)
     assessment = assessor().assess(resources, _patient(bundle, resources, patient), as_of=at)
     if output_format == "fhir":

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cds_service.config import load_settings
+from cds_service.i18n import Locale
+from cds_service.i18n import parse as parse_language
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -35,6 +37,27 @@ OUTPUT_FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 
 class CliError(Exception):
     """A problem with the command line or a file: one line on stderr, exit status 2."""
+
+
+def language_option(reads: str) -> Callable[[F], F]:
+    """``--lang`` (default ``CDS_LANGUAGE``, else ``en``): the language of ``reads``; the command
+    turns it into a locale with :func:`locale_of`."""
+    return click.option(
+        "--lang",
+        "language",
+        envvar="CDS_LANGUAGE",
+        default="en",
+        show_default="CDS_LANGUAGE, else en",
+        help=f"language of {reads}: en or zh-Hans",
+    )
+
+
+def locale_of(language: str) -> Locale:
+    """``--lang`` as a locale; an unsupported language is a one-line error (exit status 2)."""
+    try:
+        return parse_language(language)
+    except ValueError as exc:
+        raise CliError(f"--lang: {exc}") from None
 
 
 def read_json(path: Path, holds: str = "a JSON object", types: tuple[type, ...] = (dict,)) -> Any:

@@ -28,18 +28,17 @@ from cds_service.cli_support import (
     OUTPUT_FILE,
     TOKEN,
     Choice,
-    CliError,
     IsoDate,
     IsoMoment,
     WholeNumber,
+    language_option,
+    locale_of,
     options,
     progress,
     value_sets,
     write_text,
 )
 from cds_service.config import load_settings
-from cds_service.i18n import Locale
-from cds_service.i18n import parse as parse_language
 from cds_service.model import ModelCard, load_model_card
 from cds_service.recalibration.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from cds_service.recalibration.card_writer import build_card, read_card_json, write_card
@@ -77,22 +76,7 @@ _sources = options(
 )
 
 
-_lang = click.option(
-    "--lang",
-    "language",
-    envvar="CDS_LANGUAGE",
-    default="en",
-    show_default="CDS_LANGUAGE, else en",
-    help="language of what a person reads (text and html reports, summaries): en or zh-Hans",
-)
-
-
-def _locale(language: str) -> Locale:
-    """``--lang`` as a locale; an unsupported language is a one-line error (exit status 2)."""
-    try:
-        return parse_language(language)
-    except ValueError as exc:
-        raise CliError(f"--lang: {exc}") from None
+_lang = language_option("what a person reads (text and html reports, summaries)")
 
 
 def _one_of(*names: str) -> Callable[[Command], Command]:
@@ -153,7 +137,7 @@ def fit(
     and one calibration slope on the published linear predictor (--mode slope), or both
     coefficients too (--mode full). Writes a model card the service loads with
     CDS_MODEL_CARD=CARD.json."""
-    words = catalogue(_locale(language))
+    words = catalogue(locale_of(language))
     _ = words.gettext
     card, source_json = read_card_json(model)
     cohort = load_cohort(card, value_sets(), **source)
@@ -265,7 +249,7 @@ def validate_command(
     and calibration by risk group (Kaplan-Meier observed vs predicted), with seeded bootstrap
     intervals and, for a refit validated on its own cohort, Harrell's optimism correction; for
     --model and, side by side, --compare. Text, JSON or HTML (JSON does not depend on --lang)."""
-    locale = _locale(language)
+    locale = locale_of(language)
     words = catalogue(locale)
     _ = words.gettext
     card = load_model_card(model)

@@ -14,7 +14,15 @@ from typing import Any
 
 import click
 
-from cds_service.cli_support import OUTPUT_FILE, Choice, CliError, IsoMoment, write_text
+from cds_service.cli_support import (
+    OUTPUT_FILE,
+    Choice,
+    CliError,
+    IsoMoment,
+    language_option,
+    locale_of,
+    write_text,
+)
 from cds_service.config import StoreSettings, load_settings
 
 
@@ -141,14 +149,7 @@ def purge(settings: StoreSettings, url: str, before: datetime | None) -> int:
 @click.option(
     "--output", "-o", type=OUTPUT_FILE, show_default="stdout", help="write the report to this file"
 )
-@click.option(
-    "--lang",
-    "language",
-    envvar="CDS_LANGUAGE",
-    default="en",
-    show_default="CDS_LANGUAGE, else en",
-    help="language of the text and html report: en or zh-Hans",
-)
+@language_option("the text and html report")
 @_store_command
 def report(
     settings: StoreSettings,
@@ -160,14 +161,10 @@ def report(
     language: str,
 ) -> int:
     """Cards by tier and model version, acceptance and overrides, time to feedback."""
-    from cds_service.i18n import parse as parse_language
     from cds_service.store.database import open_store
     from cds_service.store.report import build_report, render_html, render_json, render_text
 
-    try:
-        locale = parse_language(language)
-    except ValueError as exc:
-        raise CliError(f"--lang: {exc}") from None
+    locale = locale_of(language)
     store = open_store(url)
     try:
         # JSON is for machines: its labels stay English whatever --lang says.
