@@ -91,7 +91,6 @@ class _Said:
         "review_label",
         "review_description",
         "tables",
-        "series",
         "cut",
     )
 
@@ -128,12 +127,6 @@ class _Said:
         )
         #: The risk table's header rows for the card's report months (every scored card's).
         self.tables = {model.report_months: _table_head(self, w, model.report_months)}
-        #: "1, 3, 6, 12" for each tier's reviews from any one onwards (the reviews still ahead).
-        self.series = {
-            t.follow_up_months[i:]: w.series([f"{m:g}" for m in t.follow_up_months[i:]])
-            for t in model.tiers
-            for i in range(len(t.follow_up_months))
-        }
         self.cut = f"{model.operation_time.cut_minutes:g}"
 
 
@@ -234,9 +227,8 @@ def _follow_up_suggestion(st: Statement, ctx: CardContext, said: _Said) -> dict[
     if not reviews:
         return None
     model = a.model
-    months = tuple([r.month for r in reviews])
     fill = {
-        "months": said.series.get(months) or w.series([f"{m:g}" for m in months]),
+        "months": w.series([f"{r.month:g}" for r in reviews]),
         "schedule": st.schedule_label,
         "model": model.id,
         "version": model.version,
