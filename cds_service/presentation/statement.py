@@ -229,7 +229,6 @@ class _TierWords:
         "advice",
         "risk_sentence",
         "offsets",
-        "then",
     )
 
     def __init__(self, w: Wording, card: ModelCard, tier: Tier, texts: CardTexts) -> None:
@@ -241,12 +240,6 @@ class _TierWords:
         #: Each review's distance from the end of the ablation (the same for every patient).
         self.offsets = tuple(
             timedelta(days=month * card.days_per_month) for month in tier.follow_up_months
-        )
-        #: "6 and 12" after the next review, when the reviews ahead start at index i (a suffix of
-        #: the schedule, as they are when its months ascend); None with no review after the next.
-        months = [f"{m:g}" for m in tier.follow_up_months]
-        self.then = tuple(
-            w.join(months[i + 1 :]) if months[i + 1 :] else None for i in range(len(months))
         )
 
 
@@ -466,21 +459,12 @@ def _ahead(a: Assessment, tier: _TierWords, w: Wording) -> tuple[tuple[Review, .
     if a.inputs.ablation is None:
         return (), None
     end, as_of = a.inputs.ablation.ended_at, a.as_of
-    months = tier.tier.follow_up_months
     out: list[Review] = []
-    suffix = True
-    for month, offset in zip(months, tier.offsets, strict=True):
+    for month, offset in zip(tier.tier.follow_up_months, tier.offsets, strict=True):
         moment = end + offset
         if moment > as_of:
             out.append(Review(month, moment.date(), words=w))
-        elif out:
-            suffix = False  # months out of order: the list is not one of the precomputed ones
-    if len(out) < 2:
-        then = None
-    elif suffix:
-        then = tier.then[len(months) - len(out)]
-    else:
-        then = w.join([f"{r.month:g}" for r in out[1:]])
+    then = w.join([f"{r.month:g}" for r in out[1:]]) if len(out) > 1 else None
     return tuple(out), then
 
 
