@@ -17,11 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.i18n import DEFAULT
 from cds_service.ids import new_uuid
-from cds_service.model import ModelCard
 from cds_service.presentation.statement import N_, RiskFigure, Statement
-from cds_service.presentation.wording import wording
 from fhir_mappings import Provenance, roman
 
 MODEL_CARD_SYSTEM = "https://hfs-cds.example.org/fhir/CodeSystem/model-card"
@@ -35,6 +32,7 @@ SUGGESTION_LABEL = N_("Record this assessment in the chart")
 
 def risk_assessment(statement: Statement, patient_id: str | None) -> dict[str, Any]:
     """A FHIR R4 RiskAssessment (JSON) for a scored statement; ValueError for any other."""
+    statement = statement.in_locale("en")
     a = statement.assessment
     ablation = a.inputs.ablation
     if not statement.scored or ablation is None or not statement.risks:
@@ -43,12 +41,13 @@ def risk_assessment(statement: Statement, patient_id: str | None) -> dict[str, A
     if not subject:
         raise ValueError("a RiskAssessment needs a patient (subject is required)")
     card = a.model
+    sha = f" (sha256 {card.sha256[:12]})" if card.sha256 else ""
     resource: dict[str, Any] = {
         "resourceType": "RiskAssessment",
         "status": "final",
         "method": {
             "coding": [{"system": MODEL_CARD_SYSTEM, "code": card.id, "display": card.title}],
-            "text": _method_text(card),
+            "text": f"{card.id} {card.version}{sha}",
         },
         "code": {"text": "Risk of hemifacial spasm recurrence after radiofrequency ablation"},
         "subject": {"reference": f"Patient/{subject}"},
@@ -62,15 +61,9 @@ def risk_assessment(statement: Statement, patient_id: str | None) -> dict[str, A
         resource["condition"] = _reference(a.inputs.diagnosis.provenance, "Hemifacial spasm")
     resource["basis"] = _basis(statement)
     ended = ablation.ended_at.isoformat()
-    # In English whatever the card's language; the figures' ranges and the notes are said in
-    # English directly (saying the whole statement again made a Chinese card 96 -> 79 us).
-    english = statement.locale == DEFAULT
-    en = wording(DEFAULT)
-    resource["prediction"] = [
-        _prediction(r, r.range_text if english else r.range_in(en), r.ci_in(en), ended)
-        for r in statement.risks
-    ]
-    resource["note"] = [{"text": text} for text in statement.notes_in_english() if text]
+    resource["prediction"] = [_prediction(r, ended) for r in statement.risks]
+    notes = [statement.coding_note, statement.uncertainty_note, statement.caveat]
+    resource["note"] = [{"text": text} for text in notes if text]
     return resource
 
 
@@ -101,12 +94,6 @@ def record_suggestion(statement: Statement, patient_id: str | None) -> dict[str,
             }
         ],
     }
-
-
-def _method_text(card: ModelCard) -> str:
-    """``"<id> <version> (sha256 <12 hex>)"``: the exact card that scored."""
-    sha = f" (sha256 {card.sha256[:12]})" if card.sha256 else ""
-    return f"{card.id} {card.version}{sha}"
 
 
 def _basis(st: Statement) -> list[dict[str, Any]]:
@@ -140,16 +127,14 @@ def _reference(p: Provenance, display: str) -> dict[str, Any]:
     return {"reference": p.reference, "display": display}
 
 
-def _prediction(
-    r: RiskFigure, range_text: str, ci_text: str | None, ablation_end: str
-) -> dict[str, Any]:
+def _prediction(r: RiskFigure, ablation_end: str) -> dict[str, Any]:
     rationale = (
         f"{r.text} by {r.month:g} months after the ablation ended ({ablation_end}); "
-        f"{range_text} over the plausible codings of the unpublished inputs (a range, not a "
+        f"{r.range_text} over the plausible codings of the unpublished inputs (a range, not a "
         "confidence interval)"
     )
-    if ci_text:
-        rationale += f"; 95% CI {ci_text}"
+    if r.ci_text:
+        rationale += f"; 95% CI {r.ci_text}"
     return {
         "outcome": _outcome(),
         "probabilityDecimal": _probability(r.risk),

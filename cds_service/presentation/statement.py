@@ -199,20 +199,6 @@ class Statement:
         """The same assessment said in another language (same numbers, same tiers and dates)."""
         return self if locale == self.locale else present(self.assessment, locale)
 
-    def notes_in_english(self) -> tuple[str | None, str, str]:
-        """The coding, uncertainty and caveat notes in English (a chart record's language),
-        without saying the whole statement again (``in_locale("en")`` for the RiskAssessment of
-        a Chinese card: build_cards zh_Hans 96 -> 79 us thread CPU, issue 12 benchmark)."""
-        if self.locale == DEFAULT:
-            return self.coding_note, self.uncertainty_note, self.caveat
-        said = _said(wording(DEFAULT), self.assessment.model)
-        coding = None
-        if self.coding_note is not None and self.horizon is not None:
-            coding = said.coding_note_for(self.horizon.range_in(wording(DEFAULT)))
-        covariance = any(r.ci is not None for r in self.risks)
-        uncertainty = said.uncertainty[covariance] if self.uncertainty_note else ""
-        return coding, uncertainty, said.caveat
-
     def tier_label(self, tier: Tier) -> str:
         """A tier's label in this statement's language (the model card's own translation)."""
         return self.words.card(self.assessment.model).tier(tier).label
