@@ -3,6 +3,7 @@ message, duplicate versions, and a sense of speed."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 from dataclasses import astuple
@@ -105,6 +106,20 @@ def test_r4b_bundle_model_and_mixed_input() -> None:
         Bundle.model_validate(bundle(dicts[1])),
     ]
     assert map_patient(mixed, "p1").scorable
+
+
+def test_mapping_leaves_nothing_for_the_garbage_collector() -> None:
+    """No reference cycles: a recursive closure in the Bundle walk once kept the whole prefetch
+    alive until the collector ran, and a loaded worker paid for those collections (issue 12)."""
+    resources = [bundle(*busy_record()), bundle(bundle(*typical_patient()))]  # a nested Bundle too
+    map_patient(resources, "p1")  # first use fills caches, which are not garbage
+    gc.collect()
+    gc.disable()
+    try:
+        map_patient(resources, "p1")
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_fractional_seconds_from_models_still_parse() -> None:
