@@ -1,20 +1,35 @@
-"""Card, suggestion and request ids: random version-4 UUIDs, unique, and never shared across a fork."""
+"""Card, suggestion and request ids: version-7 UUIDs, unique, in time order, and never shared
+across a fork."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 from cds_service.ids import new_uuid
 
 
-def test_ids_are_version_4_uuids_and_unique() -> None:
+def test_ids_are_version_7_uuids_and_unique() -> None:
     """More ids than one read of randomness serves, so the buffer refill is exercised."""
     texts = [new_uuid() for _ in range(2000)]
     ids = [uuid.UUID(t) for t in texts]
-    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
     assert texts == [str(i) for i in ids]  # the canonical form: lower-case hex, 8-4-4-4-12
     assert len(set(ids)) == len(ids)
+
+
+def test_ids_carry_the_time_they_were_made_in_milliseconds() -> None:
+    """Time-ordered, so the audit table's unique index on card ids grows at its right edge."""
+    before = time.time_ns() // 1_000_000
+    stamps = []
+    for _ in range(5):
+        stamps += [uuid.UUID(new_uuid()).int >> 80 for _ in range(300)]
+        time.sleep(0.002)
+    after = time.time_ns() // 1_000_000
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert len(set(stamps)) >= 5  # the sleeps cross milliseconds
 
 
 def test_a_forked_worker_never_repeats_the_parents_next_ids() -> None:
