@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine
 from werkzeug.test import TestResponse
 
 from cds_service import create_app
@@ -31,6 +32,7 @@ from cds_service.smart.oauth import SmartConfiguration, TokenResponse, parse_tok
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import LaunchContext, PendingAuthorization, Sessions, SessionStore
 from cds_service.smart.shared_sessions import SharedSessionStore
+from cds_service.store.database import single_statements
 from cds_service.store.state import StateDatabase
 from tests.smart.served import FakeClock
 
@@ -201,6 +203,40 @@ def test_over_plain_http_the_cookie_has_no_prefix_and_no_secure(make_app: MakeAp
     header = cookie[2].lower()
     assert "secure" not in header and "__host-" not in header
     assert browser.get(f"/smart/app/{ref}/what-if.json", minutes="42", hb="II").status_code == 200
+
+
+def test_pages_answer_503_try_again_while_the_session_database_is_away(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every step of the app needs its session store: with the database gone (its file cannot be
+    opened, as a stopped server cannot be reached) each answers 503 with Retry-After and a page
+    that says to try again, not the 500 of an unexpected error; the log names the exception class
+    and holds no traceback. Once the database is back, the same session works again."""
+    app = make_app()
+    browser = Browser(app.test_client(use_cookies=False))
+    ref = browser.sign_in()
+    state = app.extensions["hfs_cds"].state
+    gone = create_engine("sqlite:////nonexistent-folder/state.sqlite3")
+    with monkeypatch.context() as outage:
+        outage.setattr(state, "engine", gone)
+        outage.setattr(state, "_single", single_statements(gone))
+        answers = {
+            "launch": browser.get("/smart/launch", iss=EHR, launch="launch-2"),
+            "callback": browser.get("/smart/callback", state="s", code="c"),
+            "page": browser.get(f"/smart/app/{ref}/"),
+            "json": browser.get(f"/smart/app/{ref}/assessment.json"),
+            "what-if": browser.get(f"/smart/app/{ref}/what-if.json", minutes="42", hb="II"),
+        }
+    for step, response in answers.items():
+        assert (step, response.status_code) == (step, 503)
+        assert response.headers["Retry-After"] == "30"
+    assert "cannot keep its session" in answers["page"].get_data(as_text=True)
+    assert answers["json"].get_json()["error"] == "store-unavailable"
+    logged = [r for r in caplog.records if "session store is unavailable" in r.getMessage()]
+    assert len(logged) == len(answers)
+    assert all(r.exc_info is None and "OperationalError" in r.getMessage() for r in logged)
+    back = browser.get(f"/smart/app/{ref}/what-if.json", minutes="42", hb="II")
+    assert back.status_code == 200
 
 
 # -- the stores --------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Failure(StrEnum):
     FHIR_UNAUTHORIZED = "fhir-unauthorized"
     PATIENT_NOT_FOUND = "patient-not-found"
     FHIR_UNAVAILABLE = "fhir-unavailable"
+    STORE_UNAVAILABLE = "store-unavailable"
     INTERNAL = "internal"
 
 
@@ -243,6 +244,18 @@ FAILURES: dict[Failure, FailureText] = {
         N_(
             "Try again in a minute (reload this page). If it keeps happening, tell the EHR's "
             "integration team."
+        ),
+    ),
+    Failure.STORE_UNAVAILABLE: FailureText(
+        503,
+        N_("The app cannot keep its session right now"),
+        N_(
+            "The service's database did not answer, so the app could neither start a session "
+            "nor find yours."
+        ),
+        N_(
+            "Try again in a minute (reload this page). If it keeps happening, tell the app's "
+            "administrator the time it happened."
         ),
     ),
     Failure.INTERNAL: FailureText(

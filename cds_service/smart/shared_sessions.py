@@ -25,16 +25,19 @@ the request that claims the lease (a conditional ``UPDATE``) refreshes and write
 others poll until they see them or the lease lapses (the holder died), then claim it themselves.
 Leases compare wall-clock times of different hosts: keep the replicas' clocks synchronised (NTP).
 Idle sessions are deleted on the store's purge schedule and when a new session is opened.
+A database failure leaves every method as :class:`~cds_service.store.errors.StoreUnavailable`
+(the app's pages answer it 503, try again); there is no in-memory fallback for sessions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -49,6 +52,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.smart.sealing import Sealer
 from cds_service.smart.sessions import (
@@ -64,6 +68,7 @@ from cds_service.smart.sessions import (
     StateRefusal,
     apply_refresh,
 )
+from cds_service.store.errors import StoreUnavailable
 from cds_service.store.schema import smart_launch, smart_pending, smart_session, smart_used_state
 from cds_service.store.state import PurgeSchedule, StateDatabase
 
@@ -74,6 +79,25 @@ TOUCH_INTERVAL: Final = timedelta(seconds=30)
 LEASE_POLL_SECONDS: Final = 0.05
 
 S, P, U, L = smart_session.c, smart_pending.c, smart_used_state.c, smart_launch.c
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_unavailable_on_database_errors(
+    method: Callable[Concatenate[SharedSessionStore, _P], _R],
+) -> Callable[Concatenate[SharedSessionStore, _P], _R]:
+    """A database failure leaves as :class:`StoreUnavailable` naming the exception class only (a
+    driver's message may quote values), which the app's pages answer 503 "try again"."""
+
+    @functools.wraps(method)
+    def wrapper(self: SharedSessionStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"SMART sessions: {type(exc).__name__}") from exc
+
+    return wrapper
 
 
 class SharedSessionStore:
@@ -112,6 +136,7 @@ class SharedSessionStore:
 
     # -- sessions --------------------------------------------------------------------------------
 
+    @_store_unavailable_on_database_errors
     def open(self, cookie: str | None) -> tuple[str, bool]:
         """The session for ``cookie``, or a new one: ``(cookie value, created)``.
 
@@ -135,6 +160,7 @@ class SharedSessionStore:
             _keep_pool(conn, signed_in=False, keep=self._max_pending, sid=sid)
         return value, True
 
+    @_store_unavailable_on_database_errors
     def exists(self, cookie: str | None) -> bool:
         if not cookie:
             return False
@@ -151,6 +177,7 @@ class SharedSessionStore:
 
     # -- authorization requests ------------------------------------------------------------------
 
+    @_store_unavailable_on_database_errors
     def add_pending(self, cookie: str, pending: PendingAuthorization) -> None:
         sid, state = _key(cookie), _digest(pending.state)
         sealed = self._sealer.seal(_pending_json(pending), b"pending\0" + sid + state)
@@ -161,6 +188,7 @@ class SharedSessionStore:
             conn.execute(smart_pending.insert().values(session=sid, state=state, sealed=sealed))
             _keep_newest(conn, smart_pending, sid, MAX_PENDING_PER_SESSION)
 
+    @_store_unavailable_on_database_errors
     def take_pending(self, cookie: str | None, state: str) -> PendingAuthorization | StateRefusal:
         """Consume ``state`` (single use, in whichever process): the request, or why refused."""
         if not cookie:
@@ -196,6 +224,7 @@ class SharedSessionStore:
 
     # -- launches --------------------------------------------------------------------------------
 
+    @_store_unavailable_on_database_errors
     def add_launch(self, cookie: str, launch: LaunchContext) -> None:
         sid = _key(cookie)
         sealed = self._sealer.seal(_launch_json(launch), _launch_bound(sid, launch.ref))
@@ -203,6 +232,7 @@ class SharedSessionStore:
             self._require_session(conn, sid)
             self._insert_launch(conn, sid, launch.ref, sealed)
 
+    @_store_unavailable_on_database_errors
     def sign_in(self, cookie: str | None, launch: LaunchContext) -> str | None:
         """See :meth:`~cds_service.smart.sessions.Sessions.sign_in`: one write transaction."""
         if not cookie:
@@ -264,17 +294,20 @@ class SharedSessionStore:
             self._insert_launch(conn, sid, launch.ref, sealed)
         return value
 
+    @_store_unavailable_on_database_errors
     def launch(self, cookie: str | None, ref: str) -> LaunchContext | None:
         """The launch ``ref`` if it belongs to this browser session (else None)."""
         if not cookie:
             return None
         return self._read_launch(_key(cookie), ref, self._now())
 
+    @_store_unavailable_on_database_errors
     def drop_launch(self, cookie: str | None, ref: str) -> None:
         if cookie:
             with self._state.connect() as conn:
                 conn.execute(delete(smart_launch).where(L.session == _key(cookie), L.ref == ref))
 
+    @_store_unavailable_on_database_errors
     def refresh_launch(
         self, cookie: str | None, ref: str, stale: str, refresh: Refresh
     ) -> LaunchContext | None:

@@ -60,6 +60,7 @@ from cds_service.smart.sessions import (
     RefreshedTokens,
     new_ref,
 )
+from cds_service.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -517,6 +518,24 @@ def smart_error(error: SmartError) -> Response:
         text.what_to_do,
         error.detail,
     )
+
+
+@bp.errorhandler(StoreError)
+def store_unavailable(error: StoreError) -> Response:
+    """The session database is away (a page of the app cannot work without it): 503 and "try
+    again", never the 500 of an unexpected error. The message names the exception class only."""
+    log.error("SMART page failed, its session store is unavailable: %s", error)
+    text = SmartError(Failure.STORE_UNAVAILABLE).text
+    response = _error_page(
+        Failure.STORE_UNAVAILABLE.value,
+        text.status,
+        text.title,
+        text.what_happened,
+        text.what_to_do,
+        None,
+    )
+    response.headers["Retry-After"] = "30"
+    return response
 
 
 @bp.errorhandler(HTTPException)
