@@ -17,7 +17,7 @@ import itertools
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,16 @@ def wait_not_ready(replicas: Sequence[Replica], timeout: float) -> dict[str, dic
     return seen
 
 
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every 0.1 s until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def test_a_read_only_database_gives_503_or_cards_then_recovers(
     tmp_path: Path, cluster: ThrowawayCluster
 ) -> None:
@@ -291,7 +301,10 @@ def test_a_read_only_database_gives_503_or_cards_then_recovers(
             ended = set_read_only(cluster, topology.database_url, True)
             not_ready = wait_not_ready(topology.replicas, timeout=20.0)
             not_ready_s = time.monotonic() - read_only_at
-            time.sleep(1.0)
+            # Keep the setting until a hook call has met a full spool: each worker finds it full
+            # only at its next write, and during the outage feedback waits for the writer, so the
+            # load slows to about a call a second (a fixed 1 s pause once saw none).
+            wait_until(lambda: any(c.status == 503 for c in load.hook_calls), timeout=10.0)
             undone_at = time.monotonic()
             # First the setting alone: sessions opened while it was on stay read-only, and the
             # replicas keep them in their pools. Then those sessions are ended too.
