@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 
+from cds_service.security import ReplayCheckUnavailable
 from cds_service.security.ehr_auth import (
     AuthenticationError,
     EhrAuthenticator,
@@ -766,7 +767,7 @@ def test_replay_cache_refuses_new_tokens_when_full(state: StateDatabase) -> None
     cache = ReplayCache(state, max_entries=3)
     for jti in "abc":
         cache.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
-    with pytest.raises(AuthenticationError, match=r"^replay cache full; refusing new tokens$"):
+    with pytest.raises(ReplayCheckUnavailable, match=r"^replay cache full; refusing new tokens$"):
         cache.check_and_remember(ISS, "d", expires_at=NOW + 100, now=NOW)
     cache.check_and_remember(ISS, "d", expires_at=NOW + 200, now=NOW + 100)  # after expiry: room
 

@@ -89,7 +89,8 @@ def test_when_full_new_tokens_are_refused_until_entries_expire(cache: MakeCache)
     replay = cache(max_entries=3)
     for jti in "abc":
         replay.check_and_remember(ISS, jti, expires_at=NOW + 100, now=NOW)
-    assert refused(replay, "d", NOW + 100, NOW) == "replay cache full; refusing new tokens"
+    with pytest.raises(ReplayCheckUnavailable, match="^replay cache full; refusing new tokens$"):
+        replay.check_and_remember(ISS, "d", expires_at=NOW + 100, now=NOW)  # may be valid: no 401
     assert refused(replay, "a", NOW + 100, NOW) == replayed("a")  # a replay is still named as one
     replay.check_and_remember(ISS, "d", expires_at=NOW + 200, now=NOW + 100)  # expired: room
 
@@ -272,6 +273,30 @@ def test_the_app_answers_cards_during_an_outage_and_503_not_401_when_it_cannot(
         assert "WWW-Authenticate" not in response.headers
         full = client.get("/readyz")
         assert full.status_code == 503 and full.get_json()["replayCheck"]["full"] is True
+    finally:
+        app.extensions["hfs_cds"].close()
+
+
+def test_a_full_replay_table_is_a_503_retry_not_a_401(database_url: str) -> None:
+    """With the database up and the table at its bound (a flood of valid tokens), a new token may
+    well be valid: 503 with Retry-After, as when the check cannot be made; a replay is a 401."""
+    migrated_state(database_url).close()
+    app = create_app(
+        {"TESTING": True, "DEV_MODE": True, "PUBLIC_BASE_URL": "https://cds.example",
+         "DATABASE_URL": database_url}
+    )  # fmt: skip
+    try:
+        app.extensions["hfs_cds"].replay.max_entries = 2
+        client = app.test_client()
+        url = "https://cds.example/cds-services"
+        first = _dev_token_header(url)
+        assert client.get("/cds-services", headers=first).status_code == 200
+        assert client.get("/cds-services", headers=_dev_token_header(url)).status_code == 200
+        response = client.get("/cds-services", headers=_dev_token_header(url))
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.get_json()["issue"][0]["code"] == "transient"
+        assert "WWW-Authenticate" not in response.headers
+        assert client.get("/cds-services", headers=first).status_code == 401  # still a replay
     finally:
         app.extensions["hfs_cds"].close()
 

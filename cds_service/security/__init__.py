@@ -12,9 +12,10 @@ class AuthenticationError(Exception):
 
 
 class ReplayCheckUnavailable(Exception):
-    """The replay cache could not be consulted (its database failed): the token may be valid, so
-    this is not an authentication failure. The web layer answers 503 (retry later), never 401.
-    ``reason`` names the exception class only, never a value."""
+    """The replay cache could not be consulted (its database failed) or cannot keep another pair
+    (full): the token may be valid, so this is not an authentication failure. The web layer
+    answers 503 (retry later), never 401. ``reason`` is a fixed text or an exception class, never
+    a value."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

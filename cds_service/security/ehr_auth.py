@@ -87,8 +87,9 @@ class ReplayGuard(Protocol):
 
     def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
         """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise
-        ``AuthenticationError`` if it was seen (replay) or no more pairs can be kept (full), or
-        :class:`~cds_service.security.ReplayCheckUnavailable` when it cannot tell (answer 503)."""
+        ``AuthenticationError`` if it was seen (replay), or
+        :class:`~cds_service.security.ReplayCheckUnavailable` when no more pairs can be kept or it
+        cannot tell (answer 503)."""
         ...
 
 

@@ -13,7 +13,9 @@ otherwise it is a replay. Expired pairs are deleted by the store's purge schedul
 (:class:`~cds_service.store.state.PurgeSchedule`), not on the request path.
 
 The size bound: a flood of valid-but-unique tokens from a trusted issuer must not grow the table
-without bound, so new tokens are refused (fail closed) once ``max_entries`` live pairs are stored.
+without bound, so new tokens are refused (fail closed) once ``max_entries`` live pairs are stored:
+with :class:`~cds_service.security.ReplayCheckUnavailable` (503, retry later), not as a failed
+authentication, since the token may well be valid; a replay is still named as one.
 Counting rows on every call would cost a scan, so each process counts at each purge and adds what
 it inserted since; when that estimate reaches the bound it purges and counts again (at most once a
 second), and refuses if the table is still full. Across processes the bound is therefore
@@ -112,7 +114,8 @@ class ReplayCache:
 
     def check_and_remember(self, iss: str, jti: str, expires_at: float, now: float) -> None:
         """Record the pair until ``expires_at`` (capped at ``now + max_ttl_seconds``), or raise
-        ``AuthenticationError`` (a replay, or the cache is full) or ``ReplayCheckUnavailable``."""
+        ``AuthenticationError`` (a replay) or ``ReplayCheckUnavailable`` (the cache is full, or
+        neither the database nor the memory fallback can tell)."""
         if self._schedule is not None:
             self._schedule.ensure_running()
         pair = _pair(iss, jti)
@@ -128,7 +131,7 @@ class ReplayCache:
             if self._estimate >= self.max_entries and not self._room(now):
                 if self._is_live(pair, now):
                     raise _replayed(iss, jti)  # a replay is still named as one
-                raise AuthenticationError(REPLAY_CACHE_FULL)
+                raise ReplayCheckUnavailable(REPLAY_CACHE_FULL)  # may be valid: not a 401
             if self._sqlite is not None:
                 inserted = self._sqlite.insert(pair, until)
             else:
