@@ -26,6 +26,7 @@ from cds_service.store.schema import audit_record
 from cds_service.store.spool import AuditSpool, SpoolError, SpoolFull
 from tests import fhir_builders as fb
 from tests.hook_calls import HookCaller, recent_patient
+from tests.polling import wait_until
 from tests.test_store_audit import (
     AS_OF,
     assess_and_card,
@@ -64,14 +65,6 @@ class Outage:
 
 def records(prefix: str, n: int) -> list[AuditRecord]:
     return [synthetic_record(f"{prefix}-{i:03d}", AS_OF + timedelta(seconds=i)) for i in range(n)]
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # -- the record survives the round trip through the spool's JSON --------------------------------
@@ -117,7 +110,7 @@ def test_an_outage_spools_and_the_records_are_written_back_in_order_once(
     for r in after:
         writer.submit(r)
     assert writer.flush(10)
-    wait_for(lambda: writer.stats.spooling_since is None)
+    assert wait_until(lambda: writer.stats.spooling_since is None, 10, interval=0.01)
     writer.close()
     expected = [r.card_uuid for r in before + during + after]
     assert sink.written == expected  # every record, in the order submitted, none twice
@@ -137,7 +130,7 @@ def test_the_spool_is_replayed_without_new_cards(tmp_path: Path) -> None:
         writer.submit(r)
     assert writer.flush(10)
     sink.down.clear()
-    wait_for(lambda: writer.stats.spooling_since is None)
+    assert wait_until(lambda: writer.stats.spooling_since is None, 10, interval=0.01)
     assert sink.written == [f"q-{i:03d}" for i in range(5)]
     writer.close()
 
@@ -155,13 +148,13 @@ def test_a_full_spool_says_it_cannot_keep_and_holds_the_batch_until_the_database
     assert writer.flush(10)
     assert writer.can_keep and writer.stats.spooled == 2
     writer.submit(synthetic_record("f-overflow", AS_OF))
-    wait_for(lambda: not writer.can_keep)
+    assert wait_until(lambda: not writer.can_keep, 10, interval=0.01)
     assert not writer.stats.can_keep and "audit spool unusable" in caplog.text
     assert not writer.flush(0.3)  # held in memory, retried: not dropped
     writer.submit(synthetic_record("f-later", AS_OF))
     sink.down.clear()
     assert writer.flush(10)
-    wait_for(lambda: writer.stats.spooling_since is None)
+    assert wait_until(lambda: writer.stats.spooling_since is None, 10, interval=0.01)
     assert writer.can_keep and writer.stats.dropped_after_retries == 0
     assert sink.written == ["f-000", "f-001", "f-overflow", "f-later"]  # the spool's first
     writer.close()
@@ -245,7 +238,11 @@ def test_a_new_writer_replays_what_a_killed_one_left(tmp_path: Path, store: Stor
     writer = AuditWriter(store, retry_delay=0.02, linger_seconds=0, spool=AuditSpool(tmp_path))
     writer.submit(synthetic_record("successor-1", AS_OF))
     assert writer.flush(10)
-    wait_for(lambda: writer.stats.spooling_since is None and not writer.stats.spool_bytes)
+    assert wait_until(
+        lambda: writer.stats.spooling_since is None and not writer.stats.spool_bytes,
+        10,
+        interval=0.01,
+    )
     writer.close()
     with store.engine.connect() as conn:
         stored = list(conn.execute(select(audit_record.c.card_uuid)).scalars())
@@ -263,7 +260,7 @@ def test_records_spooled_during_an_outage_reach_the_real_store_once(
         writer.submit(r)
     assert writer.flush(10)
     sink.down.clear()
-    wait_for(lambda: writer.stats.spooling_since is None)
+    assert wait_until(lambda: writer.stats.spooling_since is None, 10, interval=0.01)
     writer.close()
     store.write_audit(records("db", 25))  # as if the same records were replayed again
     with store.engine.connect() as conn:
@@ -296,7 +293,7 @@ def test_cards_answered_while_the_audit_table_is_unusable_are_spooled_then_store
     assert spool["since"].endswith("+00:00")
     with runtime.store.engine.begin() as conn:
         conn.execute(text("ALTER TABLE audit_record_away RENAME TO audit_record"))
-    wait_for(lambda: runtime.audit.stats.spooling_since is None, timeout=20)
+    assert wait_until(lambda: runtime.audit.stats.spooling_since is None, 20, interval=0.01)
     with runtime.store.engine.connect() as conn:
         stored = list(conn.execute(select(audit_record.c.card_uuid)).scalars())
     assert sorted(stored) == sorted(uuids)
@@ -326,7 +323,7 @@ def test_when_nothing_can_record_a_card_the_service_answers_503_not_a_card(
         conn.execute(text("ALTER TABLE audit_record RENAME TO audit_record_away"))
     first = hooks.call("patient-view", recent_patient())
     assert first.status_code == 200 and first.get_json()["cards"]
-    wait_for(lambda: not runtime.audit.can_keep)
+    assert wait_until(lambda: not runtime.audit.can_keep, 10, interval=0.01)
     refused = hooks.call("patient-view", recent_patient())
     assert refused.status_code == 503
     (issue,) = refused.get_json()["issue"]
@@ -335,7 +332,7 @@ def test_when_nothing_can_record_a_card_the_service_answers_503_not_a_card(
     assert ready.status_code == 503 and ready.get_json()["auditSpool"]["canKeep"] is False
     with runtime.store.engine.begin() as conn:
         conn.execute(text("ALTER TABLE audit_record_away RENAME TO audit_record"))
-    wait_for(lambda: runtime.audit.can_keep, timeout=30)
+    assert wait_until(lambda: runtime.audit.can_keep, 30, interval=0.01)
     assert hooks.call("patient-view", recent_patient()).status_code == 200
     assert runtime.audit.flush(10)
     with runtime.store.engine.connect() as conn:

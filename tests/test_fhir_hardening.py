@@ -25,6 +25,7 @@ from cds_service.fhir import FhirAllowlist, FhirClient, FhirError, FhirTimeout
 from tests.hook_calls import SERVICE_IDS, hook_body
 from tests.hostile_fhir import NEXT_LINKS, HostileFhir, running_hostile
 from tests.jwt_factory import bearer, claims, mint, signing_key
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,15 +134,6 @@ def client_for(hostile: HostileFhir, *modes: str, budget: float = BUDGET) -> Fhi
     return FhirClient(FhirAllowlist(bases, allow_loopback_http=True), budget_seconds=budget)
 
 
-def wait_for(predicate: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
-
-
 def escapes(path: str, base_path: str) -> bool:
     """Would a server that decodes percent-escapes, drops ``;`` parameters and resolves dot
     segments (as many do) read ``path`` as outside ``base_path``?"""
@@ -177,7 +169,7 @@ def test_an_endless_body_is_cut_at_the_byte_cap(hostile: HostileFhir) -> None:
         client.close()
     (record,) = hostile.under("/endless/")
     # The client hangs up: the server's next writes fail (socket buffers hold a few MB at most).
-    assert wait_for(lambda: hostile.under("/endless/")[0]["client_gone"], 3.0), record
+    assert wait_until(lambda: hostile.under("/endless/")[0]["client_gone"], 3.0), record
     assert hostile.under("/endless/")[0]["bytes"] < client.max_response_bytes + 16 * 2**20
 
 
@@ -204,7 +196,7 @@ def test_a_drip_ends_at_the_deadline_and_its_socket_is_closed(hostile: HostileFh
     finally:
         client.close()
     # The drip learns the client left at its next write or two (one a second).
-    assert wait_for(lambda: hostile.under("/drip/")[0]["client_gone"], 5.0)
+    assert wait_until(lambda: hostile.under("/drip/")[0]["client_gone"], 5.0)
 
 
 def test_a_slow_server_does_not_starve_another_issuer(app: Flask, hostile: HostileFhir) -> None:
@@ -245,7 +237,7 @@ def test_one_issuers_fetches_in_flight_are_bounded(hostile: HostileFhir) -> None
     first = threading.Thread(target=hostile_call)
     first.start()
     try:
-        assert wait_for(lambda: len(hostile.under("/drip/")) == 4, 1.0)
+        assert wait_until(lambda: len(hostile.under("/drip/")) == 4, 1.0)
         second = threading.Thread(target=hostile_call)
         second.start()
         started = time.monotonic()

@@ -17,7 +17,7 @@ import itertools
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from cds_service.config import DEFAULT_DATABASE_FILE
 from cds_service.store.schema import audit_record, feedback
 from tests.fhir_server import free_port
+from tests.polling import wait_until
 from tests.postgres import INSTALL_HINT, PostgresUnavailable, ThrowawayCluster, throwaway_cluster
 from tests.test_docker_gunicorn import image_environment, mounted_trust_list
 from tests.topology import Call, Caller, Replica, SteadyLoad, running_topology
@@ -272,16 +273,6 @@ def wait_not_ready(replicas: Sequence[Replica], timeout: float) -> dict[str, dic
                 seen[replica.name] = body
         time.sleep(0.1)
     return seen
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` every 0.1 s until it holds (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_a_read_only_database_gives_503_or_cards_then_recovers(
