@@ -508,16 +508,8 @@ def security_headers(response: Response) -> Response:
 
 @bp.errorhandler(SmartError)
 def smart_error(error: SmartError) -> Response:
-    text = error.text
     log.warning("SMART page failed: %s", error.failure.value)
-    return _error_page(
-        error.failure.value,
-        text.status,
-        text.title,
-        text.what_happened,
-        text.what_to_do,
-        error.detail,
-    )
+    return _failure_page(error)
 
 
 @bp.errorhandler(StoreError)
@@ -525,15 +517,7 @@ def store_unavailable(error: StoreError) -> Response:
     """The session database is away (a page of the app cannot work without it): 503 and "try
     again", never the 500 of an unexpected error. The message names the exception class only."""
     log.error("SMART page failed, its session store is unavailable: %s", error)
-    text = SmartError(Failure.STORE_UNAVAILABLE).text
-    response = _error_page(
-        Failure.STORE_UNAVAILABLE.value,
-        text.status,
-        text.title,
-        text.what_happened,
-        text.what_to_do,
-        None,
-    )
+    response = _failure_page(SmartError(Failure.STORE_UNAVAILABLE))
     response.headers["Retry-After"] = "30"
     return response
 
@@ -554,10 +538,18 @@ def http_error(error: HTTPException) -> Response:
 @bp.errorhandler(Exception)
 def unexpected(error: Exception) -> Response:
     log.exception("SMART page failed unexpectedly: %s", type(error).__name__)
-    err = SmartError(Failure.INTERNAL)
-    text = err.text
+    return _failure_page(SmartError(Failure.INTERNAL))
+
+
+def _failure_page(error: SmartError) -> Response:
+    text = error.text
     return _error_page(
-        err.failure.value, text.status, text.title, text.what_happened, text.what_to_do, None
+        error.failure.value,
+        text.status,
+        text.title,
+        text.what_happened,
+        text.what_to_do,
+        error.detail,
     )
 
 
