@@ -423,7 +423,10 @@ def test_a_full_disk_under_sqlite_gives_503_or_cards_then_recovers(tmp_path: Pat
             filled = fill(disk)
             not_ready = wait_not_ready([replica], timeout=20.0)
             not_ready_s = time.monotonic() - full_at
-            time.sleep(2.0)
+            # Keep the disk full until a hook call has met it, as for the read-only database:
+            # feedback waits for the writer while the disk is full, so the load slows to about a
+            # call a second per client (a fixed 2 s pause once saw none).
+            wait_until(lambda: any(c.status == 503 for c in load.hook_calls), timeout=10.0)
             freed_at = time.monotonic()
             (disk / "filler").unlink()
             emptied = wait_spools_empty([replica])
