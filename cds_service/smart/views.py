@@ -60,7 +60,7 @@ from cds_service.smart.sessions import (
     RefreshedTokens,
     new_ref,
 )
-from cds_service.store.errors import StoreError
+from cds_service.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -512,8 +512,8 @@ def smart_error(error: SmartError) -> Response:
     return _failure_page(error)
 
 
-@bp.errorhandler(StoreError)
-def store_unavailable(error: StoreError) -> Response:
+@bp.errorhandler(StoreUnavailable)
+def store_unavailable(error: StoreUnavailable) -> Response:
     """The session database is away (a page of the app cannot work without it): 503 and "try
     again", never the 500 of an unexpected error. The message names the exception class only."""
     log.error("SMART page failed, its session store is unavailable: %s", error)
