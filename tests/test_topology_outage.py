@@ -275,6 +275,13 @@ def wait_not_ready(replicas: Sequence[Replica], timeout: float) -> dict[str, dic
     return seen
 
 
+def wait_refused(load: SteadyLoad, timeout: float = 10.0) -> None:
+    """Until a hook call of ``load`` has been answered 503, for the fault to be met before it is
+    undone: while the audit writer cannot write, feedback waits for it, so the load slows to about
+    a call a second per client (a fixed pause after /readyz turned 503 sometimes saw none)."""
+    wait_until(lambda: any(c.status == 503 for c in load.hook_calls), timeout)
+
+
 def test_a_read_only_database_gives_503_or_cards_then_recovers(
     tmp_path: Path, cluster: ThrowawayCluster
 ) -> None:
@@ -292,10 +299,7 @@ def test_a_read_only_database_gives_503_or_cards_then_recovers(
             ended = set_read_only(cluster, topology.database_url, True)
             not_ready = wait_not_ready(topology.replicas, timeout=20.0)
             not_ready_s = time.monotonic() - read_only_at
-            # Keep the setting until a hook call has met a full spool: each worker finds it full
-            # only at its next write, and during the outage feedback waits for the writer, so the
-            # load slows to about a call a second (a fixed 1 s pause once saw none).
-            wait_until(lambda: any(c.status == 503 for c in load.hook_calls), timeout=10.0)
+            wait_refused(load)  # each worker finds the spool full only at its next write
             undone_at = time.monotonic()
             # First the setting alone: sessions opened while it was on stay read-only, and the
             # replicas keep them in their pools. Then those sessions are ended too.
@@ -423,10 +427,7 @@ def test_a_full_disk_under_sqlite_gives_503_or_cards_then_recovers(tmp_path: Pat
             filled = fill(disk)
             not_ready = wait_not_ready([replica], timeout=20.0)
             not_ready_s = time.monotonic() - full_at
-            # Keep the disk full until a hook call has met it, as for the read-only database:
-            # feedback waits for the writer while the disk is full, so the load slows to about a
-            # call a second per client (a fixed 2 s pause once saw none).
-            wait_until(lambda: any(c.status == 503 for c in load.hook_calls), timeout=10.0)
+            wait_refused(load)
             freed_at = time.monotonic()
             (disk / "filler").unlink()
             emptied = wait_spools_empty([replica])
